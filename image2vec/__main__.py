@@ -1,0 +1,3 @@
+from image2vec.cli import main
+
+raise SystemExit(main())
