@@ -1,0 +1,335 @@
+"""Batched Orthogonal Matching Pursuit (Batch-OMP, Rubinstein, Zibulevsky & Elad 2008).
+
+All signals are coded at once: the correlations of every signal with every atom come from one
+GEMM, and each greedy step then works on arrays of shape (signals, atoms) with the precomputed
+Gram matrix G = D^T D and a progressive Cholesky factor of G restricted to the support, so the
+residual itself is never formed.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from solvers.backend import float_dtype, get_array_module
+
+# Elements of the (signals x atoms) working arrays of one block: about the L2/L3 cache of a
+# CPU core, and a memory bound on a GPU.
+_CPU_BLOCK_ELEMENTS = 2**21
+_GPU_BLOCK_ELEMENTS = 2**28
+
+
+@dataclass(frozen=True)
+class SparseCode:
+    """k-sparse codes of N signals over V atoms, in selection order.
+
+    Attributes
+    ----------
+    indices : array of shape (N, k), int64
+        Atom index chosen at each step; -1 where a signal stopped before step k.
+    coefs : array of shape (N, k)
+        Coefficient of each chosen atom (0 where ``indices`` is -1).
+    n_atoms : int
+        V, the number of atoms (columns of D).
+    """
+
+    indices: Any
+    coefs: Any
+    n_atoms: int
+
+    @property
+    def n_nonzero(self) -> Any:
+        """Number of atoms chosen per signal, shape (N,)."""
+        return (self.indices >= 0).sum(axis=1)
+
+    def toarray(self) -> Any:
+        """Dense codes X of shape (N, V) with Y ~= X D^T."""
+        xp = get_array_module(self.coefs)
+        n = self.indices.shape[0]
+        dense = xp.zeros((n, self.n_atoms), dtype=self.coefs.dtype)
+        rows = xp.broadcast_to(xp.arange(n)[:, None], self.indices.shape)
+        chosen = self.indices >= 0
+        dense[rows[chosen], self.indices[chosen]] = self.coefs[chosen]
+        return dense
+
+
+def omp(
+    D: Any,
+    Y: Any,
+    n_nonzero_coefs: int | None,
+    *,
+    tol: float | None = None,
+    nonneg: bool = False,
+    gram: Any = None,
+    batch_size: int | None = None,
+    n_jobs: int = 1,
+) -> SparseCode:
+    r"""Code each signal y_n as a sparse combination of the atoms (columns) of D.
+
+    Greedy: at step j every signal picks the atom most correlated with its residual,
+    v_j = argmax_v |d_v . (y - D x)| / ||d_v||, then x is refitted by least squares on the chosen
+    support S, x_S = (D_S^T D_S)^{-1} D_S^T y. Working only with G = D^T D and D^T y:
+    the correlations are D^T y - G_{:,S} x_S and the refit uses a Cholesky factor of G_SS grown
+    by one row per step.
+
+    Parameters
+    ----------
+    D : array of shape (d, V)
+        Dictionary, one atom per column. Atoms need not have unit norm: selection uses the
+        normalised correlation; zero atoms are never chosen.
+    Y : array of shape (N, d) or (d,)
+        Signals, one per row.
+    n_nonzero_coefs : int or None
+        Maximum number of atoms per signal, k. Capped at V. None (only with ``tol``) means
+        min(d, V).
+    tol : float, optional
+        Stop a signal once its squared residual norm ||y - D x||^2 is <= tol.
+    nonneg : bool, default False
+        Non-negative OMP: select only atoms with a positive correlation and refit by
+        non-negative least squares on the support, so every coefficient is >= 0.
+    gram : array of shape (V, V), optional
+        Precomputed G = D^T D.
+    batch_size : int, optional
+        Signals processed together; by default as many as keep the working arrays near
+        2^21 elements on the CPU (cache-sized) and 2^28 on a GPU.
+    n_jobs : int, default 1
+        Threads that code blocks of signals in parallel (numpy backend).
+
+    Returns
+    -------
+    SparseCode
+        ``indices`` and ``coefs`` of shape (N, k) in selection order. A signal stops early
+        (its remaining indices are -1) when its residual is within ``tol``, when no atom is
+        left with a (positive, if ``nonneg``) correlation, or when the next atom is a linear
+        combination of those already chosen.
+
+    Raises
+    ------
+    ValueError
+        On shape mismatches, non-finite input or an invalid ``n_nonzero_coefs`` / ``tol``.
+    """
+    xp = get_array_module(D, Y, gram)
+    D, Y, gram, k = _check_inputs(xp, D, Y, n_nonzero_coefs, tol, gram)
+    n, n_atoms = Y.shape[0], D.shape[1]
+    if gram is None:
+        gram = D.T @ D
+    # Work with unit-norm atoms d_v / ||d_v||: same supports, coefficients rescaled at the end.
+    norms = xp.sqrt(xp.diagonal(gram).copy())
+    norms[norms == 0] = 1  # a zero atom keeps zero correlations and is never chosen
+    gram = gram / norms[:, None] / norms[None, :]
+    corr0 = (Y @ D) / norms  # (N, V): D^T y_n for every signal
+    y_sq = (Y * Y).sum(axis=1)
+    if batch_size is None:
+        batch_size = _default_batch_size(xp, n_atoms, k)
+    indices = xp.full((n, k), -1, dtype=xp.int64)
+    coefs = xp.zeros((n, k), dtype=Y.dtype)
+
+    def code_block(start: int) -> None:
+        stop = min(start + batch_size, n)
+        indices[start:stop], coefs[start:stop] = _omp_block(
+            xp, gram, corr0[start:stop], y_sq[start:stop], k, tol, nonneg
+        )
+
+    starts = range(0, n, batch_size)
+    if n_jobs > 1 and len(starts) > 1:
+        # numpy releases the GIL inside its array loops, so blocks run in parallel threads.
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(code_block, starts))
+    else:
+        for start in starts:
+            code_block(start)
+    coefs /= xp.where(indices >= 0, norms[xp.maximum(indices, 0)], 1)
+    return SparseCode(indices=indices, coefs=coefs, n_atoms=n_atoms)
+
+
+def _default_batch_size(xp, n_atoms: int, k: int) -> int:
+    """Signals per block: cache-sized on the CPU, as large as memory allows on a GPU."""
+    elements = _CPU_BLOCK_ELEMENTS if xp is np else _GPU_BLOCK_ELEMENTS
+    return max(1, elements // (n_atoms * (k + 3)))
+
+
+def _check_inputs(xp, D, Y, n_nonzero_coefs, tol, gram):
+    D = xp.asarray(D)
+    Y = xp.asarray(Y)
+    if D.ndim != 2:
+        raise ValueError(f"omp: D must be 2-d (d, V), got shape {D.shape}")
+    if Y.ndim == 1:
+        Y = Y[None, :]
+    if Y.ndim != 2 or Y.shape[1] != D.shape[0]:
+        raise ValueError(
+            f"omp: Y must have shape (N, {D.shape[0]}) to match D of shape {D.shape}, "
+            f"got {Y.shape}"
+        )
+    dtype = float_dtype(xp, D, Y)
+    D = D.astype(dtype, copy=False)
+    Y = Y.astype(dtype, copy=False)
+    for name, a in (("D", D), ("Y", Y)):
+        if not bool(xp.isfinite(a).all()):
+            raise ValueError(f"omp: {name} contains NaN or infinite values")
+    if gram is not None:
+        gram = xp.asarray(gram).astype(dtype, copy=False)
+        if gram.shape != (D.shape[1], D.shape[1]):
+            raise ValueError(f"omp: gram must have shape {(D.shape[1],) * 2}, got {gram.shape}")
+    if tol is not None and not tol >= 0:
+        raise ValueError(f"omp: tol must be >= 0, got {tol}")
+    if n_nonzero_coefs is None:
+        if tol is None:
+            raise ValueError("omp: give n_nonzero_coefs, tol, or both")
+        n_nonzero_coefs = D.shape[0]
+    if isinstance(n_nonzero_coefs, bool) or int(n_nonzero_coefs) != n_nonzero_coefs:
+        raise ValueError(f"omp: n_nonzero_coefs must be an integer, got {n_nonzero_coefs!r}")
+    if n_nonzero_coefs < 1:
+        raise ValueError(f"omp: n_nonzero_coefs must be >= 1, got {n_nonzero_coefs}")
+    return D, Y, gram, int(min(n_nonzero_coefs, D.shape[1]))
+
+
+def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
+    """Batch-OMP on one block of signals over unit-norm atoms; returns (indices, coefs)."""
+    b, n_atoms = corr0.shape
+    dtype = corr0.dtype
+    eps = float(np.finfo(dtype).eps)
+    rows = xp.arange(b)
+    indices = xp.full((b, k), -1, dtype=xp.int64)
+    coefs = xp.zeros((b, k), dtype=dtype)
+    # Cholesky factor of G_SS per signal. Steps a signal skipped keep identity rows and zero
+    # right-hand sides, so the triangular solves stay finite and give 0 coefficients there.
+    chol = xp.broadcast_to(xp.eye(k, dtype=dtype), (b, k, k)).copy()
+    z = xp.zeros((b, k), dtype=dtype)  # forward-substitution part: chol z = corr0_S
+    gram_rows = xp.empty((b, k, n_atoms), dtype=dtype)  # G_{S,:} per signal
+    corr = corr0.copy()  # D^T (y - D x), kept current
+    active = y_sq > (0 if tol is None else tol)
+    noise_floor = 8 * eps * xp.sqrt(y_sq)
+
+    for j in range(k):
+        if j:  # chosen atoms are out of the race (their correlation is ~0 already)
+            corr[rows[:, None], indices[:, :j]] = 0
+        new = xp.argmax(corr, axis=1)
+        best = corr[rows, new]
+        if not nonneg:
+            low = xp.argmin(corr, axis=1)
+            flip = -corr[rows, low] > best
+            new = xp.where(flip, low, new)
+            best = xp.where(flip, -corr[rows, low], best)
+        active &= best > noise_floor
+        # Grow the Cholesky factor: chol_j w = G_{S,new}, new diagonal sqrt(1 - w.w).
+        gram_rows[:, j] = gram[new]
+        w = _forward_substitution(chol[:, :j, :j], _take_rows(gram_rows[:, j], indices[:, :j]))
+        pivot = 1 - (w * w).sum(axis=1)
+        active &= pivot > 100 * eps
+        if not bool(active.any()):
+            break
+        sel = xp.nonzero(active)[0]
+        indices[sel, j] = new[sel]
+        chol[sel, j, :j] = w[sel]
+        chol[sel, j, j] = xp.sqrt(pivot[sel])
+        support = indices[:, : j + 1]
+        target = xp.where(support >= 0, _take_rows(corr0, support), 0)
+        if nonneg:
+            gamma = nnls_gram(_take_cols(gram_rows[:, : j + 1], support), target)
+        else:
+            z[sel, j] = (target[sel, j] - (w[sel] * z[sel, :j]).sum(axis=1)) / chol[sel, j, j]
+            gamma = _back_substitution(chol[:, : j + 1, : j + 1], z[:, : j + 1])
+        coefs[:, : j + 1] = gamma
+        # corr = D^T y - G_{:,S} x_S, as a batched (1 x s) @ (s x V) product; rows of skipped
+        # steps hold stale G rows but meet a zero coefficient.
+        corr = corr0 - (gamma[:, None, :] @ gram_rows[:, : j + 1])[:, 0, :]
+        if tol is not None:
+            gram_ss = _take_cols(gram_rows[:, : j + 1], support)
+            fit_sq = (gamma[:, None, :] @ gram_ss @ gamma[:, :, None])[:, 0, 0]
+            res_sq = y_sq - 2 * (gamma * target).sum(axis=1) + fit_sq
+            active &= res_sq > tol
+    return indices, coefs
+
+
+def _take_rows(values, idx):
+    """values[n, idx[n, j]] for every signal n and step j; idx -1 maps to anything finite."""
+    xp = get_array_module(values)
+    return xp.take_along_axis(values, xp.maximum(idx, 0), axis=1)
+
+
+def _take_cols(gram_rows, idx):
+    """G_SS from the gathered rows G_{S,:}: shape (b, s, s); -1 entries become identity."""
+    xp = get_array_module(gram_rows)
+    s = idx.shape[1]
+    safe = xp.maximum(idx, 0)
+    sub = xp.take_along_axis(gram_rows, xp.broadcast_to(safe[:, None, :], (idx.shape[0], s, s)), 2)
+    valid = idx >= 0
+    both = valid[:, :, None] & valid[:, None, :]
+    eye = xp.eye(s, dtype=bool)[None]
+    return xp.where(both, sub, xp.where(eye, 1, 0).astype(sub.dtype))
+
+
+def _forward_substitution(lower, rhs):
+    """Solve lower @ x = rhs for a stack of lower-triangular matrices, shape (b, s, s)."""
+    xp = get_array_module(lower)
+    x = xp.zeros_like(rhs)
+    for i in range(rhs.shape[1]):
+        x[:, i] = (rhs[:, i] - (lower[:, i, :i] * x[:, :i]).sum(axis=1)) / lower[:, i, i]
+    return x
+
+
+def _back_substitution(lower, rhs):
+    """Solve lower^T @ x = rhs for a stack of lower-triangular matrices, shape (b, s, s)."""
+    xp = get_array_module(lower)
+    x = xp.zeros_like(rhs)
+    for i in range(rhs.shape[1] - 1, -1, -1):
+        x[:, i] = (rhs[:, i] - (lower[:, i + 1 :, i] * x[:, i + 1 :]).sum(axis=1)) / lower[:, i, i]
+    return x
+
+
+def nnls_gram(gram_ss: Any, target: Any, max_iter: int | None = None) -> Any:
+    r"""Batched non-negative least squares in Gram form (Lawson & Hanson's active set).
+
+    For each b solves min_{x >= 0} (1/2) x^T A x - c^T x with A = D_S^T D_S positive definite
+    and c = D_S^T y, which is min_{x >= 0} ||D_S x - y||^2.
+
+    Parameters
+    ----------
+    gram_ss : array of shape (b, s, s)
+        A per problem (symmetric positive definite).
+    target : array of shape (b, s)
+        c per problem.
+    max_iter : int, optional
+        Outer iterations; default 3 s.
+
+    Returns
+    -------
+    array of shape (b, s)
+        The non-negative solutions.
+    """
+    xp = get_array_module(gram_ss, target)
+    b, s = target.shape
+    eps = float(np.finfo(target.dtype).eps)
+    scale = xp.abs(target).max(axis=1, keepdims=True) + eps
+    x = xp.zeros_like(target)
+    passive = xp.zeros((b, s), dtype=bool)
+    eye = xp.eye(s, dtype=bool)[None]
+    rows = xp.arange(b)
+
+    def solve_on(mask):
+        both = mask[:, :, None] & mask[:, None, :]
+        a = xp.where(both, gram_ss, xp.where(eye, 1, 0).astype(gram_ss.dtype))
+        return xp.linalg.solve(a, xp.where(mask, target, 0)[..., None])[..., 0]
+
+    for _ in range(max_iter or 3 * s):
+        grad = target - (gram_ss @ x[..., None])[..., 0]  # -gradient: c - A x
+        candidate = xp.where(passive, -xp.inf, grad)
+        enter = xp.argmax(candidate, axis=1)
+        working = candidate[rows, enter] > 10 * eps * s * scale[:, 0]
+        if not bool(working.any()):
+            break
+        passive[working, enter[working]] = True
+        for _ in range(3 * s):
+            z = solve_on(passive)
+            infeasible = working & (passive & (z <= 0)).any(axis=1)
+            if not bool(infeasible.any()):
+                break
+            step_to_zero = xp.where(passive & (z <= 0), x / xp.where(x - z > 0, x - z, 1), xp.inf)
+            step = xp.minimum(step_to_zero.min(axis=1), 1)[:, None]
+            x = xp.where(infeasible[:, None], x + step * (z - x), x)
+            passive &= ~(infeasible[:, None] & (x <= 10 * eps * scale))
+        x = xp.where(working[:, None], xp.where(passive, xp.maximum(z, 0), 0), x)
+    return x
