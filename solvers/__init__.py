@@ -5,6 +5,30 @@
 - :func:`sgd`: minibatch stochastic gradient on the same objectives, streaming rows.
 """
 
+from solvers.bcd import SolverResult, bcd, d_step, polar, random_orthonormal_rows, w_step
+from solvers.objective import (
+    SufficientStats,
+    incoherence_weights,
+    objective,
+    sufficient_stats,
+)
 from solvers.omp import SparseCode, nnls_gram, omp
+from solvers.sgd import sgd, streaming_objective
 
-__all__ = ["SparseCode", "nnls_gram", "omp"]
+__all__ = [
+    "SolverResult",
+    "SparseCode",
+    "SufficientStats",
+    "bcd",
+    "d_step",
+    "incoherence_weights",
+    "nnls_gram",
+    "objective",
+    "omp",
+    "polar",
+    "random_orthonormal_rows",
+    "sgd",
+    "streaming_objective",
+    "sufficient_stats",
+    "w_step",
+]
