@@ -114,13 +114,18 @@ def omp(
     xp = get_array_module(D, Y, gram)
     D, Y, gram, k = _check_inputs(xp, D, Y, n_nonzero_coefs, tol, gram)
     n, n_atoms = Y.shape[0], D.shape[1]
-    if gram is None:
-        gram = D.T @ D
     # Work with unit-norm atoms d_v / ||d_v||: same supports, coefficients rescaled at the end.
-    norms = xp.sqrt(xp.diagonal(gram).copy())
-    norms[norms == 0] = 1  # a zero atom keeps zero correlations and is never chosen
-    gram = gram / norms[:, None] / norms[None, :]
-    corr0 = (Y @ D) / norms  # (N, V): D^T y_n for every signal
+    if gram is None:
+        norms = xp.linalg.norm(D, axis=0)
+        norms[norms == 0] = 1  # a zero atom keeps zero correlations and is never chosen
+        D = D / norms
+        gram = D.T @ D
+    else:
+        norms = xp.sqrt(xp.diagonal(gram).copy())
+        norms[norms == 0] = 1
+        gram = gram / norms[:, None] / norms[None, :]
+        D = D / norms
+    corr0 = Y @ D  # (N, V): D^T y_n for every signal
     y_sq = (Y * Y).sum(axis=1)
     if batch_size is None:
         batch_size = _default_batch_size(xp, n_atoms, k)
