@@ -1,0 +1,90 @@
+"""Safe file I/O: atomic writes (temporary file + rename) and paths confined to a folder.
+
+Every file the toolkit writes goes through :func:`atomic_write`, so a reader never sees a
+half-written file: an interrupted write leaves the previous version (or nothing) in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from image2vec.errors import Image2VecError
+
+__all__ = ["atomic_write", "write_json", "save_npy", "resolve_under"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success rename it onto ``path``.
+
+    The temporary file lives in the same folder (same file system), is flushed and fsynced before
+    :func:`os.replace`, and is removed if the block raises.
+
+    Parameters
+    ----------
+    path : path-like
+        Final destination; its folder is created if missing.
+    mode : {"wb", "w"}
+        Binary or text (UTF-8) mode.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+    with atomic_write(path, "w") as fh:
+        json.dump(obj, fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save ``array`` in ``.npy`` format, atomically (readable with ``allow_pickle=False``)."""
+    with atomic_write(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def resolve_under(root: str | os.PathLike, name: str) -> Path:
+    """The path of file ``name`` inside folder ``root``, refusing anything that leaves it.
+
+    Parameters
+    ----------
+    root : path-like
+        The folder that must contain the file.
+    name : str
+        A relative file name as found in an annotation file.
+
+    Raises
+    ------
+    Image2VecError
+        If ``name`` is absolute, empty, or resolves outside ``root`` (``../``, symlink tricks).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise Image2VecError(f"file name {name!r} is empty or not a string")
+    if os.path.isabs(name) or Path(name).is_absolute():
+        raise Image2VecError(f"file name {name!r} is an absolute path; only names inside "
+                             f"the image folder {root} are accepted")
+    base = Path(root).resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base):
+        raise Image2VecError(f"file name {name!r} points outside the image folder {root}")
+    return path

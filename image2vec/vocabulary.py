@@ -1,0 +1,391 @@
+"""Words of the images: caption analysis (NLTK), the vocabulary, and the targets X.
+
+Captions become words in three steps, all NLTK: tokenising (Treebank tokenizer), deciding which
+tokens are nouns or adjectives, and lemmatising with WordNet ("dogs" -> "dog"). The noun/adjective
+decision uses NLTK's averaged perceptron tagger where its data is installed; otherwise it is read
+from WordNet, taking the part of speech of the token's most frequent sense (WordNet's sense-tagged
+counts). WordNet itself comes from NLTK's data when present, else from Debian's ``wordnet-base``
+(``/usr/share/wordnet``), which this module makes readable by NLTK's ``WordNetCorpusReader``.
+
+The vocabulary keeps a word when it occurs in at least ``min_count`` training images. The target
+of image n is x_n in R^V with x_nv = (number of image n's captions containing word v) / (number
+of its captions), or 1{word v in image n} in the binary variant; X = [x_1 ... x_N]^T is a
+scipy.sparse CSR matrix, never a dense N x V array.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import nltk
+import numpy as np
+import scipy.sparse as sp
+from nltk.corpus.reader.wordnet import WordNetCorpusReader
+from nltk.tokenize import TreebankWordTokenizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+from tqdm.auto import tqdm
+
+from image2vec.errors import Image2VecError
+from image2vec.io import write_json
+
+__all__ = ["load_wordnet", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
+           "build_vocabulary", "targets"]
+
+logger = logging.getLogger(__name__)
+
+#: Where Debian's ``wordnet-base`` package puts the WordNet 3.0 database.
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+
+# WordNet's lexicographer files, numbered as in the lex_filenum field of the data files
+# (WordNet 3.0, lexnames(5WN)). NLTK's reader needs them; Debian does not ship the file.
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute "
+    "noun.body noun.cognition noun.communication noun.event noun.feeling noun.food noun.group "
+    "noun.location noun.motive noun.object noun.person noun.phenomenon noun.plant "
+    "noun.possession noun.process noun.quantity noun.relation noun.shape noun.state "
+    "noun.substance noun.time verb.body verb.change verb.cognition verb.communication "
+    "verb.competition verb.consumption verb.contact verb.creation verb.emotion verb.motion "
+    "verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_LEX_POS = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
+
+# Penn Treebank tags kept, mapped to WordNet parts of speech.
+_PENN_TO_WORDNET = {"NN": "n", "NNS": "n", "NNP": "n", "NNPS": "n",
+                    "JJ": "a", "JJR": "a", "JJS": "a"}
+_WORDNET_POS = ("n", "v", "a", "r")
+STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
+
+
+def _cache_dir() -> Path:
+    """The toolkit's cache folder: ``$IMAGE2VEC_CACHE``, else ``~/.cache/image2vec``."""
+    return Path(os.environ.get("IMAGE2VEC_CACHE") or Path.home() / ".cache" / "image2vec")
+
+
+def _debian_wordnet_corpus(source: Path) -> Path:
+    """An NLTK ``corpora/wordnet`` folder with the files of ``source`` plus a ``lexnames`` file.
+
+    Built once under ``<cache>/nltk_data`` as copies (about 30 MB: NLTK refuses symlinks and
+    hard links to files outside its data folders), in a temporary folder renamed into place.
+    """
+    target = _cache_dir() / "nltk_data" / "corpora" / "wordnet"
+    if (target / "lexnames").is_file() and (target / "data.noun").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
+    try:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, tmp / f.name)
+        lines = [f"{i:02d}\t{name}\t{_LEX_POS[name.split('.')[0]]}"
+                 for i, name in enumerate(_LEXNAMES)]
+        (tmp / "lexnames").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process built it meanwhile
+            if not (target / "lexnames").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class _DebianWordNet(WordNetCorpusReader):
+    """NLTK's WordNet reader over Debian's files, which lack ``index.sense``.
+
+    NLTK only needs that file to map synsets between WordNet versions (for the multilingual
+    Open Multilingual WordNet, not used here); this is WordNet 3.0 itself, so no map is made.
+    """
+
+    def map_wn(self, version: str = "wordnet") -> None:
+        return None
+
+
+@functools.cache
+def load_wordnet() -> WordNetCorpusReader:
+    """WordNet for NLTK: NLTK's own data if installed, else Debian's ``wordnet-base``.
+
+    Raises
+    ------
+    Image2VecError
+        If neither is installed.
+    """
+    from nltk.corpus import wordnet
+
+    try:
+        wordnet.ensure_loaded()
+        logger.info("WordNet: NLTK data (%s)", wordnet.root)
+        return wordnet
+    except LookupError:
+        pass
+    source = Path(os.environ.get("IMAGE2VEC_WORDNET_DIR") or DEBIAN_WORDNET)
+    if not (source / "data.noun").is_file():
+        raise Image2VecError(
+            f"WordNet is not installed (no NLTK wordnet data, nothing in {source}): "
+            "install Debian's package with `apt-get install wordnet-base` "
+            "(or set IMAGE2VEC_WORDNET_DIR to a WordNet 3.0 dict folder)")
+    root = _debian_wordnet_corpus(source)
+    nltk_data = str(root.parent.parent)
+    if nltk_data not in nltk.data.path:  # NLTK reads corpora only under its data paths
+        nltk.data.path.append(nltk_data)
+    with warnings.catch_warnings():  # "multilingual functions are not available"
+        warnings.simplefilter("ignore", UserWarning)
+        reader = _DebianWordNet(str(root), None)
+    logger.info("WordNet: Debian wordnet-base from %s (via %s)", source, root)
+    return reader
+
+
+def _perceptron_tagger():
+    """NLTK's averaged perceptron tagger, or None when its data is not installed."""
+    from nltk.tag import PerceptronTagger
+
+    try:
+        return PerceptronTagger()
+    except (LookupError, OSError):
+        return None
+
+
+class CaptionAnalyzer:
+    """Turn a caption into its nouns and adjectives, lower-cased and lemmatised.
+
+    Parameters
+    ----------
+    tagger : {"auto", "perceptron", "wordnet"}
+        How nouns and adjectives are told apart. ``"perceptron"``: NLTK's averaged perceptron
+        tagger (Penn tags NN*, JJ*). ``"wordnet"``: the part of speech of the token's most
+        frequent WordNet sense, over all the base forms WordNet's morphology finds; a token
+        WordNet does not know is taken as a noun. ``"auto"``: the perceptron where its data is
+        installed, else WordNet. The path used is logged and stored in :attr:`backend`.
+    stop_words : iterable of str, optional
+        Words never kept (default: scikit-learn's English stop words).
+
+    Examples
+    --------
+    >>> CaptionAnalyzer("wordnet")("Two dogs sitting on a red couch.")
+    ['dog', 'red', 'couch']
+    """
+
+    def __init__(self, tagger: str = "auto", stop_words: Iterable[str] | None = None):
+        if tagger not in ("auto", "perceptron", "wordnet"):
+            raise Image2VecError(f"tagger must be auto, perceptron or wordnet, not {tagger!r}")
+        self._wordnet = load_wordnet()
+        self._tagger = None if tagger == "wordnet" else _perceptron_tagger()
+        if tagger == "perceptron" and self._tagger is None:
+            raise Image2VecError("NLTK's averaged perceptron tagger data is not installed "
+                                 "(taggers/averaged_perceptron_tagger_eng); use tagger='wordnet'")
+        self.backend = "wordnet" if self._tagger is None else "perceptron"
+        logger.info("caption analysis: nouns/adjectives by %s",
+                    "NLTK's averaged perceptron tagger" if self._tagger
+                    else "WordNet's most frequent sense (no perceptron tagger data installed)")
+        self.stop_words = frozenset(STOP_WORDS if stop_words is None else stop_words)
+        self._tokenizer = TreebankWordTokenizer()
+        self._best_sense = functools.lru_cache(maxsize=1 << 16)(self._best_sense_uncached)
+
+    def _best_sense_uncached(self, token: str, poses: tuple[str, ...]) -> tuple[str, str] | None:
+        """(part of speech, lemma) of the most frequent WordNet sense of ``token`` over ``poses``.
+
+        Senses are ranked by WordNet's tagged count, ties by the number of senses of the
+        (pos, lemma) pair, then by the order of ``poses``; None if WordNet knows no sense.
+        """
+        wn = self._wordnet
+        best, best_key = None, None
+        for rank, pos in enumerate(poses):
+            for lemma in wn._morphy(token, pos):
+                synsets = wn.synsets(lemma, pos)
+                if not synsets:
+                    continue
+                first = synsets[0]  # WordNet lists senses most frequent first
+                count = max((lm.count() for lm in first.lemmas() if lm.name().lower() == lemma),
+                            default=0)
+                key = (count, len(synsets), -rank, -len(lemma))
+                if best_key is None or key > best_key:
+                    best, best_key = (pos, lemma), key
+        return best
+
+    def _keep(self, token: str) -> bool:
+        return (len(token) > 1 and token not in self.stop_words
+                and token.replace("-", "").isalpha())
+
+    def __call__(self, caption: str) -> list[str]:
+        """The nouns and adjectives of ``caption``, lemmatised, in order (repeats kept)."""
+        tokens = self._tokenizer.tokenize(caption)
+        words = []
+        if self._tagger is not None:
+            for token, tag in self._tagger.tag(tokens):
+                pos = _PENN_TO_WORDNET.get(tag)
+                token = token.lower()
+                if pos is None or not self._keep(token):
+                    continue
+                sense = self._best_sense(token, (pos,))
+                words.append(sense[1] if sense else token)
+        else:
+            for token in tokens:
+                token = token.lower()
+                if not self._keep(token):
+                    continue
+                sense = self._best_sense(token, _WORDNET_POS)
+                if sense is None:
+                    words.append(token)
+                elif sense[0] in ("n", "a"):
+                    words.append(sense[1])
+        return [w for w in words if w not in self.stop_words]
+
+
+def analyze_captions(captions: Sequence[Sequence[str]],
+                     analyzer: CaptionAnalyzer | None = None,
+                     progress: bool = True) -> list[list[list[str]]]:
+    """Words of every caption of every image: ``docs[n][j]`` = words of caption j of image n."""
+    analyzer = analyzer or CaptionAnalyzer()
+    return [[analyzer(c) for c in caps]
+            for caps in tqdm(captions, desc="captions", unit="img", disable=not progress)]
+
+
+class Vocabulary:
+    """An ordered list of words with their counts; word v is column v of X and of D.
+
+    Parameters
+    ----------
+    words : sequence of str
+        Distinct words; their order defines the column index v.
+    counts : sequence of int
+        counts[v] = number of training images in which word v occurs.
+    n_images : int
+        Number of training images the counts come from.
+    info : dict, optional
+        JSON-serialisable provenance (source, min_count, tagger, ...), saved with the words.
+    """
+
+    def __init__(self, words: Sequence[str], counts: Sequence[int], n_images: int,
+                 info: dict | None = None):
+        self.words = tuple(str(w) for w in words)
+        self.counts = np.asarray(counts, dtype=np.int64)
+        if self.counts.shape != (len(self.words),):
+            raise Image2VecError(f"{len(self.words)} words but {self.counts.size} counts")
+        self._index = {w: v for v, w in enumerate(self.words)}
+        if len(self._index) != len(self.words):
+            raise Image2VecError("vocabulary words are not distinct")
+        self.n_images = int(n_images)
+        self.info = dict(info or {})
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self._index
+
+    def __iter__(self):
+        return iter(self.words)
+
+    def __repr__(self) -> str:
+        head = ", ".join(self.words[:5])
+        return f"Vocabulary(V={len(self)}, n_images={self.n_images}: {head}{', ...' * (len(self) > 5)})"
+
+    def index(self, word: str) -> int:
+        """Column v of ``word``; raises KeyError if it is not in the vocabulary."""
+        return self._index[word]
+
+    def columns(self, words: Iterable[str]) -> set[int]:
+        """The distinct columns of those ``words`` that are in the vocabulary."""
+        return {self._index[w] for w in words if w in self._index}
+
+    def count(self, word: str) -> int:
+        """Number of training images containing ``word``."""
+        return int(self.counts[self._index[word]])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save as JSON (words, counts, n_images, info), atomically."""
+        write_json(path, {"format": "image2vec-vocabulary", "version": 1,
+                          "n_images": self.n_images, "info": self.info,
+                          "words": list(self.words), "counts": self.counts.tolist()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
+        """Load a vocabulary saved by :meth:`save`."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise Image2VecError(f"vocabulary file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise Image2VecError(f"vocabulary file {path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != "image2vec-vocabulary":
+            raise Image2VecError(f"{path} is not an image2vec vocabulary file")
+        return cls(data["words"], data["counts"], data["n_images"], data.get("info"))
+
+
+def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: int = 2,
+                     max_size: int | None = None, info: dict | None = None) -> Vocabulary:
+    """The words occurring in at least ``min_count`` images, most frequent first.
+
+    Parameters
+    ----------
+    documents : sequence of sequence of sequence of str
+        ``documents[n]`` = the word lists of image n (one per caption, or one list of tags).
+    min_count : int
+        Keep a word when it occurs in at least this many images (2 on small data, 5 on COCO).
+    max_size : int, optional
+        Keep only the ``max_size`` most frequent words.
+    info : dict, optional
+        Provenance stored with the vocabulary.
+
+    Returns
+    -------
+    Vocabulary
+        Words ordered by decreasing image count, ties alphabetically.
+
+    Raises
+    ------
+    Image2VecError
+        If no word is kept (the message suggests a lower ``min_count``).
+    """
+    if min_count < 1:
+        raise Image2VecError(f"min_count must be >= 1, got {min_count}")
+    if max_size is not None and max_size < 1:
+        raise Image2VecError(f"max_size must be >= 1, got {max_size}")
+    df = Counter(w for doc in documents for w in {w for words in doc for w in words})
+    kept = sorted((w for w, c in df.items() if c >= min_count), key=lambda w: (-df[w], w))
+    if max_size is not None:
+        kept = kept[:max_size]
+    if not kept:
+        top = max(df.values(), default=0)
+        raise Image2VecError(
+            f"the vocabulary is empty: no word occurs in at least min_count={min_count} of the "
+            f"{len(documents)} images (the most frequent occurs in {top}); "
+            "lower min_count or use more images")
+    return Vocabulary(kept, [df[w] for w in kept], len(documents),
+                      {"min_count": min_count, "max_size": max_size, **(info or {})})
+
+
+def targets(documents: Sequence[Sequence[Sequence[str]]], vocabulary: Vocabulary,
+            binary: bool = False) -> sp.csr_matrix:
+    """Sparse targets X (N x V): x_nv = fraction of image n's word lists that contain word v.
+
+    Parameters
+    ----------
+    documents : sequence of sequence of sequence of str
+        As in :func:`build_vocabulary`; words outside the vocabulary are ignored.
+    vocabulary : Vocabulary
+    binary : bool
+        x_nv = 1 when any word list of image n contains v (the Flickr tags variant).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of shape (N, V), float32, sorted indices
+    """
+    indptr, indices, data = [0], [], []
+    for doc in documents:
+        hits = Counter(v for words in doc for v in vocabulary.columns(words))
+        cols = sorted(hits)
+        indices.extend(cols)
+        data.extend([1.0] * len(cols) if binary else [hits[v] / len(doc) for v in cols])
+        indptr.append(len(indices))
+    return sp.csr_matrix((np.asarray(data, dtype=np.float32), np.asarray(indices, np.int32),
+                          np.asarray(indptr, np.int64)), shape=(len(documents), len(vocabulary)))
