@@ -13,6 +13,8 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -d /usr/share/wordnet || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base; } \
+		|| echo "warning: could not install Debian's wordnet-base (WordNet for the vocabulary): apt-get install wordnet-base" >&2
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)

@@ -71,12 +71,14 @@ def _cache_dir() -> Path:
 
 
 def _debian_wordnet_corpus(source: Path) -> Path:
-    """An NLTK ``corpora/wordnet`` folder with the files of ``source`` plus a ``lexnames`` file.
+    """An NLTK corpus folder with the files of ``source`` plus a ``lexnames`` file.
 
     Built once under ``<cache>/nltk_data`` as copies (about 30 MB: NLTK refuses symlinks and
     hard links to files outside its data folders), in a temporary folder renamed into place.
     """
-    target = _cache_dir() / "nltk_data" / "corpora" / "wordnet"
+    # Not "corpora/wordnet": NLTK's own lazy loader would then find it and fail on the missing
+    # index.sense instead of reporting that its data is not installed.
+    target = _cache_dir() / "nltk_data" / "corpora" / "wordnet-debian"
     if (target / "lexnames").is_file() and (target / "data.noun").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
