@@ -152,8 +152,10 @@ def d_step(
     system = stats.C + stats.n * lam * xp.eye(n_words, dtype=stats.C.dtype)
     linalg = linalg_module(xp)
     try:
-        factor = linalg.cho_factor(system, lower=True)
-        solution = linalg.cho_solve(factor, target.T).T
+        # system = L L^T, and D system = W B  <=>  L L^T D^T = (W B)^T.
+        lower = xp.linalg.cholesky(system)
+        half = linalg.solve_triangular(lower, target.T, lower=True)
+        solution = linalg.solve_triangular(lower.T, half, lower=False).T
         if not bool(xp.isfinite(solution).all()):
             raise np.linalg.LinAlgError("not positive definite")
     except np.linalg.LinAlgError:

@@ -19,7 +19,7 @@ from solvers.backend import float_dtype, get_array_module
 # Elements of the (signals x atoms) working arrays of one block: about the L2/L3 cache of a
 # CPU core, and a memory bound on a GPU.
 _CPU_BLOCK_ELEMENTS = 2**21
-_GPU_BLOCK_ELEMENTS = 2**28
+_GPU_BLOCK_ELEMENTS = 2**29
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def omp(
         Precomputed G = D^T D.
     batch_size : int, optional
         Signals processed together; by default as many as keep the working arrays near
-        2^21 elements on the CPU (cache-sized) and 2^28 on a GPU.
+        2^21 elements on the CPU (cache-sized) and 2^29 on a GPU.
     n_jobs : int, default 1
         Threads that code blocks of signals in parallel (numpy backend).
 
