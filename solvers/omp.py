@@ -233,7 +233,7 @@ def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
         support = indices[:, : j + 1]
         target = xp.where(support >= 0, _take_rows(corr0, support), 0)
         if nonneg:
-            gamma = nnls_gram(_take_cols(gram_rows[:, : j + 1], support), target)
+            gamma = nnls_gram(_take_cols(gram_rows[:, : j + 1], support), target, init=coefs[:, : j + 1])
         else:
             z[sel, j] = (target[sel, j] - (w[sel] * z[sel, :j]).sum(axis=1)) / chol[sel, j, j]
             gamma = _back_substitution(chol[:, : j + 1, : j + 1], z[:, : j + 1])
@@ -285,7 +285,7 @@ def _back_substitution(lower, rhs):
     return x
 
 
-def nnls_gram(gram_ss: Any, target: Any, max_iter: int | None = None) -> Any:
+def nnls_gram(gram_ss: Any, target: Any, init: Any = None, max_iter: int | None = None) -> Any:
     r"""Batched non-negative least squares in Gram form (Lawson & Hanson's active set).
 
     For each b solves min_{x >= 0} (1/2) x^T A x - c^T x with A = D_S^T D_S positive definite
@@ -297,8 +297,11 @@ def nnls_gram(gram_ss: Any, target: Any, max_iter: int | None = None) -> Any:
         A per problem (symmetric positive definite).
     target : array of shape (b, s)
         c per problem.
+    init : array of shape (b, s), optional
+        A feasible (non-negative) starting point, e.g. the previous OMP step's solution padded
+        with zeros; its positive entries start in the passive set.
     max_iter : int, optional
-        Outer iterations; default 3 s.
+        Outer iterations (variables entering the passive set); default 3 s.
 
     Returns
     -------
@@ -309,8 +312,8 @@ def nnls_gram(gram_ss: Any, target: Any, max_iter: int | None = None) -> Any:
     b, s = target.shape
     eps = float(np.finfo(target.dtype).eps)
     scale = xp.abs(target).max(axis=1, keepdims=True) + eps
-    x = xp.zeros_like(target)
-    passive = xp.zeros((b, s), dtype=bool)
+    x = xp.zeros_like(target) if init is None else xp.maximum(init, 0)
+    passive = x > 0
     eye = xp.eye(s, dtype=bool)[None]
     rows = xp.arange(b)
 
@@ -320,21 +323,24 @@ def nnls_gram(gram_ss: Any, target: Any, max_iter: int | None = None) -> Any:
         return xp.linalg.solve(a, xp.where(mask, target, 0)[..., None])[..., 0]
 
     for _ in range(max_iter or 3 * s):
-        grad = target - (gram_ss @ x[..., None])[..., 0]  # -gradient: c - A x
+        # Inner loop: least squares on the passive set, stepping back towards feasibility.
+        for _ in range(3 * s):
+            z = solve_on(passive)
+            blocked = passive & (z <= 0)
+            infeasible = blocked.any(axis=1)
+            if not bool(infeasible.any()):
+                break
+            step_to_zero = xp.where(blocked, x / xp.where(x - z > 0, x - z, 1), xp.inf)
+            step = xp.minimum(step_to_zero.min(axis=1), 1)[:, None]
+            x = xp.where(infeasible[:, None], x + step * (z - x), x)
+            passive &= ~(infeasible[:, None] & (x <= 10 * eps * scale))
+        x = xp.where(passive, xp.maximum(z, 0), 0)
+        # Outer loop: the variable with the largest positive -gradient c - A x enters.
+        grad = target - (gram_ss @ x[..., None])[..., 0]
         candidate = xp.where(passive, -xp.inf, grad)
         enter = xp.argmax(candidate, axis=1)
         working = candidate[rows, enter] > 10 * eps * s * scale[:, 0]
         if not bool(working.any()):
             break
         passive[working, enter[working]] = True
-        for _ in range(3 * s):
-            z = solve_on(passive)
-            infeasible = working & (passive & (z <= 0)).any(axis=1)
-            if not bool(infeasible.any()):
-                break
-            step_to_zero = xp.where(passive & (z <= 0), x / xp.where(x - z > 0, x - z, 1), xp.inf)
-            step = xp.minimum(step_to_zero.min(axis=1), 1)[:, None]
-            x = xp.where(infeasible[:, None], x + step * (z - x), x)
-            passive &= ~(infeasible[:, None] & (x <= 10 * eps * scale))
-        x = xp.where(working[:, None], xp.where(passive, xp.maximum(z, 0), 0), x)
     return x

@@ -210,3 +210,19 @@ def test_single_signal_as_vector(xp):
     code = omp(xp.asarray(D), xp.asarray(y), 2)
     assert code.indices.shape == (1, 2)
     np.testing.assert_allclose(to_numpy(code.toarray())[0], sklearn_codes(D, y[None], n_nonzero_coefs=2)[0])
+
+
+def test_nnls_gram_matches_scipy_nnls_with_active_bounds(xp):
+    from solvers import nnls_gram
+
+    rng = np.random.default_rng(15)
+    atoms = rng.standard_normal((50, 12, 8)) + 1.5 * rng.standard_normal((50, 12, 1))  # correlated
+    signals = rng.standard_normal((50, 12))
+    gram = np.einsum("bdi,bdj->bij", atoms, atoms)
+    target = np.einsum("bdi,bd->bi", atoms, signals)
+    ours = to_numpy(nnls_gram(xp.asarray(gram), xp.asarray(target)))
+    reference = np.array([nnls(a, y)[0] for a, y in zip(atoms, signals)])
+    assert (reference == 0).sum() > 50  # many bounds are active: the active set really works
+    np.testing.assert_allclose(ours, reference, atol=1e-9)
+    warm = to_numpy(nnls_gram(xp.asarray(gram), xp.asarray(target), init=xp.asarray(np.abs(reference) + 0.1)))
+    np.testing.assert_allclose(warm, reference, atol=1e-9)
