@@ -3,8 +3,10 @@
 - :func:`omp`: batched Orthogonal Matching Pursuit (Batch-OMP), optionally non-negative.
 - :func:`bcd`: block coordinate descent on the sufficient statistics of DESIGN.md section 3.
 - :func:`sgd`: minibatch stochastic gradient on the same objectives, streaming rows.
+- :func:`box_least_squares`: batched box-constrained least squares (the weak-tag A-step).
 """
 
+from solvers.boxls import box_least_squares
 from solvers.bcd import SolverResult, bcd, d_step, polar, random_orthonormal_rows, w_step
 from solvers.objective import (
     SufficientStats,
@@ -20,6 +22,7 @@ __all__ = [
     "SparseCode",
     "SufficientStats",
     "bcd",
+    "box_least_squares",
     "d_step",
     "incoherence_weights",
     "nnls_gram",

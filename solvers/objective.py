@@ -15,7 +15,7 @@ sum_n ||W f_n - D x_n||^2 = tr(W A W^T) - 2 tr(W B D^T) + tr(D C D^T).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -28,16 +28,24 @@ OBJECTIVES = ("l2", "ip")
 
 @dataclass(frozen=True)
 class SufficientStats:
-    """A = F^T F (p x p), B = F^T X (p x V), C = X^T X (V x V) and N, dense arrays."""
+    """A = F^T F (p x p), B = F^T X (p x V), C = X^T X (V x V), N and the column sums of F and X.
+
+    The sums make the statistics of centred data available (:meth:`centered`), which is how a
+    model with an intercept, W (f_n - mean f) ~= D (x_n - mean x), is trained from them.
+    """
 
     A: Any
     B: Any
     C: Any
     n: int
+    f_sum: Any
+    x_sum: Any
 
     def __add__(self, other: "SufficientStats") -> "SufficientStats":
         """Statistics of the union of two disjoint sets of rows (a distributed reduction)."""
-        return SufficientStats(self.A + other.A, self.B + other.B, self.C + other.C, self.n + other.n)
+        return SufficientStats(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(self))
+        )
 
     def to(self, xp: Any, dtype: Any = None) -> "SufficientStats":
         """The same statistics as arrays of module ``xp`` (numpy or cupy)."""
@@ -46,17 +54,36 @@ class SufficientStats:
             a = to_numpy(a) if xp is np else xp.asarray(a)
             return a.astype(dtype or a.dtype, copy=False)
 
-        return SufficientStats(move(self.A), move(self.B), move(self.C), self.n)
+        return SufficientStats(*(
+            getattr(self, f.name) if f.name == "n" else move(getattr(self, f.name)) for f in fields(self)
+        ))
+
+    def centered(self) -> "SufficientStats":
+        """Statistics of the centred rows f_n - mean f and x_n - mean x.
+
+        (F - 1 m^T)^T (X - 1 u^T) = F^T X - N m u^T with m, u the column means.
+        """
+        xp = get_array_module(self.A)
+        f_mean, x_mean = self.f_sum / self.n, self.x_sum / self.n
+        return SufficientStats(
+            self.A - self.n * xp.outer(f_mean, f_mean),
+            self.B - self.n * xp.outer(f_mean, x_mean),
+            self.C - self.n * xp.outer(x_mean, x_mean),
+            self.n,
+            xp.zeros_like(self.f_sum),
+            xp.zeros_like(self.x_sum),
+        )
 
 
 def iter_row_chunks(
-    F: Any, X: Any, chunk_size: int, order: Any = None, xp: Any = None
+    F: Any, X: Any, chunk_size: int, order: Any = None, xp: Any = None, offsets: tuple | None = None
 ) -> Iterator[tuple[Any, Any]]:
     """Yield (F_chunk, X_chunk) row blocks as dense float arrays of module ``xp``.
 
     F may be any array-like indexable by rows (a numpy memmap included); X a SciPy sparse matrix
     or a dense array. ``order`` (a permutation of row indices) streams rows in that order, each
-    chunk's rows sorted for sequential reads. ``xp`` defaults to F's array module.
+    chunk's rows sorted for sequential reads. ``xp`` defaults to F's array module. ``offsets``
+    (f_mean, x_mean) are subtracted from every row (centred data without a dense copy of X).
     """
     n = F.shape[0]
     xp = xp or get_array_module(F)
@@ -67,11 +94,23 @@ def iter_row_chunks(
         f_chunk = xp.asarray(F[rows])
         x_chunk = X[rows]
         x_chunk = x_chunk.toarray() if sp.issparse(x_chunk) else x_chunk
-        yield f_chunk, xp.asarray(x_chunk, dtype=f_chunk.dtype)
+        x_chunk = xp.asarray(x_chunk, dtype=f_chunk.dtype)
+        if offsets is not None:
+            f_chunk, x_chunk = f_chunk - offsets[0], x_chunk - offsets[1]
+        yield f_chunk, x_chunk
+
+
+def column_means(F: Any, X: Any, chunk_size: int = 4096, xp: Any = None) -> tuple[Any, Any]:
+    """(mean of the rows of F, mean of the rows of X) in one streaming pass."""
+    f_sum = x_sum = 0
+    for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, xp=xp):
+        f_sum = f_sum + f_chunk.sum(axis=0)
+        x_sum = x_sum + x_chunk.sum(axis=0)
+    return f_sum / F.shape[0], x_sum / F.shape[0]
 
 
 def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096) -> SufficientStats:
-    """Accumulate A = F^T F, B = F^T X, C = X^T X in one streaming pass over row chunks.
+    """Accumulate A = F^T F, B = F^T X, C = X^T X and the sums in one streaming pass.
 
     Parameters
     ----------
@@ -85,7 +124,14 @@ def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096) -> SufficientSta
     check_rows(F, X)
     stats = None
     for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size):
-        part = SufficientStats(f_chunk.T @ f_chunk, f_chunk.T @ x_chunk, x_chunk.T @ x_chunk, f_chunk.shape[0])
+        part = SufficientStats(
+            f_chunk.T @ f_chunk,
+            f_chunk.T @ x_chunk,
+            x_chunk.T @ x_chunk,
+            f_chunk.shape[0],
+            f_chunk.sum(axis=0),
+            x_chunk.sum(axis=0),
+        )
         stats = part if stats is None else stats + part
     return stats
 

@@ -15,13 +15,14 @@ gradient taken on the first minibatch, so the defaults work across data scales.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from solvers.backend import get_array_module
 from solvers.bcd import SolverResult, polar
-from solvers.objective import check_objective, check_rows, iter_row_chunks, penalty
+from solvers.objective import check_objective, check_rows, column_means, iter_row_chunks, penalty
 
 
 def sgd(
@@ -34,6 +35,8 @@ def sgd(
     gamma: float = 0.0,
     cooccurrence: Any = None,
     learn_w: bool = True,
+    center: bool = False,
+    sample_step: Callable[[Any, Any], Any] | None = None,
     D: Any = None,
     batch_size: int = 256,
     n_epochs: int = 30,
@@ -57,6 +60,11 @@ def sgd(
         As in :func:`solvers.bcd.bcd`.
     learn_w : bool
         Whether W is updated.
+    center : bool
+        Fit W (f_n - mean f) ~= D (x_n - mean x), an intercept model, by centring every
+        minibatch with the column means (recomputed when ``sample_step`` changes X).
+    sample_step : callable, optional
+        ``sample_step(D, W) -> X``: new targets after every epoch (the weak-tag A-step).
     D : array of shape (d, V), optional
         Initial dictionary; zeros (``l2``) or random unit columns (``ip``) by default.
     batch_size : int
@@ -95,8 +103,11 @@ def sgd(
     result = SolverResult(D=D, W=W)
     step = 0
     lipschitz = None
+    offsets = column_means(F, X, xp=xp) if center else None
+    terms = dict(objective_kind=objective_kind, lam=lam, gamma=gamma, cooccurrence=cooccurrence)
     for epoch in range(1, n_epochs + 1):
-        for f_batch, x_batch in iter_row_chunks(F, X, batch_size, order=rng.permutation(n), xp=xp):
+        batches = iter_row_chunks(F, X, batch_size, order=rng.permutation(n), xp=xp, offsets=offsets)
+        for f_batch, x_batch in batches:
             if lipschitz is None:
                 lipschitz = _lipschitz(f_batch, x_batch, lam, objective_kind)
             eta = learning_rate / (1 + step / decay)
@@ -108,9 +119,12 @@ def sgd(
                 W = polar(W - (eta / lipschitz[1]) * grad_w)
             step += 1
         result.D, result.W, result.n_iter = D, W, epoch
-        value = streaming_objective(F, X, D, W, objective_kind=objective_kind, lam=lam, gamma=gamma,
-                                    cooccurrence=cooccurrence, chunk_size=max(batch_size, 4096))
-        result.trace.append((epoch, "epoch", value))
+        chunk_size = max(batch_size, 4096)
+        result.trace.append((epoch, "epoch", streaming_objective(F, X, D, W, offsets=offsets, chunk_size=chunk_size, **terms)))
+        if sample_step is not None:
+            X = sample_step(D, W)
+            offsets = column_means(F, X, xp=xp) if center else None
+            result.trace.append((epoch, "sample", streaming_objective(F, X, D, W, offsets=offsets, chunk_size=chunk_size, **terms)))
     return result
 
 
@@ -157,10 +171,11 @@ def streaming_objective(
     gamma: float = 0.0,
     cooccurrence: Any = None,
     chunk_size: int = 4096,
+    offsets: tuple | None = None,
 ) -> float:
     """J(D, W) from one streaming pass over the rows (no sufficient statistics needed)."""
     total = 0.0
-    for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, xp=get_array_module(W)):
+    for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, xp=get_array_module(W), offsets=offsets):
         embedded = f_chunk @ W.T
         if objective_kind == "ip":
             total -= float((embedded * (x_chunk @ D.T)).sum())

@@ -213,3 +213,24 @@ def test_bad_arguments_are_clear_value_errors(call, message):
     F, X, _, _ = planted(n=200)
     with pytest.raises(ValueError, match=message):
         call(F, X, random_orthonormal_rows(6, 30, 0))
+
+
+def test_centered_stats_equal_stats_of_centered_data():
+    F, X, _, _ = planted(n=250, noise=0.3)
+    centred_f = F - F.mean(axis=0)
+    centred_x = X.toarray() - X.toarray().mean(axis=0)
+    parts = sufficient_stats(F[:100], X[:100]) + sufficient_stats(F[100:], X[100:])
+    expected = sufficient_stats(centred_f, centred_x)
+    got = parts.centered()
+    for name in ("A", "B", "C"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), atol=1e-9)
+    assert got.n == 250 and np.allclose(got.f_sum, 0)
+
+
+def test_centred_sgd_approaches_bcd_on_centred_statistics():
+    F, X, _, _ = planted(n=2000, noise=0.5)
+    F = F + 3.0  # a large mean that only an intercept model can ignore
+    W0 = random_orthonormal_rows(6, 30, 5)
+    best = bcd(sufficient_stats(F, X).centered(), W0, lam=1e-3, max_iter=2000, tol=1e-13)
+    result = sgd(F, X, W0, lam=1e-3, center=True, n_epochs=60, decay=10 * 2000 / 128, batch_size=128, random_state=0)
+    assert abs(result.objective - best.objective) <= 0.01 * abs(best.objective)
