@@ -9,8 +9,9 @@ For a minibatch of b rows with residuals e_n = W f_n - D x_n, the stochastic gra
 
 After each step the iterate is projected back onto the constraints: W onto the nearest matrix
 with orthonormal rows (its polar factor), and for ``ip`` each column of D onto the unit sphere.
-Step sizes are eta_t = eta_0 / (1 + t / decay) divided by a Lipschitz estimate of each block's
-gradient taken on the first minibatch, so the defaults work across data scales.
+Step sizes are eta_t = eta_0 / (1 + t / decay) divided by a scale per block taken on the first
+minibatch (a Lipschitz estimate for ``l2``, the relative gradient size for ``ip``), so the
+defaults work across data scales.
 """
 
 from __future__ import annotations
@@ -102,21 +103,21 @@ def sgd(
     decay = decay or 5 * steps_per_epoch
     result = SolverResult(D=D, W=W)
     step = 0
-    lipschitz = None
+    scales = None
     offsets = column_means(F, X, xp=xp) if center else None
     terms = dict(objective_kind=objective_kind, lam=lam, gamma=gamma, cooccurrence=cooccurrence)
     for epoch in range(1, n_epochs + 1):
         batches = iter_row_chunks(F, X, batch_size, order=rng.permutation(n), xp=xp, offsets=offsets)
         for f_batch, x_batch in batches:
-            if lipschitz is None:
-                lipschitz = _lipschitz(f_batch, x_batch, lam, objective_kind)
-            eta = learning_rate / (1 + step / decay)
             grad_d, grad_w = _gradients(f_batch, x_batch, D, W, objective_kind, lam, gamma, cooccurrence)
-            D = D - (eta / lipschitz[0]) * grad_d
+            if scales is None:
+                scales = _step_scales(f_batch, x_batch, D, W, grad_d, grad_w, lam, objective_kind)
+            eta = learning_rate / (1 + step / decay)
+            D = D - (eta / scales[0]) * grad_d
             if objective_kind == "ip":
                 D = _unit_columns(D)
             if learn_w:
-                W = polar(W - (eta / lipschitz[1]) * grad_w)
+                W = polar(W - (eta / scales[1]) * grad_w)
             step += 1
         result.D, result.W, result.n_iter = D, W, epoch
         chunk_size = max(batch_size, 4096)
@@ -140,18 +141,21 @@ def _gradients(f, x, D, W, kind, lam, gamma, cooccurrence):
     return grad_d, (residual.T @ f) / b
 
 
-def _lipschitz(f, x, lam, kind):
-    """Step-size scales (D, W): largest eigenvalues of x^T x / b + lam and of f^T f / b."""
+def _step_scales(f, x, D, W, grad_d, grad_w, lam, kind):
+    """Step-size scales (D, W), the steps being eta / scale.
+
+    ``l2``: Lipschitz constants of the two gradients, the largest eigenvalues of x^T x / b + lam
+    and of f^T f / b. ``ip`` is linear and has none: the scales make the first step move each
+    block by eta times its own norm, ||grad|| / ||block||.
+    """
     xp = get_array_module(f)
-    b = f.shape[0]
+    tiny = 1e-12
     if kind == "ip":
-        # A linear objective has no curvature: scale both steps by ||f|| ||x|| / b, a bound on
-        # the norms of both gradients when W has orthonormal rows and D unit columns.
-        bound = float(xp.linalg.norm(f) * xp.linalg.norm(x)) / b + 1e-12
-        return bound, bound
-    lip_d = float(xp.linalg.eigvalsh(x.T @ x / b)[-1]) + lam
-    lip_w = float(xp.linalg.eigvalsh(f.T @ f / b)[-1])
-    return lip_d + 1e-12, lip_w + 1e-12
+        return (float(xp.linalg.norm(grad_d) / xp.linalg.norm(D)) + tiny,
+                float(xp.linalg.norm(grad_w) / xp.linalg.norm(W)) + tiny)
+    b = f.shape[0]
+    return (float(xp.linalg.eigvalsh(x.T @ x / b)[-1]) + lam + tiny,
+            float(xp.linalg.eigvalsh(f.T @ f / b)[-1]) + tiny)
 
 
 def _unit_columns(D):

@@ -1,0 +1,481 @@
+"""The Image2Vec estimator: images embedded as sums of visual word vectors.
+
+Notation of DESIGN.md: F is N x p (image features f_n), X is N x V (word targets x_n), D is d x V
+(word vectors d_v, its columns), W is d x p (the image map). Features are centred with the
+training mean mu and L2-normalised, f'_n = (f_n - mu) / ||f_n - mu||, and the model has an
+intercept (a mean-image term): it fits
+
+    W (f'_n - m) ~= D (x_n - xbar)        m, xbar = training means of f' and x,
+
+so the embedding r_n = W f'_n + (D xbar - W m) lives in word-sum space, r_n ~= D x_n, and its
+words are read back by non-negative OMP over D.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from image2vec import __version__
+from image2vec.errors import Image2VecError
+from solvers import (
+    bcd,
+    box_least_squares,
+    incoherence_weights,
+    omp,
+    sgd,
+    sufficient_stats,
+)
+from solvers.backend import gpu_available, to_numpy
+
+MODELS = ("simple", "learn-all", "weak-tag")
+OBJECTIVES = ("l2", "ip")
+SOLVERS = ("bcd", "sgd")
+READOUTS = ("omp", "rank")
+MODEL_FORMAT = "image2vec-model"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary words of N images, best first.
+
+    Attributes
+    ----------
+    indices : ndarray of shape (N, k), int
+        Word columns v; -1 where fewer than k words were found.
+    scores : ndarray of shape (N, k)
+        The words' coefficients (``omp`` read-out: the estimated x_nv) or scores (``rank``).
+    words : list of list of str
+        The words themselves.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    words: list[list[str]]
+
+
+class Image2Vec(TransformerMixin, BaseEstimator):
+    """Learn word vectors D and an image map so that an image's embedding is the sum of its words.
+
+    Parameters
+    ----------
+    model : {"simple", "learn-all", "weak-tag"}, default "learn-all"
+        ``simple``: W is a fixed Johnson-Lindenstrauss projection (entries N(0, 1/d), seeded by
+        ``random_state``), only D is learned. ``learn-all``: D and W are learned, W W^T = I.
+        ``weak-tag``: learn-all plus per-image tag weights a_n in [0, 1] on the image's own
+        words, x_n -> a_n * x_n, for noisy tags.
+    objective : {"l2", "ip"}, default "l2"
+        ``l2``: minimise (1/2N) sum ||r_n - D x_n||^2 + (lam/2) ||D||_F^2
+        (+ (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2). ``ip``: maximise (1/N) sum r_n . D x_n
+        with ||d_v|| = 1.
+    solver : {"bcd", "sgd"}, default "bcd"
+        Block coordinate descent on sufficient statistics, or minibatch SGD streaming rows.
+    dim : int, default 256
+        Embedding dimension d (at most the feature dimension p unless ``model="simple"``).
+    lam : float, optional
+        Ridge weight of the ``l2`` objective; default 1e-3 (``l2``) and 0 (``ip``, where it is
+        refused).
+    gamma : float, default 0
+        Co-occurrence incoherence weight (``l2`` only).
+    k : int, default 3
+        Summary length of :meth:`predict`.
+    readout : {"omp", "rank"}, default "omp"
+        How summary words are read out of an embedding: non-negative OMP over D (words ordered
+        by coefficient), or the k highest scores D^T r.
+    normalize : bool, default True
+        L2-normalise the centred features.
+    max_iter : int, default 50
+        BCD sweeps.
+    tol : float, default 1e-6
+        BCD relative stopping tolerance.
+    n_epochs, batch_size, learning_rate
+        SGD settings.
+    random_state : int, Generator or None
+        Seeds the JL projection and SGD's row order.
+    device : {"cpu", "cuda"}, default "cpu"
+        Where the solvers run (``cuda`` needs CuPy and a CUDA device).
+
+    Attributes
+    ----------
+    dictionary_ : ndarray of shape (d, V)
+        D, one word vector per column.
+    image_map_ : ndarray of shape (d, p)
+        W.
+    feature_mean_ : ndarray of shape (p,)
+        mu, the training mean of the raw features.
+    offset_ : ndarray of shape (d,)
+        D xbar - W m, the intercept of the embedding.
+    words_ : ndarray of shape (V,), str
+        The vocabulary.
+    classes_ : ndarray
+        The labels, when ``fit`` got a 1-d label vector (then :meth:`predict` returns labels).
+    tag_weights_ : scipy.sparse.csr_matrix of shape (N, V)
+        a_n on the training images' words (``weak-tag``).
+    objective_trace_ : list of (iteration, block, value)
+        The objective after every block (bcd) or epoch (sgd).
+    """
+
+    def __init__(
+        self,
+        model: str = "learn-all",
+        objective: str = "l2",
+        solver: str = "bcd",
+        dim: int = 256,
+        lam: float | None = None,
+        gamma: float = 0.0,
+        k: int = 3,
+        readout: str = "omp",
+        normalize: bool = True,
+        max_iter: int = 50,
+        tol: float = 1e-6,
+        n_epochs: int = 30,
+        batch_size: int = 256,
+        learning_rate: float = 0.5,
+        random_state: Any = None,
+        device: str = "cpu",
+    ):
+        self.model = model
+        self.objective = objective
+        self.solver = solver
+        self.dim = dim
+        self.lam = lam
+        self.gamma = gamma
+        self.k = k
+        self.readout = readout
+        self.normalize = normalize
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.random_state = random_state
+        self.device = device
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, F: Any, X: Any, words: Any = None) -> "Image2Vec":
+        """Learn D and W (and tag weights) from image features and word targets.
+
+        Parameters
+        ----------
+        F : array-like of shape (N, p)
+            Image features.
+        X : {array-like, sparse matrix} of shape (N, V), or array-like of shape (N,)
+            Word targets x_nv >= 0 (e.g. the fraction of an image's captions containing word v),
+            or one label per image (each label becomes a word).
+        words : sequence of str of length V, optional
+            Vocabulary; default the labels, or "w0", "w1", ...
+
+        Returns
+        -------
+        self
+        """
+        lam = self._check_params()
+        F, X = validate_data(self, F, X, accept_sparse="csr", dtype=[np.float64, np.float32],
+                             multi_output=True, y_numeric=False)
+        X = self._targets(X)
+        self.words_ = self._check_words(words, X.shape[1])
+        if self.model != "simple" and self.dim > F.shape[1]:
+            raise ValueError(
+                f"dim={self.dim} exceeds n_features={F.shape[1]}: model={self.model!r} needs "
+                "W W^T = I; lower dim or use model='simple'"
+            )
+        xp = self._array_module()
+        self.feature_mean_ = F.mean(axis=0)
+        Fp = self._preprocess(F)
+        stats = sufficient_stats(Fp, X).to(xp, np.float64)
+        W0 = self._initial_map(stats.centered(), Fp.shape[1], xp)
+        weights = incoherence_weights(stats.C) if self.gamma else None
+        terms = dict(objective_kind=self.objective, lam=lam, gamma=self.gamma, cooccurrence=weights)
+        a_step = _TagWeights(Fp, X, self.objective, xp) if self.model == "weak-tag" else None
+        if self.solver == "bcd":
+            sample_step = None if a_step is None else (lambda D, W: a_step(D, W, stats_of=sufficient_stats).to(xp, np.float64).centered())
+            result = bcd(stats.centered(), W0, learn_w=self.model != "simple", sample_step=sample_step,
+                         max_iter=self.max_iter, tol=self.tol, **terms)
+        else:
+            result = sgd(Fp, X, W0, learn_w=self.model != "simple", center=True,
+                         sample_step=None if a_step is None else a_step, n_epochs=self.n_epochs,
+                         batch_size=self.batch_size, learning_rate=self.learning_rate,
+                         random_state=self.random_state, xp=xp, **terms)
+        targets = X if a_step is None else a_step.weighted()
+        self.dictionary_ = to_numpy(result.D)
+        self.image_map_ = to_numpy(result.W)
+        self.offset_ = self.dictionary_ @ np.asarray(targets.mean(axis=0)).ravel() - self.image_map_ @ Fp.mean(axis=0)
+        self.objective_trace_ = result.trace
+        if a_step is not None:
+            self.tag_weights_ = a_step.weights_matrix()
+        return self
+
+    def _check_params(self) -> float:
+        """Validate the hyper-parameters; returns the effective lam."""
+        for name, value, allowed in (("model", self.model, MODELS), ("objective", self.objective, OBJECTIVES),
+                                     ("solver", self.solver, SOLVERS), ("readout", self.readout, READOUTS),
+                                     ("device", self.device, ("cpu", "cuda"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        for name in ("dim", "k", "max_iter", "n_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.objective == "ip" and (self.lam or self.gamma):
+            raise ValueError(
+                "lam and gamma apply to objective='l2' only: with 'ip' every word has norm 1, "
+                "so there is no norm to penalise"
+            )
+        lam = 1e-3 if self.lam is None and self.objective == "l2" else (self.lam or 0.0)
+        if lam < 0 or self.gamma < 0:
+            raise ValueError(f"lam and gamma must be >= 0, got lam={lam}, gamma={self.gamma}")
+        return float(lam)
+
+    def _targets(self, X: Any) -> sp.csr_matrix:
+        """X as CSR float64 (N x V); a 1-d label vector becomes one indicator column per label."""
+        if not sp.issparse(X) and np.ndim(X) == 1:
+            self.classes_, labels = np.unique(X, return_inverse=True)
+            return sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)),
+                                 shape=(len(labels), len(self.classes_)))
+        if hasattr(self, "classes_"):
+            del self.classes_
+        X = sp.csr_matrix(X, dtype=np.float64)
+        if X.nnz and X.data.min() < 0:
+            raise ValueError("word targets X must be >= 0 (x_nv: how strongly word v describes image n)")
+        return X
+
+    def _check_words(self, words: Any, n_words: int) -> np.ndarray:
+        if words is None:
+            names = self.classes_ if hasattr(self, "classes_") else [f"w{v}" for v in range(n_words)]
+            return np.asarray([str(w) for w in names])
+        words = np.asarray([str(w) for w in words])
+        if words.shape != (n_words,):
+            raise ValueError(f"words has {words.size} entries but X has {n_words} columns")
+        return words
+
+    def _array_module(self):
+        if self.device == "cpu":
+            return np
+        if not gpu_available():
+            raise Image2VecError("device='cuda' needs CuPy (pip install image2vec[gpu]) and a CUDA device")
+        import cupy
+
+        return cupy
+
+    def _preprocess(self, F: np.ndarray) -> np.ndarray:
+        """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``)."""
+        centred = np.asarray(F, dtype=np.float64) - self.feature_mean_
+        if self.normalize:
+            norms = np.linalg.norm(centred, axis=1, keepdims=True)
+            centred /= np.where(norms > 0, norms, 1)
+        return centred
+
+    def _initial_map(self, centred_stats, n_features: int, xp):
+        """JL projection (simple) or the top-d principal directions of the features (learned W)."""
+        if self.model == "simple":
+            rng = np.random.default_rng(self.random_state)
+            return xp.asarray(rng.standard_normal((self.dim, n_features)) / np.sqrt(self.dim))
+        _, vectors = xp.linalg.eigh(centred_stats.A)
+        return vectors[:, ::-1][:, : self.dim].T.copy()
+
+    # ------------------------------------------------------------------ using a model
+
+    def transform(self, F: Any) -> np.ndarray:
+        """Embeddings r_n = W f'_n + (D xbar - W m), shape (N, d)."""
+        check_is_fitted(self, "dictionary_")
+        F = validate_data(self, F, reset=False, dtype=[np.float64, np.float32])
+        return self._preprocess(F) @ self.image_map_.T + self.offset_
+
+    def decision_function(self, F: Any) -> np.ndarray:
+        """Word scores D^T r_n, shape (N, V): a full ranking of the vocabulary per image."""
+        return self.transform(F) @ self.dictionary_
+
+    def summarize(self, F: Any, k: int | None = None) -> Summary:
+        """The k words that best explain each image's embedding (see ``readout``).
+
+        ``omp``: non-negative OMP of r_n over the columns of D, words ordered by coefficient
+        (the estimate of x_nv). ``rank``: the k largest scores D^T r_n.
+        """
+        k = self.k if k is None else k
+        embedded = self.transform(F)
+        if self.readout == "rank":
+            scores = embedded @ self.dictionary_
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            indices, values = order, np.take_along_axis(scores, order, axis=1)
+        else:
+            code = omp(self.dictionary_, embedded, k, nonneg=True)
+            order = np.argsort(-code.coefs, axis=1, kind="stable")
+            indices = np.take_along_axis(code.indices, order, axis=1)
+            values = np.take_along_axis(code.coefs, order, axis=1)
+        words = [[str(self.words_[v]) for v in row if v >= 0] for row in indices]
+        return Summary(indices=indices, scores=values, words=words)
+
+    def predict(self, F: Any) -> np.ndarray:
+        """Indicator (N, V) of the k summary words; labels of shape (N,) after a 1-d fit."""
+        summary = self.summarize(F)
+        if hasattr(self, "classes_"):
+            return self.classes_[np.maximum(summary.indices[:, 0], 0)]
+        indicator = np.zeros((len(summary.indices), len(self.words_)), dtype=np.int64)
+        rows, cols = np.nonzero(summary.indices >= 0)
+        indicator[rows, summary.indices[rows, cols]] = 1
+        return indicator
+
+    def word_index(self, word: str) -> int:
+        """Column of ``word``; an unknown word is a clear error."""
+        check_is_fitted(self, "dictionary_")
+        matches = np.flatnonzero(self.words_ == word)
+        if not matches.size:
+            raise Image2VecError(f"unknown word {word!r}: it is not in the model's vocabulary of {len(self.words_)} words")
+        return int(matches[0])
+
+    def similar(self, word: str, n: int = 5) -> list[tuple[str, float]]:
+        """The n words whose vectors are nearest to ``word``'s by cosine: the visual similarity."""
+        v = self.word_index(word)
+        norms = np.linalg.norm(self.dictionary_, axis=0)
+        cosine = self.dictionary_.T @ self.dictionary_[:, v] / np.maximum(norms * norms[v], 1e-300)
+        cosine[v] = -np.inf
+        order = np.argsort(-cosine, kind="stable")[:n]
+        return [(str(self.words_[u]), float(cosine[u])) for u in order]
+
+    def retrieve(self, words: list[str], F: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rank images by ||r_n - D x_query|| with x_query the indicator of ``words``.
+
+        Returns the indices of the n nearest images and their distances.
+        """
+        query = np.zeros(len(self.words_))
+        query[[self.word_index(w) for w in words]] = 1
+        distances = np.linalg.norm(self.transform(F) - self.dictionary_ @ query, axis=1)
+        order = np.argsort(distances, kind="stable")[:n]
+        return order, distances[order]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.target_tags.multi_output = True
+        tags.input_tags.sparse = False
+        return tags
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str, metadata: dict | None = None) -> None:
+        """Write the fitted model to ``path`` (.npz, no pickle), atomically.
+
+        The arrays D, W, mu and the offset sit beside a JSON string with the configuration, the
+        vocabulary, versions and ``metadata`` (e.g. the feature extractor).
+        """
+        from image2vec.io import atomic_write
+
+        check_is_fitted(self, "dictionary_")
+        info = {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "image2vec_version": __version__,
+            "params": self.get_params(),
+            "words": self.words_.tolist(),
+            "classes": self.classes_.tolist() if hasattr(self, "classes_") else None,
+            "metadata": metadata or {},
+        }
+        with atomic_write(path) as fh:
+            np.savez(fh, dictionary=self.dictionary_, image_map=self.image_map_,
+                     feature_mean=self.feature_mean_, offset=self.offset_,
+                     info=np.array(json.dumps(info)))
+
+    @classmethod
+    def load(cls, path: str) -> tuple["Image2Vec", dict]:
+        """Read a model written by :meth:`save`; returns (model, metadata).
+
+        Raises
+        ------
+        Image2VecError
+            If the file is missing, not an image2vec model, from another format version, or
+            its arrays do not fit together.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except FileNotFoundError:
+            raise Image2VecError(f"model file {path} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise Image2VecError(f"{path} is not an image2vec model file ({exc})") from None
+        try:
+            info = json.loads(str(arrays["info"]))
+        except (KeyError, json.JSONDecodeError):
+            raise Image2VecError(f"{path} is not an image2vec model file (no metadata)") from None
+        if info.get("format") != MODEL_FORMAT:
+            raise Image2VecError(f"{path} is not an image2vec model file")
+        if info.get("format_version") != MODEL_FORMAT_VERSION:
+            raise Image2VecError(
+                f"{path} has model format version {info.get('format_version')} (written by image2vec "
+                f"{info.get('image2vec_version')}); this is image2vec {__version__}, which reads "
+                f"version {MODEL_FORMAT_VERSION}: retrain the model"
+            )
+        model = cls(**info["params"])
+        try:
+            D, W = arrays["dictionary"], arrays["image_map"]
+            mean, offset = arrays["feature_mean"], arrays["offset"]
+        except KeyError as exc:
+            raise Image2VecError(f"{path} lacks the array {exc}") from None
+        dim, n_words = D.shape if D.ndim == 2 else (None, None)
+        if (D.ndim != 2 or W.shape != (dim, mean.shape[0]) or offset.shape != (dim,)
+                or len(info["words"]) != n_words):
+            raise Image2VecError(
+                f"{path} is inconsistent: D {D.shape}, W {W.shape}, mean {mean.shape}, "
+                f"offset {offset.shape}, {len(info['words'])} words"
+            )
+        model.dictionary_, model.image_map_, model.feature_mean_, model.offset_ = D, W, mean, offset
+        model.words_ = np.asarray(info["words"])
+        model.n_features_in_ = mean.shape[0]
+        if info.get("classes") is not None:
+            model.classes_ = np.asarray(info["classes"])
+        return model, info.get("metadata", {})
+
+
+class _TagWeights:
+    """The weak-tag A-step: per-image weights a_n in [0, 1] on the image's own words.
+
+    ``l2``: a_n = argmin_{0 <= a <= 1} ||r_n - D (a * x_n)||^2, a batched box-constrained least
+    squares over the image's words. ``ip``: the maximiser of r_n . D (a * x_n) over the box,
+    a_nv = 1 where d_v . r_n > 0, else 0. Here r_n is the current embedding in word-sum space.
+    """
+
+    def __init__(self, Fp: np.ndarray, X: sp.csr_matrix, objective: str, xp):
+        self.Fp, self.X, self.objective, self.xp = Fp, X.tocsr(), objective, xp
+        self.weights = np.ones(self.X.nnz)
+        counts = np.diff(self.X.indptr)
+        self.slots = max(int(counts.max()), 1) if counts.size else 1
+        self.rows = np.repeat(np.arange(self.X.shape[0]), counts)
+        self.position = np.arange(self.X.nnz) - self.X.indptr[self.rows]
+
+    def weighted(self) -> sp.csr_matrix:
+        """X with each entry x_nv multiplied by a_nv."""
+        return sp.csr_matrix((self.X.data * self.weights, self.X.indices, self.X.indptr), shape=self.X.shape)
+
+    def weights_matrix(self) -> sp.csr_matrix:
+        return sp.csr_matrix((self.weights, self.X.indices, self.X.indptr), shape=self.X.shape)
+
+    def __call__(self, D, W, stats_of=None):
+        """Update a; returns the re-weighted X, or its sufficient statistics via ``stats_of``."""
+        xp = self.xp
+        D, W = to_numpy(D), to_numpy(W)
+        current = self.weighted()
+        xbar = np.asarray(current.mean(axis=0)).ravel()
+        embedded = (self.Fp - self.Fp.mean(axis=0)) @ W.T + D @ xbar  # r_n, (N, d)
+        n, slots = self.X.shape[0], self.slots
+        # Padded per-image problems: atoms u = x_nv d_v on the image's words, zero padding.
+        atoms = np.zeros((n, slots, D.shape[0]))
+        atoms[self.rows, self.position] = self.X.data[:, None] * D[:, self.X.indices].T
+        if self.objective == "ip":
+            scores = np.einsum("nsd,nd->ns", atoms, embedded)
+            new = (scores > 0).astype(float)
+        else:
+            Q = xp.asarray(np.einsum("nsd,ntd->nst", atoms, atoms))
+            c = xp.asarray(np.einsum("nsd,nd->ns", atoms, embedded))
+            init = np.zeros((n, slots))
+            init[self.rows, self.position] = self.weights
+            new = to_numpy(box_least_squares(Q, c, init=xp.asarray(init)))
+        self.weights = new[self.rows, self.position]
+        weighted = self.weighted()
+        return weighted if stats_of is None else stats_of(self.Fp, weighted)
