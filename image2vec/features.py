@@ -78,7 +78,8 @@ class Preprocessing:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """The (3, crop, crop) float32 network input of an RGB PIL image."""
         scale = self.resize / min(image.size)
-        size = (max(self.crop, round(image.width * scale)), max(self.crop, round(image.height * scale)))
+        size = (max(self.crop, round(image.width * scale)),
+                max(self.crop, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
         left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
         image = image.crop((left, top, left + self.crop, top + self.crop))
@@ -118,7 +119,8 @@ class Extractor:
             self.n_classes = int(self.head(torch.zeros(1, self.dim, device=self.device)).shape[1])
 
     def __repr__(self) -> str:
-        return f"Extractor({self.name!r}, p={self.dim}, classes={self.n_classes}, device={self.device})"
+        return (f"Extractor({self.name!r}, p={self.dim}, classes={self.n_classes}, "
+                f"device={self.device})")
 
     def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Features (B, p) and logits (B, C) of a preprocessed batch, as float32 numpy arrays."""
@@ -128,7 +130,8 @@ class Extractor:
         return (f.float().cpu().numpy(), logits.float().cpu().numpy())
 
 
-_REGISTRY: dict[str, Callable[[Path | None], tuple[str, nn.Module, nn.Module, int, Preprocessing]]] = {}
+# name -> builder(weights path or None) -> (version, body, head, p, preprocessing)
+_REGISTRY: dict[str, Callable[[Path | None], tuple]] = {}
 
 
 def _register(name: str):
@@ -236,7 +239,8 @@ def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise Image2VecError(f"device must be cpu or cuda, not {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise Image2VecError("device cuda requested but torch sees no CUDA device; use --device cpu")
+        raise Image2VecError("device cuda requested but torch sees no CUDA device; "
+                             "use --device cpu")
     version, body, head, dim, prep = _REGISTRY[name](Path(weights) if weights else None)
     return Extractor(name, version, body, head, dim, prep, device)
 
@@ -464,7 +468,7 @@ def extract_features(
                 partial.bad.append({"key": keys[i], "file": str(files[i]), "reason": reason,
                                     "position": i})
             if batch is not None:
-                outputs = dict(zip(("features", "logits"), extractor(batch)))
+                outputs = dict(zip(("features", "logits"), extractor(batch), strict=True))
                 for name, array in partial.arrays.items():
                     array[positions] = outputs[name]
             n = len(positions) + len(bad)

@@ -288,7 +288,8 @@ class Vocabulary:
 
     def __repr__(self) -> str:
         head = ", ".join(self.words[:5])
-        return f"Vocabulary(V={len(self)}, n_images={self.n_images}: {head}{', ...' * (len(self) > 5)})"
+        more = ", ..." if len(self) > 5 else ""
+        return f"Vocabulary(V={len(self)}, n_images={self.n_images}: {head}{more})"
 
     def index(self, word: str) -> int:
         """Column v of ``word``; raises KeyError if it is not in the vocabulary."""

@@ -37,7 +37,7 @@ def test_images_paired_with_their_captions_and_files(data, raw, coco_mini):
     for ann in raw["annotations"]:
         expected.setdefault(ann["image_id"], []).append(ann["caption"].strip())
     names = {im["id"]: im["file_name"] for im in raw["images"]}
-    for image_id, path, caps in zip(data.image_ids, data.paths, data.captions):
+    for image_id, path, caps in zip(data.image_ids, data.paths, data.captions, strict=True):
         assert sorted(caps) == sorted(expected[int(image_id)])
         assert path == (coco_mini / "train2017" / names[int(image_id)]).resolve()
         assert path.is_file()
@@ -51,7 +51,7 @@ def test_categories_from_instances_file(data, coco_mini):
     per_image = {}
     for ann in inst["annotations"]:
         per_image.setdefault(ann["image_id"], set()).add(ann["category_id"])
-    for image_id, cats in zip(data.image_ids, data.categories):
+    for image_id, cats in zip(data.image_ids, data.categories, strict=True):
         assert set(cats) == per_image.get(int(image_id), set())
     labels = data.category_matrix()
     assert labels.shape == (80, 80)

@@ -46,8 +46,8 @@ def test_sample_vocabulary_and_binary_targets():
     docs = data.documents()
     vocab = build_vocabulary(docs, min_count=2)
     # counts are the number of images carrying the tag, from the file itself
-    lines = [l for l in SAMPLE_TSV.read_text().splitlines() if l and not l.startswith("#")]
-    bw = sum("black+and+white" in l or "black%20and%20white" in l for l in lines)
+    lines = [line for line in SAMPLE_TSV.read_text().splitlines() if line and line[0] != "#"]
+    bw = sum("black+and+white" in line or "black%20and%20white" in line for line in lines)
     assert vocab.count("black and white") == bw == 4
     assert vocab.count("canon") == 2  # a camera model: noisy, non-visual, yet frequent enough
     assert "spacesuit" not in vocab  # in one image only
