@@ -160,14 +160,17 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, F: Any, X: Any, words: Any = None) -> "Image2Vec":
+    def fit(self, X: Any, y: Any, words: Any = None) -> "Image2Vec":
         """Learn D and W (and tag weights) from image features and word targets.
+
+        scikit-learn names the arguments X and y; in the notation of DESIGN.md they are the
+        features F and the targets X.
 
         Parameters
         ----------
-        F : array-like of shape (N, p)
-            Image features.
-        X : {array-like, sparse matrix} of shape (N, V), or array-like of shape (N,)
+        X : array-like of shape (N, p)
+            Image features F (dense).
+        y : {array-like, sparse matrix} of shape (N, V), or array-like of shape (N,)
             Word targets x_nv >= 0 (e.g. the fraction of an image's captions containing word v),
             or one label per image (each label becomes a word).
         words : sequence of str of length V, optional
@@ -178,7 +181,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self
         """
         lam = self._check_params()
-        F, X = validate_data(self, F, X, accept_sparse="csr", dtype=[np.float64, np.float32],
+        F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
                              multi_output=True, y_numeric=False)
         X = self._targets(X)
         self.words_ = self._check_words(words, X.shape[1])
@@ -209,6 +212,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.image_map_ = to_numpy(result.W)
         self.offset_ = self.dictionary_ @ np.asarray(targets.mean(axis=0)).ravel() - self.image_map_ @ Fp.mean(axis=0)
         self.objective_trace_ = result.trace
+        self.n_iter_ = result.n_iter
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
         return self
@@ -437,8 +441,9 @@ class _TagWeights:
     """The weak-tag A-step: per-image weights a_n in [0, 1] on the image's own words.
 
     ``l2``: a_n = argmin_{0 <= a <= 1} ||r_n - D (a * x_n)||^2, a batched box-constrained least
-    squares over the image's words. ``ip``: the maximiser of r_n . D (a * x_n) over the box,
-    a_nv = 1 where d_v . r_n > 0, else 0. Here r_n is the current embedding in word-sum space.
+    squares over the image's words, with r_n the current embedding in word-sum space.
+    ``ip``: the maximiser of (r_n - c) . D (a * x_n) over the box, a_nv = 1 where
+    d_v . (r_n - c) > 0, else 0, with c the intercept (the centred objective ignores it).
     """
 
     def __init__(self, Fp: np.ndarray, X: sp.csr_matrix, objective: str, xp):
@@ -462,7 +467,11 @@ class _TagWeights:
         D, W = to_numpy(D), to_numpy(W)
         current = self.weighted()
         xbar = np.asarray(current.mean(axis=0)).ravel()
-        embedded = (self.Fp - self.Fp.mean(axis=0)) @ W.T + D @ xbar  # r_n, (N, d)
+        # r_n - c with c the intercept D xbar: the l2 step fits a with c fixed (then c = D xbar is
+        # refitted), while the centred ip objective does not depend on c at all.
+        embedded = (self.Fp - self.Fp.mean(axis=0)) @ W.T
+        if self.objective == "l2":
+            embedded += D @ xbar
         n, slots = self.X.shape[0], self.slots
         # Padded per-image problems: atoms u = x_nv d_v on the image's words, zero padding.
         atoms = np.zeros((n, slots, D.shape[0]))

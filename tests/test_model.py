@@ -1,0 +1,204 @@
+"""The Image2Vec estimator on planted data, scikit-learn's estimator checks, persistence."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from image2vec.errors import Image2VecError
+from image2vec.model import Image2Vec
+from solvers import random_orthonormal_rows
+
+
+def planted_words(n=900, p=48, d=16, n_visual=24, n_nonvisual=8, noise=0.3, seed=0):
+    """Images whose features are the sum of their visual words' vectors (mapped by W*) + noise.
+
+    Every image has 3 visual words and 2 non-visual words (vectors of zero norm: nothing in the
+    image shows them).
+    """
+    rng = np.random.default_rng(seed)
+    n_words = n_visual + n_nonvisual
+    d_true = rng.standard_normal((d, n_words))
+    d_true[:, n_visual:] = 0
+    w_true = random_orthonormal_rows(d, p, seed + 1)
+    X = np.zeros((n, n_words))
+    for row in X:
+        row[rng.choice(n_visual, 3, replace=False)] = 1
+        if n_nonvisual:
+            row[n_visual + rng.choice(n_nonvisual, 2, replace=False)] = 1
+    F = (X @ d_true.T) @ w_true + noise * rng.standard_normal((n, p))
+    return F, X, w_true, d_true, n_visual
+
+
+def visual_recall(model, F, X, n_visual, k=3):
+    summary = model.summarize(F, k=k)
+    hits = [X[i, [v for v in row if 0 <= v < n_visual]].sum() for i, row in enumerate(summary.indices)]
+    return np.sum(hits) / (3 * len(F))
+
+
+@pytest.mark.parametrize("model", ["simple", "learn-all"])
+def test_l2_recovers_planted_words_better_than_ip(model):
+    F, X, _, _, n_visual = planted_words()
+    train, test = slice(0, 700), slice(700, None)
+    recall = {
+        objective: visual_recall(
+            Image2Vec(model=model, objective=objective, dim=16, normalize=False, random_state=0).fit(F[train], X[train]),
+            F[test], X[test], n_visual)
+        for objective in ("l2", "ip")
+    }
+    assert recall["l2"] > recall["ip"] + 0.01
+    assert recall["l2"] > 0.7
+
+
+def test_l2_shrinks_nonvisual_words():
+    F, X, _, _, n_visual = planted_words()
+    norms = np.linalg.norm(Image2Vec(dim=16, normalize=False).fit(F, X).dictionary_, axis=0)
+    assert norms[n_visual:].max() < 0.2 * np.median(norms[:n_visual])
+
+
+def test_learn_all_recovers_the_planted_map_up_to_rotation():
+    F, X, w_true, _, _ = planted_words(noise=0.0, n_nonvisual=0)
+    model = Image2Vec(model="learn-all", dim=16, normalize=False, lam=1e-8, max_iter=300, tol=1e-12).fit(F, X)
+    W = model.image_map_
+    np.testing.assert_allclose(W.T @ W, w_true.T @ w_true, atol=1e-4)
+
+
+@pytest.mark.parametrize("objective, solver", [("l2", "bcd"), ("l2", "sgd")])
+def test_weak_tag_down_weights_noise_tags(objective, solver):
+    F, X, _, _, n_visual = planted_words(n=600)
+    model = Image2Vec(model="weak-tag", objective=objective, solver=solver, dim=16, normalize=False,
+                      max_iter=15, n_epochs=15, random_state=0).fit(F, X)
+    weights = model.tag_weights_.toarray()
+    tagged = X > 0
+    visual = np.arange(X.shape[1]) < n_visual
+    assert weights[tagged & visual].mean() > 0.5
+    assert weights[tagged & ~visual].mean() < 0.5
+    assert ((weights >= 0) & (weights <= 1)).all()
+    assert (weights[~tagged] == 0).all()
+
+
+@pytest.mark.parametrize("model", ["simple", "learn-all", "weak-tag"])
+@pytest.mark.parametrize("objective", ["l2", "ip"])
+@pytest.mark.parametrize("solver", ["bcd", "sgd"])
+def test_every_combination_trains_and_summarizes(model, objective, solver):
+    F, X, _, _, n_visual = planted_words(n=300)
+    fitted = Image2Vec(model=model, objective=objective, solver=solver, dim=16, max_iter=10,
+                       n_epochs=5, random_state=0).fit(F, sp.csr_matrix(X))
+    values = [value for _, _, value in fitted.objective_trace_]
+    assert np.isfinite(values).all()
+    if solver == "bcd":
+        assert (np.diff(values) <= 1e-9 * np.abs(values).max()).all()
+    assert visual_recall(fitted, F, X, n_visual) > 0.4  # far above chance (3 / 24 per slot)
+
+
+def test_outputs_shapes_and_consistency():
+    F, X, _, _, _ = planted_words(n=200)
+    model = Image2Vec(dim=8, k=4, random_state=0).fit(F, X, words=[f"word{v}" for v in range(X.shape[1])])
+    embedded = model.transform(F)
+    assert embedded.shape == (200, 8)
+    np.testing.assert_allclose(model.decision_function(F), embedded @ model.dictionary_)
+    summary = model.summarize(F)
+    assert summary.indices.shape == (200, 4)
+    assert all(w.startswith("word") for row in summary.words for w in row)
+    assert (np.diff(summary.scores, axis=1) <= 1e-12).all()  # best first
+    predicted = model.predict(F)
+    assert predicted.shape == X.shape and (predicted.sum(axis=1) <= 4).all()
+
+
+def test_rank_readout_takes_the_top_scores():
+    F, X, _, _, _ = planted_words(n=200)
+    model = Image2Vec(dim=8, readout="rank").fit(F, X)
+    scores = model.decision_function(F[:5])
+    np.testing.assert_array_equal(model.summarize(F[:5], k=2).indices, np.argsort(-scores, axis=1)[:, :2])
+
+
+def test_similar_and_retrieve():
+    rng = np.random.default_rng(3)
+    F, X, w_true, d_true, _ = planted_words(n=600, noise=0.1, n_nonvisual=0)
+    d_true[:, 1] = d_true[:, 0] + 0.3 * rng.standard_normal(16)  # w1 looks like w0
+    F = (X @ d_true.T) @ w_true + 0.1 * rng.standard_normal(F.shape)
+    words = [f"w{v}" for v in range(X.shape[1])]
+    model = Image2Vec(dim=16, normalize=False).fit(F, X, words=words)
+    (nearest, cosine), *_ = model.similar("w0", n=3)
+    assert nearest == "w1" and cosine > 0.8
+    order, distances = model.retrieve(["w1", "w2"], F, n=5)
+    assert (np.diff(distances) >= 0).all()
+    assert (X[order][:, [1, 2]].sum(axis=1) >= 1).all()  # the top images show a query word
+    with pytest.raises(Image2VecError, match="unknown word 'zebra'"):
+        model.similar("zebra")
+
+
+def test_save_load_roundtrip(tmp_path):
+    F, X, _, _, _ = planted_words(n=200)
+    model = Image2Vec(dim=8, random_state=0).fit(F, X)
+    path = tmp_path / "model.npz"
+    model.save(path, metadata={"extractor": "efficientnet-lite0"})
+    loaded, metadata = Image2Vec.load(path)
+    assert metadata == {"extractor": "efficientnet-lite0"}
+    np.testing.assert_array_equal(loaded.transform(F), model.transform(F))
+    np.testing.assert_array_equal(loaded.summarize(F).indices, model.summarize(F).indices)
+    assert loaded.get_params() == model.get_params()
+
+
+def test_load_refuses_other_versions_and_broken_files(tmp_path):
+    F, X, _, _, _ = planted_words(n=100)
+    Image2Vec(dim=8).fit(F, X).save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as data:
+        arrays = dict(data)
+    info = json.loads(str(arrays["info"]))
+    info["format_version"] = 99
+    np.savez(tmp_path / "future.npz", **{**arrays, "info": np.array(json.dumps(info))})
+    with pytest.raises(Image2VecError, match="format version 99"):
+        Image2Vec.load(tmp_path / "future.npz")
+    np.savez(tmp_path / "bad_shape.npz", **{**arrays, "offset": np.zeros(3)})
+    with pytest.raises(Image2VecError, match="inconsistent"):
+        Image2Vec.load(tmp_path / "bad_shape.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(Image2VecError, match="not an image2vec model"):
+        Image2Vec.load(tmp_path / "junk.npz")
+    with pytest.raises(Image2VecError, match="does not exist"):
+        Image2Vec.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"model": "huge"}, "model must be one of"),
+        ({"objective": "ip", "lam": 0.1}, "apply to objective='l2' only"),
+        ({"objective": "ip", "gamma": 1.0}, "apply to objective='l2' only"),
+        ({"dim": 100}, "dim=100 exceeds n_features=48"),
+        ({"k": 0}, "k must be a positive integer"),
+    ],
+)
+def test_nonsense_settings_are_refused(params, message):
+    F, X, _, _, _ = planted_words(n=50)
+    with pytest.raises(ValueError, match=message):
+        Image2Vec(**params).fit(F, X)
+
+
+def test_bad_data_is_refused():
+    F, X, _, _, _ = planted_words(n=50)
+    bad = F.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        Image2Vec(dim=8).fit(bad, X)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        Image2Vec(dim=8).fit(F, X[:-1])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        Image2Vec(dim=8).fit(F, -X)
+    model = Image2Vec(dim=8).fit(F, X)
+    with pytest.raises(ValueError, match="expecting 48 features"):
+        model.transform(F[:, :10])
+
+
+def test_incoherence_runs_from_the_estimator():
+    F, X, _, _, n_visual = planted_words(n=300)
+    model = Image2Vec(dim=16, gamma=0.5, max_iter=5).fit(F, X)
+    assert visual_recall(model, F, X, n_visual) > 0.5
+
+
+@parametrize_with_checks([Image2Vec(dim=2, max_iter=5, random_state=0)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
