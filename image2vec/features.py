@@ -359,7 +359,8 @@ class _Partial:
     def __init__(self, folder: Path, fingerprint: str, n: int, dims: dict[str, int]):
         self.folder, self.fingerprint = folder, fingerprint
         progress = _read_json(folder / "progress.json")
-        fresh = not progress or progress.get("fingerprint") != fingerprint
+        fresh = (not progress or progress.get("fingerprint") != fingerprint
+                 or not all((folder / f"{name}.npy").is_file() for name in dims))
         if fresh:
             if folder.exists():
                 logger.info("discarding an unfinished extraction of other images or extractor")
