@@ -355,6 +355,13 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         order = np.argsort(distances, kind="stable")[:n]
         return order, distances[order]
 
+    def retrieval_scores(self, F: Any, queries: Any) -> np.ndarray:
+        """-||r_n - D q||^2 for every query indicator q (rows of ``queries``): shape (n_queries, N)."""
+        embedded = self.transform(F)
+        targets = np.asarray(sp.csr_matrix(queries) @ self.dictionary_.T)  # (n_queries, d): D q
+        return -((embedded**2).sum(axis=1)[None, :] - 2 * targets @ embedded.T
+                 + (targets**2).sum(axis=1)[:, None])
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True

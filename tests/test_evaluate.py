@@ -1,0 +1,75 @@
+"""The evaluation harness on hand-checkable inputs."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from image2vec.evaluate import (
+    cross_validate,
+    evaluate,
+    mean_average_precision,
+    precision_recall_f1,
+    query_scores,
+    retrieval_recall,
+)
+from image2vec.model import Image2Vec
+
+
+def test_precision_recall_f1_by_hand():
+    truth = np.array([[1, 1, 0, 0], [0, 0, 1, 0]])
+    summary = np.array([[0, 2], [2, -1]])  # image 0: one hit of two; image 1: one hit of one
+    precision, recall, f1 = precision_recall_f1(summary, truth)
+    assert precision == pytest.approx(2 / 3) and recall == pytest.approx(2 / 3)
+    assert f1 == pytest.approx(2 / 3)
+
+
+def test_mean_average_precision_by_hand():
+    truth = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.3], [0.0, 0.4]])
+    # word 0: ranking 0 (pos), 1 (neg), 2 (pos), 3 -> AP = (1/1 + 2/3) / 2
+    # word 1: ranking 3 (neg), 2 (pos), 1 (pos), 0 -> AP = (1/2 + 2/3) / 2
+    value, n_words = mean_average_precision(scores, truth)
+    assert n_words == 2
+    assert value == pytest.approx(((1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 2) / 2)
+
+
+def test_words_without_negatives_are_not_scored():
+    value, n_words = mean_average_precision(np.zeros((3, 2)), np.array([[1, 0], [1, 1], [1, 0]]))
+    assert n_words == 1
+
+
+def test_retrieval_recall_by_hand():
+    scores = np.array([[5, 1, 0], [9, 2, 8], [3, 4, 1]])
+    # query 0: own image first; query 1: two images score higher; query 2: two higher
+    assert retrieval_recall(scores, at=(1, 3)) == {"recall@1": pytest.approx(1 / 3), "recall@3": 1.0}
+
+
+def test_evaluate_uses_summaries_and_scores_of_any_system():
+    truth = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0]]))
+    system = SimpleNamespace(
+        summarize=lambda F, k: SimpleNamespace(indices=np.array([[0, 1], [1, 2]])[:, :k]),
+        decision_function=lambda F: np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.1]]),
+    )
+    result = evaluate(system, np.zeros((2, 4)), truth, k=2, queries=truth)
+    assert result["precision"] == pytest.approx(2 / 4) and result["recall"] == pytest.approx(2 / 3)
+    assert result["map"] == pytest.approx(1.0)
+    assert result["recall@1"] == pytest.approx(1.0)
+
+
+def test_image2vec_retrieval_scores_are_negative_squared_distances():
+    rng = np.random.default_rng(0)
+    F, X = rng.standard_normal((60, 10)), (rng.random((60, 6)) < 0.3).astype(float)
+    model = Image2Vec(dim=4).fit(F, X)
+    Q = np.eye(6)[:3]
+    expected = -((model.transform(F)[None] - (Q @ model.dictionary_.T)[:, None]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(query_scores(model, F, Q), expected, atol=1e-10)
+
+
+def test_cross_validation_scores_every_image_once():
+    rng = np.random.default_rng(1)
+    F, X = rng.standard_normal((50, 12)), (rng.random((50, 5)) < 0.4).astype(float)
+    result = cross_validate(lambda: Image2Vec(dim=4), F, X, X, n_splits=5)
+    assert sum(fold["n_images"] for fold in result["folds"]) == 50
+    assert 0 <= result["f1"] <= 1 and 0 <= result["map"] <= 1
