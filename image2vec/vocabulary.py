@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import nltk
@@ -283,7 +283,7 @@ class Vocabulary:
     def __contains__(self, word: object) -> bool:
         return word in self._index
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.words)
 
     def __repr__(self) -> str:
