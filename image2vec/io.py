@@ -85,7 +85,10 @@ def resolve_under(root: str | os.PathLike, name: str) -> Path:
         raise Image2VecError(f"file name {name!r} is an absolute path; only names inside "
                              f"the image folder {root} are accepted")
     base = Path(root).resolve()
-    path = (base / name).resolve()
+    try:
+        path = (base / name).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
+        raise Image2VecError(f"file name {name!r} is not a usable path ({exc})") from None
     if not path.is_relative_to(base):
         raise Image2VecError(f"file name {name!r} points outside the image folder {root}")
     return path

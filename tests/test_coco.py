@@ -110,11 +110,12 @@ def test_missing_annotation_file(tmp_path, coco_mini):
         load_coco(tmp_path / "nope.json", coco_mini / "train2017")
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../x.jpg", ""])
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../x.jpg", "",
+                                  "a\x00b.jpg", 17])
 def test_file_name_outside_image_folder_is_refused(tmp_path, raw, coco_mini, name):
     bad = json.loads(json.dumps(raw))
     bad["images"][0]["file_name"] = name
-    with pytest.raises(Image2VecError, match="outside the image folder|absolute|empty"):
+    with pytest.raises(Image2VecError, match="outside the image folder|absolute|empty|usable"):
         load_coco(_write(tmp_path, bad), coco_mini / "train2017")
 
 
