@@ -65,7 +65,11 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def resolve_under(root: str | os.PathLike, name: str) -> Path:
-    """The path of file ``name`` inside folder ``root``, refusing anything that leaves it.
+    """The path of file ``name`` inside folder ``root``, refusing names that leave it.
+
+    The check is on the name itself (after collapsing ``.`` and ``..``): an annotation file
+    cannot reach ``../../etc/passwd`` or an absolute path, while symlinks that the user placed
+    inside ``root`` (images kept on another disk) are followed as usual.
 
     Parameters
     ----------
@@ -77,18 +81,16 @@ def resolve_under(root: str | os.PathLike, name: str) -> Path:
     Raises
     ------
     Image2VecError
-        If ``name`` is absolute, empty, or resolves outside ``root`` (``../``, symlink tricks).
+        If ``name`` is empty, not a string, absolute, contains a NUL byte, or leaves ``root``.
     """
     if not isinstance(name, str) or not name.strip():
         raise Image2VecError(f"file name {name!r} is empty or not a string")
-    if os.path.isabs(name) or Path(name).is_absolute():
+    if "\x00" in name:
+        raise Image2VecError(f"file name {name!r} contains a NUL byte")
+    if os.path.isabs(name):
         raise Image2VecError(f"file name {name!r} is an absolute path; only names inside "
                              f"the image folder {root} are accepted")
-    base = Path(root).resolve()
-    try:
-        path = (base / name).resolve()
-    except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
-        raise Image2VecError(f"file name {name!r} is not a usable path ({exc})") from None
-    if not path.is_relative_to(base):
+    norm = os.path.normpath(name)
+    if norm in (".", os.pardir) or norm.startswith(os.pardir + os.sep):
         raise Image2VecError(f"file name {name!r} points outside the image folder {root}")
-    return path
+    return Path(root).resolve() / norm

@@ -115,7 +115,7 @@ def test_missing_annotation_file(tmp_path, coco_mini):
 def test_file_name_outside_image_folder_is_refused(tmp_path, raw, coco_mini, name):
     bad = json.loads(json.dumps(raw))
     bad["images"][0]["file_name"] = name
-    with pytest.raises(Image2VecError, match="outside the image folder|absolute|empty|usable"):
+    with pytest.raises(Image2VecError, match="outside the image folder|absolute|empty|NUL"):
         load_coco(_write(tmp_path, bad), coco_mini / "train2017")
 
 
@@ -134,9 +134,14 @@ def test_images_without_captions_are_left_out(tmp_path, raw, coco_mini):
     assert set(d.image_ids) == keep
 
 
-def test_resolve_under_accepts_nested_names(tmp_path):
-    (tmp_path / "a").mkdir()
-    assert resolve_under(tmp_path, "a/b.jpg") == (tmp_path / "a" / "b.jpg").resolve()
+def test_resolve_under_accepts_nested_names_and_user_symlinks(tmp_path):
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    root = tmp_path / "images"
+    assert resolve_under(root, "a/./b.jpg") == root.resolve() / "a" / "b.jpg"
+    assert resolve_under(root, "a/../c.jpg") == root.resolve() / "c.jpg"
+    (tmp_path / "elsewhere.jpg").write_bytes(b"x")
+    (root / "linked.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    assert resolve_under(root, "linked.jpg").read_bytes() == b"x"
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
