@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
 from image2vec.errors import Image2VecError
 
-__all__ = ["atomic_write", "write_json", "save_npy", "resolve_under"]
+__all__ = ["atomic_write", "write_json", "resolve_under"]
 
 
 @contextlib.contextmanager
@@ -56,12 +54,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path, "w") as fh:
         json.dump(obj, fh, indent=1, ensure_ascii=False)
         fh.write("\n")
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Save ``array`` in ``.npy`` format, atomically (readable with ``allow_pickle=False``)."""
-    with atomic_write(path, "wb") as fh:
-        np.save(fh, np.asarray(array), allow_pickle=False)
 
 
 def resolve_under(root: str | os.PathLike, name: str) -> Path:
