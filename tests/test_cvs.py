@@ -283,7 +283,7 @@ def test_save_load_round_trip(tmp_path, clusters, mcvs_stages, rvs_model, which)
                               model.transform(m, test[m], context))
     assert not list(folder.glob("*.tmp"))
     with pytest.raises(ValueError, match="holds a"):
-        CVS.load(folder)
+        (RVS if which == "mcvs" else MCVS).load(folder)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -278,9 +278,7 @@ class _CommonSpaceModel:
     # ------------------------------------------------------------------ parameters and checks
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn convention)."""
-        extra = {"reference": self.reference} if isinstance(self, RVS) else {}
-        extra |= {"stages": self.stages} if isinstance(self, MCVS) else {}
-        return {**{p: getattr(self, p) for p in self._params}, **extra}
+        return {p: getattr(self, p) for p in self._params}
 
     def _check_params(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -490,8 +488,16 @@ class _CommonSpaceModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path):
-        """Rebuild a model written by :meth:`save`; the class is read from the config."""
+    def load(cls, path: str | Path, device: str | None = None):
+        """Rebuild a model written by :meth:`save`; the class is read from the config.
+
+        Parameters
+        ----------
+        path : path-like
+            The folder written by :meth:`save`.
+        device : str, optional
+            Torch device to load onto (default: the one saved in the config).
+        """
         path = Path(path)
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -504,7 +510,10 @@ class _CommonSpaceModel:
         if model_cls is None or not issubclass(model_cls, cls):
             raise Image2VecError(f"{path} holds a {config.get('model')!r} model, "
                                  f"not a {cls.__name__}")
-        model = model_cls(**config["params"])
+        params = dict(config["params"])
+        if device is not None:
+            params["device"] = device
+        model = model_cls(**params)
         model.n_classes_ = int(config["n_classes"])
         model.input_dims_ = {m: int(d) for m, d in config["input_dims"].items()}
         model.stages_ = list(config["stages"])
@@ -530,14 +539,11 @@ class _CommonSpaceModel:
         return model
 
 
-class MCVS(_CommonSpaceModel):
-    """Multi-stage common vector space (M-CVS): modalities added stage by stage, earlier frozen.
+class CVS(_CommonSpaceModel):
+    """Common vector space: one aligned-attention block per pair of modalities, trained jointly.
 
     Parameters
     ----------
-    stages : sequence of sequence of str, optional
-        Modalities trained in each stage, e.g. ``[["image", "text"], ["tags"]]``. Default: the
-        first two modalities of ``features`` together, then one stage per further modality.
     hidden_size : int, default=512
         Width of both encoder layers and of the common space.
     attention_size : int, default=512
@@ -576,21 +582,12 @@ class MCVS(_CommonSpaceModel):
         Loss curves: one record per stage and epoch (train/val losses).
     """
 
-    def __init__(self, stages: Sequence[Sequence[str]] | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.stages = None if stages is None else [list(s) for s in stages]
-
     def _plan(self, names: list[str]) -> list[list[str]]:
-        if self.stages is None:
-            return [names[:2]] + [[n] for n in names[2:]]
-        flat = [m for stage in self.stages for m in stage]
-        if sorted(flat) != sorted(names) or len(set(flat)) != len(flat) or not all(self.stages):
-            raise Image2VecError(f"stages {self.stages} must list every modality of the "
-                                 f"features ({', '.join(names)}) exactly once")
-        return self.stages
+        """The modalities trained in each stage: all at once."""
+        return [names]
 
     def fit(self, features: Mapping[str, np.ndarray], Y: np.ndarray):
-        """Train all stages on rows-aligned ``features`` (name -> (N, p_m)) and labels Y (N, C).
+        """Train on rows-aligned ``features`` (name -> (N, p_m)) and labels Y (N, C).
 
         Returns
         -------
@@ -603,6 +600,34 @@ class MCVS(_CommonSpaceModel):
         for new in plan:
             self._grow(list(new), feats, y)
         return self
+
+
+class MCVS(CVS):
+    """Multi-stage common vector space (M-CVS): modalities added stage by stage, earlier frozen.
+
+    Parameters
+    ----------
+    stages : sequence of sequence of str, optional
+        Modalities trained in each stage, e.g. ``[["image", "text"], ["tags"]]``. Default: the
+        first two modalities of ``features`` together, then one stage per further modality.
+    **kwargs
+        As :class:`CVS`.
+    """
+
+    _params = CVS._params + ("stages",)
+
+    def __init__(self, stages: Sequence[Sequence[str]] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.stages = None if stages is None else [list(s) for s in stages]
+
+    def _plan(self, names: list[str]) -> list[list[str]]:
+        if self.stages is None:
+            return [names[:2]] + [[n] for n in names[2:]]
+        flat = [m for stage in self.stages for m in stage]
+        if sorted(flat) != sorted(names) or len(set(flat)) != len(flat) or not all(self.stages):
+            raise Image2VecError(f"stages {self.stages} must list every modality of the "
+                                 f"features ({', '.join(names)}) exactly once")
+        return self.stages
 
     def add_modality(self, name: str, features: Mapping[str, np.ndarray], Y: np.ndarray):
         """One more stage: train modality ``name`` against the frozen earlier ones.
@@ -622,28 +647,6 @@ class MCVS(_CommonSpaceModel):
         return self
 
 
-class CVS(MCVS):
-    """Common vector space: one aligned-attention block per pair of modalities, trained jointly.
-
-    Same parameters as :class:`MCVS` without ``stages`` (a single stage of every modality).
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(stages=None, **kwargs)
-
-    def _plan(self, names: list[str]) -> list[list[str]]:
-        return [names]
-
-    def get_params(self) -> dict:
-        params = super().get_params()
-        del params["stages"]
-        return params
-
-    def add_modality(self, name, features, Y):
-        """Not part of CVS (all modalities train together): use :class:`MCVS`."""
-        raise Image2VecError("CVS trains all modalities together; use MCVS or RVS to add one")
-
-
 class RVS(_CommonSpaceModel):
     """Reference vector space: a fixed reference modality, one split-attention block per other.
 
@@ -652,7 +655,7 @@ class RVS(_CommonSpaceModel):
     reference : str
         The reference modality (e.g. ``"image"``).
     **kwargs
-        As :class:`MCVS` (without ``stages``).
+        As :class:`CVS`.
 
     Notes
     -----
@@ -662,6 +665,8 @@ class RVS(_CommonSpaceModel):
     the loss is classification of m (frozen head) + 0.25 intra-m + 0.5 inter (m, reference)
     triplets.
     """
+
+    _params = _CommonSpaceModel._params + ("reference",)
 
     def __init__(self, reference: str = "image", **kwargs):
         super().__init__(**kwargs)
