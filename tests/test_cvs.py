@@ -172,6 +172,12 @@ def test_cvs_is_deterministic_and_defaults_follow_the_paper():
     e1, e2 = fit().transform("c", test["c"]), fit().transform("c", test["c"])
     assert np.array_equal(e1, e2)
     assert np.allclose(np.linalg.norm(e1, axis=1), 1.0, atol=1e-5)
+    keys = {att: set(CVS(attention=att, random_state=3, **{**SMALL, "max_epochs": 1})
+                     .fit(train, y).network_.state_dict()) for att in ("full", "no_cross", "none")}
+    assert {"blocks.a:b.w_is.weight", "blocks.a:c.w_e.weight"} <= keys["full"]
+    assert not any("w_is" in k for k in keys["no_cross"]) and "blocks.b:c.w_s.weight" in \
+        keys["no_cross"]
+    assert not any(k.startswith("blocks.") for k in keys["none"])
     model = CVS()
     assert (model.hidden_size, model.attention_size, model.learning_rate, model.batch_size,
             model.margin) == (512, 512, 1e-3, 128, 1.0)
