@@ -36,7 +36,8 @@ def cross_modal_map_at_k(query_emb: np.ndarray, query_labels: np.ndarray,
     :math:`P(i) = \frac{1}{i}\sum_{t \le i} \mathrm{rel}(t)`,
 
     .. math::
-        \mathrm{AP@k}(q) = \frac{\sum_{i=1}^{k} P(i)\,\mathrm{rel}(i)}{\sum_{i=1}^{k} \mathrm{rel}(i)},
+        \mathrm{AP@k}(q) = \frac{\sum_{i \le k} P(i)\,\mathrm{rel}(i)}
+                                 {\sum_{i \le k} \mathrm{rel}(i)},
 
     0 when no relevant item reaches the top k (the normalisation by the relevant items retrieved
     is the convention of the cross-modal retrieval tables, e.g. DCMH and CVS). The result is the

@@ -69,7 +69,9 @@ _CHUNK = 4096
 
 
 class AlignedAttention(nn.Module):
-    r"""Attention logits of one pair, :math:`e = W_e \tanh(g_i W_i + g_s W_s + (g_i \odot g_s) W_{is})`.
+    r"""Attention logits of one pair of modalities.
+
+    :math:`e = W_e \tanh(g_i W_i + g_s W_s + (g_i \odot g_s) W_{is})`, no biases.
 
     Parameters
     ----------
@@ -462,7 +464,13 @@ class _CommonSpaceModel:
     def summarize(self, image_features: np.ndarray, word_features: np.ndarray, k: int = 5, *,
                   image_modality: str = "image",
                   text_modality: str = "text") -> tuple[np.ndarray, np.ndarray]:
-        """The k words whose one-word texts are closest (cosine) to each image: (indices, cosines)."""
+        """The k words whose one-word texts are closest (cosine) to each image.
+
+        Returns
+        -------
+        indices, cosines : ndarray of shape (N, k)
+            Word indices by decreasing cosine, and the cosines.
+        """
         return rank_by_cosine(self.transform(image_modality, image_features),
                               self.transform(text_modality, word_features), k)
 
