@@ -14,7 +14,7 @@ from solvers.objective import (
     objective,
     sufficient_stats,
 )
-from solvers.omp import SparseCode, nnls_gram, omp
+from solvers.omp import SparseCode, nnls_gram, omp, omp_gram
 from solvers.sgd import sgd, streaming_objective
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "nnls_gram",
     "objective",
     "omp",
+    "omp_gram",
     "polar",
     "random_orthonormal_rows",
     "sgd",

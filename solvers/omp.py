@@ -112,25 +112,70 @@ def omp(
         On shape mismatches, non-finite input or an invalid ``n_nonzero_coefs`` / ``tol``.
     """
     xp = get_array_module(D, Y, gram)
-    D, Y, gram, k = _check_inputs(xp, D, Y, n_nonzero_coefs, tol, gram)
-    n, n_atoms = Y.shape[0], D.shape[1]
-    # Work with unit-norm atoms d_v / ||d_v||: same supports, coefficients rescaled at the end.
-    if gram is None:
-        norms = xp.linalg.norm(D, axis=0)
-        norms[norms == 0] = 1  # a zero atom keeps zero correlations and is never chosen
-        D = D / norms
-        gram = D.T @ D
-    else:
-        norms = xp.sqrt(xp.diagonal(gram).copy())
-        norms[norms == 0] = 1
-        gram = gram / norms[:, None] / norms[None, :]
-        D = D / norms
-    corr0 = Y @ D  # (N, V): D^T y_n for every signal
+    D, Y, gram = _check_inputs(xp, D, Y, gram)
+    k = _check_k(n_nonzero_coefs, tol, D.shape[0], D.shape[1])
     y_sq = (Y * Y).sum(axis=1)
+    if gram is not None:
+        return omp_gram(gram, Y @ D, y_sq, k, tol=tol, nonneg=nonneg, batch_size=batch_size, n_jobs=n_jobs)
+    # Unit-norm atoms d_v / ||d_v|| give the same supports; coefficients are rescaled at the end.
+    norms = xp.linalg.norm(D, axis=0)
+    norms[norms == 0] = 1  # a zero atom keeps zero correlations and is never chosen
+    D = D / norms
+    return _batch_omp(xp, D.T @ D, Y @ D, y_sq, norms, k, tol, nonneg, batch_size, n_jobs)
+
+
+def omp_gram(
+    gram: Any,
+    corr: Any,
+    y_sq: Any,
+    n_nonzero_coefs: int | None,
+    *,
+    tol: float | None = None,
+    nonneg: bool = False,
+    batch_size: int | None = None,
+    n_jobs: int = 1,
+) -> SparseCode:
+    """Batch-OMP from G = D^T D, the correlations D^T y_n and ||y_n||^2 alone (see :func:`omp`).
+
+    This form needs no D: e.g. a regularised read-out min ||y - D x||^2 + mu ||x - x0||^2 is OMP
+    over the stacked atoms [d_v; sqrt(mu) e_v], whose Gram matrix is G + mu I and whose
+    correlations are D^T y + mu x0.
+
+    Parameters
+    ----------
+    gram : array of shape (V, V)
+    corr : array of shape (N, V)
+        Row n: D^T y_n.
+    y_sq : array of shape (N,)
+        ||y_n||^2 (used by ``tol`` and the stopping rules).
+    n_nonzero_coefs, tol, nonneg, batch_size, n_jobs
+        As in :func:`omp`; with only ``tol``, at most V atoms.
+    """
+    xp = get_array_module(gram, corr, y_sq)
+    dtype = float_dtype(xp, gram, corr)
+    gram, corr, y_sq = (xp.asarray(a).astype(dtype, copy=False) for a in (gram, corr, y_sq))
+    n_atoms = gram.shape[0]
+    if gram.shape != (n_atoms, n_atoms) or corr.ndim != 2 or corr.shape[1] != n_atoms or y_sq.shape != corr.shape[:1]:
+        raise ValueError(
+            f"omp_gram: need gram (V, V), corr (N, V) and y_sq (N,), got {gram.shape}, {corr.shape}, {y_sq.shape}"
+        )
+    for name, a in (("gram", gram), ("corr", corr), ("y_sq", y_sq)):
+        if not bool(xp.isfinite(a).all()):
+            raise ValueError(f"omp_gram: {name} contains NaN or infinite values")
+    k = _check_k(n_nonzero_coefs, tol, n_atoms, n_atoms)
+    norms = xp.sqrt(xp.diagonal(gram).copy())
+    norms[norms == 0] = 1
+    return _batch_omp(xp, gram / norms[:, None] / norms[None, :], corr / norms, y_sq, norms, k, tol,
+                      nonneg, batch_size, n_jobs)
+
+
+def _batch_omp(xp, gram, corr0, y_sq, norms, k, tol, nonneg, batch_size, n_jobs) -> SparseCode:
+    """Blocks of signals through :func:`_omp_block` (unit-norm atoms); coefficients / norms."""
+    n, n_atoms = corr0.shape
     if batch_size is None:
         batch_size = _default_batch_size(xp, n_atoms, k)
     indices = xp.full((n, k), -1, dtype=xp.int64)
-    coefs = xp.zeros((n, k), dtype=Y.dtype)
+    coefs = xp.zeros((n, k), dtype=corr0.dtype)
 
     def code_block(start: int) -> None:
         stop = min(start + batch_size, n)
@@ -156,7 +201,7 @@ def _default_batch_size(xp, n_atoms: int, k: int) -> int:
     return max(1, elements // (n_atoms * (k + 3)))
 
 
-def _check_inputs(xp, D, Y, n_nonzero_coefs, tol, gram):
+def _check_inputs(xp, D, Y, gram):
     D = xp.asarray(D)
     Y = xp.asarray(Y)
     if D.ndim != 2:
@@ -178,17 +223,22 @@ def _check_inputs(xp, D, Y, n_nonzero_coefs, tol, gram):
         gram = xp.asarray(gram).astype(dtype, copy=False)
         if gram.shape != (D.shape[1], D.shape[1]):
             raise ValueError(f"omp: gram must have shape {(D.shape[1],) * 2}, got {gram.shape}")
+    return D, Y, gram
+
+
+def _check_k(n_nonzero_coefs, tol, dim, n_atoms) -> int:
+    """k capped at V; with only ``tol``, min(d, V)."""
     if tol is not None and not tol >= 0:
         raise ValueError(f"omp: tol must be >= 0, got {tol}")
     if n_nonzero_coefs is None:
         if tol is None:
             raise ValueError("omp: give n_nonzero_coefs, tol, or both")
-        n_nonzero_coefs = D.shape[0]
+        n_nonzero_coefs = dim
     if isinstance(n_nonzero_coefs, bool) or int(n_nonzero_coefs) != n_nonzero_coefs:
         raise ValueError(f"omp: n_nonzero_coefs must be an integer, got {n_nonzero_coefs!r}")
     if n_nonzero_coefs < 1:
         raise ValueError(f"omp: n_nonzero_coefs must be >= 1, got {n_nonzero_coefs}")
-    return D, Y, gram, int(min(n_nonzero_coefs, D.shape[1]))
+    return int(min(n_nonzero_coefs, n_atoms))
 
 
 def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):

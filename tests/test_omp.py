@@ -226,3 +226,22 @@ def test_nnls_gram_matches_scipy_nnls_with_active_bounds(xp):
     np.testing.assert_allclose(ours, reference, atol=1e-9)
     warm = to_numpy(nnls_gram(xp.asarray(gram), xp.asarray(target), init=xp.asarray(np.abs(reference) + 0.1)))
     np.testing.assert_allclose(warm, reference, atol=1e-9)
+
+
+def test_omp_gram_equals_omp_on_stacked_atoms(xp):
+    """The regularised read-out: OMP over [d_v; sqrt(mu) e_v] from G + mu I and D^T y + mu x0."""
+    from solvers import omp_gram
+
+    rng = np.random.default_rng(16)
+    D = unit_dictionary(rng, 20, 30) * rng.uniform(0.5, 2, 30)
+    Y = rng.standard_normal((25, 20))
+    prior, mu = rng.uniform(0, 1, 30), 0.3
+    stacked = np.vstack([D, np.sqrt(mu) * np.eye(30)])
+    signals = np.hstack([Y, np.sqrt(mu) * np.tile(prior, (25, 1))])
+    direct = omp(xp.asarray(stacked), xp.asarray(signals), 4, nonneg=True)
+    gram_form = omp_gram(xp.asarray(D.T @ D + mu * np.eye(30)), xp.asarray(Y @ D + mu * prior),
+                         xp.asarray((signals**2).sum(axis=1)), 4, nonneg=True)
+    np.testing.assert_array_equal(to_numpy(direct.indices), to_numpy(gram_form.indices))
+    np.testing.assert_allclose(to_numpy(direct.coefs), to_numpy(gram_form.coefs), rtol=1e-10)
+    with pytest.raises(ValueError, match="omp_gram: need gram"):
+        omp_gram(xp.asarray(D.T @ D), xp.asarray(Y @ D)[:, :5], xp.asarray(np.ones(25)), 2)
