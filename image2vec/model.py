@@ -14,7 +14,6 @@ words are read back by non-negative OMP over D.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,11 +23,12 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from image2vec import __version__
 from image2vec.errors import Image2VecError
+from image2vec.summary import Summary
 from solvers import (
     bcd,
     box_least_squares,
     incoherence_weights,
-    omp,
+    omp_gram,
     sgd,
     sufficient_stats,
 )
@@ -40,25 +40,6 @@ SOLVERS = ("bcd", "sgd")
 READOUTS = ("omp", "rank")
 MODEL_FORMAT = "image2vec-model"
 MODEL_FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Summary words of N images, best first.
-
-    Attributes
-    ----------
-    indices : ndarray of shape (N, k), int
-        Word columns v; -1 where fewer than k words were found.
-    scores : ndarray of shape (N, k)
-        The words' coefficients (``omp`` read-out: the estimated x_nv) or scores (``rank``).
-    words : list of list of str
-        The words themselves.
-    """
-
-    indices: np.ndarray
-    scores: np.ndarray
-    words: list[list[str]]
 
 
 class Image2Vec(TransformerMixin, BaseEstimator):
@@ -87,8 +68,13 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     k : int, default 3
         Summary length of :meth:`predict`.
     readout : {"omp", "rank"}, default "omp"
-        How summary words are read out of an embedding: non-negative OMP over D (words ordered
-        by coefficient), or the k highest scores D^T r.
+        How summary words are read out of an embedding r: ``omp`` solves
+        min_{x >= 0, ||x||_0 <= k} ||r - D x||^2 + prior_weight ||x - xbar||^2 greedily
+        (non-negative OMP over the atoms [d_v; sqrt(prior_weight) e_v], words ordered by
+        coefficient, the estimate of x_nv); ``rank`` takes the k highest scores D^T r.
+    prior_weight : float, default 0.3
+        mu above: pulls the sparse code towards the training mean xbar, a word-frequency
+        prior. 0 gives plain non-negative OMP over D.
     normalize : bool, default True
         L2-normalise the centred features.
     max_iter : int, default 50
@@ -112,6 +98,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         mu, the training mean of the raw features.
     offset_ : ndarray of shape (d,)
         D xbar - W m, the intercept of the embedding.
+    target_mean_ : ndarray of shape (V,)
+        xbar, the training mean of the (weighted) targets.
     words_ : ndarray of shape (V,), str
         The vocabulary.
     classes_ : ndarray
@@ -132,6 +120,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         gamma: float = 0.0,
         k: int = 3,
         readout: str = "omp",
+        prior_weight: float = 0.3,
         normalize: bool = True,
         max_iter: int = 50,
         tol: float = 1e-6,
@@ -149,6 +138,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.gamma = gamma
         self.k = k
         self.readout = readout
+        self.prior_weight = prior_weight
         self.normalize = normalize
         self.max_iter = max_iter
         self.tol = tol
@@ -210,7 +200,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         targets = X if a_step is None else a_step.weighted()
         self.dictionary_ = to_numpy(result.D)
         self.image_map_ = to_numpy(result.W)
-        self.offset_ = self.dictionary_ @ np.asarray(targets.mean(axis=0)).ravel() - self.image_map_ @ Fp.mean(axis=0)
+        self.target_mean_ = np.asarray(targets.mean(axis=0)).ravel()
+        self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ Fp.mean(axis=0)
         self.objective_trace_ = result.trace
         self.n_iter_ = result.n_iter
         if a_step is not None:
@@ -234,8 +225,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                 "so there is no norm to penalise"
             )
         lam = 1e-3 if self.lam is None and self.objective == "l2" else (self.lam or 0.0)
-        if lam < 0 or self.gamma < 0:
-            raise ValueError(f"lam and gamma must be >= 0, got lam={lam}, gamma={self.gamma}")
+        if lam < 0 or self.gamma < 0 or self.prior_weight < 0:
+            raise ValueError(f"lam, gamma and prior_weight must be >= 0, got lam={lam}, "
+                             f"gamma={self.gamma}, prior_weight={self.prior_weight}")
         return float(lam)
 
     def _targets(self, X: Any) -> sp.csr_matrix:
@@ -300,22 +292,19 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def summarize(self, F: Any, k: int | None = None) -> Summary:
         """The k words that best explain each image's embedding (see ``readout``).
 
-        ``omp``: non-negative OMP of r_n over the columns of D, words ordered by coefficient
-        (the estimate of x_nv). ``rank``: the k largest scores D^T r_n.
+        ``omp``: min_{x >= 0, ||x||_0 <= k} ||r_n - D x||^2 + mu ||x - xbar||^2 by non-negative
+        OMP in Gram form (G = D^T D + mu I, correlations D^T r_n + mu xbar), words ordered by
+        coefficient. ``rank``: the k largest scores D^T r_n.
         """
         k = self.k if k is None else k
         embedded = self.transform(F)
         if self.readout == "rank":
-            scores = embedded @ self.dictionary_
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            indices, values = order, np.take_along_axis(scores, order, axis=1)
-        else:
-            code = omp(self.dictionary_, embedded, k, nonneg=True)
-            order = np.argsort(-code.coefs, axis=1, kind="stable")
-            indices = np.take_along_axis(code.indices, order, axis=1)
-            values = np.take_along_axis(code.coefs, order, axis=1)
-        words = [[str(self.words_[v]) for v in row if v >= 0] for row in indices]
-        return Summary(indices=indices, scores=values, words=words)
+            return Summary.top_k(embedded @ self.dictionary_, k, self.words_)
+        mu, prior = self.prior_weight, self.target_mean_
+        gram = self.dictionary_.T @ self.dictionary_ + mu * np.eye(len(prior))
+        code = omp_gram(gram, embedded @ self.dictionary_ + mu * prior,
+                        (embedded**2).sum(axis=1) + mu * prior @ prior, k, nonneg=True)
+        return Summary.from_ranking(code.indices, code.coefs, self.words_)
 
     def predict(self, F: Any) -> np.ndarray:
         """Indicator (N, V) of the k summary words; labels of shape (N,) after a 1-d fit."""
@@ -392,7 +381,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         with atomic_write(path) as fh:
             np.savez(fh, dictionary=self.dictionary_, image_map=self.image_map_,
                      feature_mean=self.feature_mean_, offset=self.offset_,
-                     info=np.array(json.dumps(info)))
+                     target_mean=self.target_mean_, info=np.array(json.dumps(info)))
 
     @classmethod
     def load(cls, path: str) -> tuple["Image2Vec", dict]:
@@ -426,17 +415,18 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         model = cls(**info["params"])
         try:
             D, W = arrays["dictionary"], arrays["image_map"]
-            mean, offset = arrays["feature_mean"], arrays["offset"]
+            mean, offset, prior = arrays["feature_mean"], arrays["offset"], arrays["target_mean"]
         except KeyError as exc:
             raise Image2VecError(f"{path} lacks the array {exc}") from None
         dim, n_words = D.shape if D.ndim == 2 else (None, None)
         if (D.ndim != 2 or W.shape != (dim, mean.shape[0]) or offset.shape != (dim,)
-                or len(info["words"]) != n_words):
+                or prior.shape != (n_words,) or len(info["words"]) != n_words):
             raise Image2VecError(
                 f"{path} is inconsistent: D {D.shape}, W {W.shape}, mean {mean.shape}, "
                 f"offset {offset.shape}, {len(info['words'])} words"
             )
         model.dictionary_, model.image_map_, model.feature_mean_, model.offset_ = D, W, mean, offset
+        model.target_mean_ = prior
         model.words_ = np.asarray(info["words"])
         model.n_features_in_ = mean.shape[0]
         if info.get("classes") is not None:

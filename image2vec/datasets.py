@@ -1,0 +1,154 @@
+"""From a dataset on disk to the arrays the models train on: features F, targets X, truth.
+
+Captions (COCO format) or weak tags (TSV) are turned into a vocabulary and sparse targets by
+:mod:`image2vec.vocabulary`; image features come from the resumable feature store of
+:mod:`image2vec.features`. Images the store skipped (unreadable files) are dropped from every
+array, so row n of F, X, the truth and the queries is always the same image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from image2vec.coco import load_coco
+from image2vec.errors import Image2VecError
+from image2vec.features import extract_features
+from image2vec.flickr import load_tag_tsv
+from image2vec.vocabulary import Vocabulary, analyze_captions, build_vocabulary, targets
+
+SAMPLE_CAPTIONS = Path(__file__).resolve().parents[1] / "data" / "sample" / "captions_sample.json"
+
+
+def sample_image_dir() -> Path:
+    """The image folder of the embedded sample: scikit-image's data folder."""
+    import skimage.data
+
+    return Path(skimage.data.data_dir)
+
+
+@dataclass
+class WordData:
+    """Images ready for training and evaluation; row n of every array is image n.
+
+    Attributes
+    ----------
+    keys : list
+        Image keys (COCO ids or tag-file names).
+    files : list of str
+        Image files.
+    features : ndarray of shape (N, p), float32
+        F.
+    targets : csr_matrix of shape (N, V)
+        X: fraction of the image's captions containing each word (binary for tags).
+    truth : csr_matrix of shape (N, V)
+        1 where the word is among the image's caption (or tag) words.
+    queries : csr_matrix of shape (N, V) or None
+        The words of one caption of each image (its first caption with a vocabulary word),
+        the retrieval queries; None for tags.
+    vocabulary : Vocabulary
+    extractor : str
+        Name of the feature extractor.
+    categories : csr_matrix of shape (N, C) or None
+        COCO instance categories, when an instances file was given.
+    category_names : list of str or None
+    """
+
+    keys: list
+    files: list[str]
+    features: np.ndarray
+    targets: sp.csr_matrix
+    truth: sp.csr_matrix
+    queries: sp.csr_matrix | None
+    vocabulary: Vocabulary
+    extractor: str
+    categories: sp.csr_matrix | None = None
+    category_names: list[str] | None = None
+
+
+def load_caption_data(
+    captions: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    store: str | os.PathLike,
+    instances: str | os.PathLike | None = None,
+    vocabulary: Vocabulary | None = None,
+    min_count: int = 2,
+    max_size: int | None = None,
+    extractor: str = "efficientnet-lite0",
+    device: str = "cpu",
+    on_bad_image: str = "skip",
+    progress: bool = True,
+) -> WordData:
+    """COCO captions + images -> :class:`WordData` (features cached in ``store``).
+
+    The vocabulary is built from the captions (words in at least ``min_count`` images) unless
+    one is given (e.g. a trained model's, for evaluation).
+    """
+    coco = load_coco(captions, images, instances)
+    feature_set = extract_features(coco.paths, store, keys=coco.image_ids, extractor=extractor,
+                                   device=device, on_bad_image=on_bad_image, progress=progress)
+    rows = coco.positions(feature_set.keys)
+    documents = analyze_captions([coco.captions[i] for i in rows], progress=progress)
+    if vocabulary is None:
+        vocabulary = build_vocabulary(documents, min_count=min_count, max_size=max_size,
+                                      info={"source": str(captions)})
+    first_captions = [[next((c for c in doc if vocabulary.columns(c)), doc[0])] for doc in documents]
+    categories = names = None
+    if coco.categories is not None:
+        categories = coco.subset(rows).category_matrix()
+        names = [coco.category_names[c] for c in sorted(coco.category_names)]
+    X = targets(documents, vocabulary)
+    return WordData(
+        keys=list(feature_set.keys), files=list(feature_set.files),
+        features=np.asarray(feature_set.features), targets=X, truth=_binary(X),
+        queries=targets(first_captions, vocabulary, binary=True), vocabulary=vocabulary,
+        extractor=feature_set.index["extractor"], categories=categories, category_names=names)
+
+
+def load_tag_data(
+    tags: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    store: str | os.PathLike,
+    vocabulary: Vocabulary | None = None,
+    min_count: int = 2,
+    max_size: int | None = None,
+    extractor: str = "efficientnet-lite0",
+    device: str = "cpu",
+    on_bad_image: str = "skip",
+    progress: bool = True,
+) -> WordData:
+    """Weak tags (TSV: image file, comma-separated tags) + images -> :class:`WordData`."""
+    tagged = load_tag_tsv(tags, images)
+    feature_set = extract_features(tagged.paths, store, keys=tagged.keys, extractor=extractor,
+                                   device=device, on_bad_image=on_bad_image, progress=progress)
+    position = {key: i for i, key in enumerate(tagged.keys)}
+    all_documents = tagged.documents()
+    documents = [all_documents[position[key]] for key in feature_set.keys]
+    if vocabulary is None:
+        vocabulary = build_vocabulary(documents, min_count=min_count, max_size=max_size,
+                                      info={"source": str(tags)})
+    X = targets(documents, vocabulary, binary=True)
+    return WordData(
+        keys=list(feature_set.keys), files=list(feature_set.files),
+        features=np.asarray(feature_set.features), targets=X, truth=_binary(X), queries=None,
+        vocabulary=vocabulary, extractor=feature_set.index["extractor"])
+
+
+def _binary(X: sp.csr_matrix) -> sp.csr_matrix:
+    truth = X.copy()
+    truth.data = (truth.data > 0).astype(np.float32)
+    truth.eliminate_zeros()
+    return truth
+
+
+def vocabulary_of(words: list[str]) -> Vocabulary:
+    """A vocabulary with a trained model's words (their counts are not stored with the model)."""
+    if not words:
+        raise Image2VecError("the model has an empty vocabulary")
+    return Vocabulary(words, [0] * len(words), 0, {"source": "model"})

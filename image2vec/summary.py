@@ -1,0 +1,42 @@
+"""Summaries: the few words that describe each image, best first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary words of N images, best first.
+
+    Attributes
+    ----------
+    indices : ndarray of shape (N, k), int
+        Word columns v; -1 where fewer than k words were found.
+    scores : ndarray of shape (N, k)
+        The words' coefficients or scores, decreasing along each row.
+    words : list of list of str
+        The words themselves.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    words: list[list[str]]
+
+    @classmethod
+    def from_ranking(cls, indices: np.ndarray, scores: np.ndarray, vocabulary: np.ndarray) -> "Summary":
+        """Order each row's (index, score) pairs by decreasing score and name the words."""
+        order = np.argsort(-scores, axis=1, kind="stable")
+        indices = np.take_along_axis(indices, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        words = [[str(vocabulary[v]) for v in row if v >= 0] for row in indices]
+        return cls(indices=indices, scores=scores, words=words)
+
+    @classmethod
+    def top_k(cls, scores: np.ndarray, k: int, vocabulary: np.ndarray) -> "Summary":
+        """The k highest-scoring words of each row of a (N, V) score matrix."""
+        k = min(k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return cls.from_ranking(top, np.take_along_axis(scores, top, axis=1), vocabulary)
