@@ -13,7 +13,6 @@ words are read back by non-negative OMP over D.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,6 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from image2vec import __version__
 from image2vec.errors import Image2VecError
 from image2vec.summary import Summary
 from solvers import (
@@ -38,8 +36,6 @@ MODELS = ("simple", "learn-all", "weak-tag")
 OBJECTIVES = ("l2", "ip")
 SOLVERS = ("bcd", "sgd")
 READOUTS = ("omp", "rank")
-MODEL_FORMAT = "image2vec-model"
-MODEL_FORMAT_VERSION = 1
 
 
 class Image2Vec(TransformerMixin, BaseEstimator):
@@ -358,80 +354,14 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         tags.input_tags.sparse = False
         return tags
 
-    # ------------------------------------------------------------------ persistence
-
-    def save(self, path: str, metadata: dict | None = None) -> None:
-        """Write the fitted model to ``path`` (.npz, no pickle), atomically.
-
-        The arrays D, W, mu and the offset sit beside a JSON string with the configuration, the
-        vocabulary, versions and ``metadata`` (e.g. the feature extractor).
-        """
-        from image2vec.io import atomic_write
-
-        check_is_fitted(self, "dictionary_")
-        info = {
-            "format": MODEL_FORMAT,
-            "format_version": MODEL_FORMAT_VERSION,
-            "image2vec_version": __version__,
-            "params": self.get_params(),
-            "words": self.words_.tolist(),
-            "classes": self.classes_.tolist() if hasattr(self, "classes_") else None,
-            "metadata": metadata or {},
-        }
-        with atomic_write(path) as fh:
-            np.savez(fh, dictionary=self.dictionary_, image_map=self.image_map_,
-                     feature_mean=self.feature_mean_, offset=self.offset_,
-                     target_mean=self.target_mean_, info=np.array(json.dumps(info)))
-
-    @classmethod
-    def load(cls, path: str) -> tuple["Image2Vec", dict]:
-        """Read a model written by :meth:`save`; returns (model, metadata).
-
-        Raises
-        ------
-        Image2VecError
-            If the file is missing, not an image2vec model, from another format version, or
-            its arrays do not fit together.
-        """
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except FileNotFoundError:
-            raise Image2VecError(f"model file {path} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise Image2VecError(f"{path} is not an image2vec model file ({exc})") from None
-        try:
-            info = json.loads(str(arrays["info"]))
-        except (KeyError, json.JSONDecodeError):
-            raise Image2VecError(f"{path} is not an image2vec model file (no metadata)") from None
-        if info.get("format") != MODEL_FORMAT:
-            raise Image2VecError(f"{path} is not an image2vec model file")
-        if info.get("format_version") != MODEL_FORMAT_VERSION:
-            raise Image2VecError(
-                f"{path} has model format version {info.get('format_version')} (written by image2vec "
-                f"{info.get('image2vec_version')}); this is image2vec {__version__}, which reads "
-                f"version {MODEL_FORMAT_VERSION}: retrain the model"
-            )
-        model = cls(**info["params"])
-        try:
-            D, W = arrays["dictionary"], arrays["image_map"]
-            mean, offset, prior = arrays["feature_mean"], arrays["offset"], arrays["target_mean"]
-        except KeyError as exc:
-            raise Image2VecError(f"{path} lacks the array {exc}") from None
-        dim, n_words = D.shape if D.ndim == 2 else (None, None)
-        if (D.ndim != 2 or W.shape != (dim, mean.shape[0]) or offset.shape != (dim,)
-                or prior.shape != (n_words,) or len(info["words"]) != n_words):
-            raise Image2VecError(
-                f"{path} is inconsistent: D {D.shape}, W {W.shape}, mean {mean.shape}, "
-                f"offset {offset.shape}, {len(info['words'])} words"
-            )
-        model.dictionary_, model.image_map_, model.feature_mean_, model.offset_ = D, W, mean, offset
-        model.target_mean_ = prior
-        model.words_ = np.asarray(info["words"])
-        model.n_features_in_ = mean.shape[0]
-        if info.get("classes") is not None:
-            model.classes_ = np.asarray(info["classes"])
-        return model, info.get("metadata", {})
+    def check_loaded(self) -> None:
+        """Raise ValueError unless the fitted arrays of a loaded model fit together."""
+        dim, n_words = self.dictionary_.shape
+        expected = {"image_map_": (dim, self.feature_mean_.shape[0]), "offset_": (dim,),
+                    "target_mean_": (n_words,), "words_": (n_words,)}
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
 
 
 class _TagWeights:

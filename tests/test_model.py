@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from image2vec import systems
 from image2vec.errors import Image2VecError
 from image2vec.model import Image2Vec
 from solvers import random_orthonormal_rows
@@ -132,34 +133,41 @@ def test_similar_and_retrieve():
 
 def test_save_load_roundtrip(tmp_path):
     F, X, _, _, _ = planted_words(n=200)
-    model = Image2Vec(dim=8, random_state=0).fit(F, X)
+    model = Image2Vec(model="weak-tag", dim=8, random_state=0, max_iter=3).fit(F, X)
     path = tmp_path / "model.npz"
-    model.save(path, metadata={"extractor": "efficientnet-lite0"})
-    loaded, metadata = Image2Vec.load(path)
+    systems.save(model, path, metadata={"extractor": "efficientnet-lite0"})
+    loaded, metadata = systems.load(path)
     assert metadata == {"extractor": "efficientnet-lite0"}
     np.testing.assert_array_equal(loaded.transform(F), model.transform(F))
     np.testing.assert_array_equal(loaded.summarize(F).indices, model.summarize(F).indices)
     assert loaded.get_params() == model.get_params()
+    assert (loaded.tag_weights_ != model.tag_weights_).nnz == 0
+    with np.load(path, allow_pickle=False) as data:  # plain arrays only
+        assert "dictionary_" in data.files
 
 
 def test_load_refuses_other_versions_and_broken_files(tmp_path):
     F, X, _, _, _ = planted_words(n=100)
-    Image2Vec(dim=8).fit(F, X).save(tmp_path / "m.npz")
+    systems.save(Image2Vec(dim=8).fit(F, X), tmp_path / "m.npz")
     with np.load(tmp_path / "m.npz", allow_pickle=False) as data:
         arrays = dict(data)
-    info = json.loads(str(arrays["info"]))
-    info["format_version"] = 99
-    np.savez(tmp_path / "future.npz", **{**arrays, "info": np.array(json.dumps(info))})
+    info = json.loads(str(arrays["__info__"]))
+    future = {**info, "format_version": 99}
+    np.savez(tmp_path / "future.npz", **{**arrays, "__info__": np.array(json.dumps(future))})
     with pytest.raises(Image2VecError, match="format version 99"):
-        Image2Vec.load(tmp_path / "future.npz")
-    np.savez(tmp_path / "bad_shape.npz", **{**arrays, "offset": np.zeros(3)})
-    with pytest.raises(Image2VecError, match="inconsistent"):
-        Image2Vec.load(tmp_path / "bad_shape.npz")
+        systems.load(tmp_path / "future.npz")
+    np.savez(tmp_path / "bad_shape.npz", **{**arrays, "offset_": np.zeros(3)})
+    with pytest.raises(Image2VecError, match="inconsistent: offset_ has shape"):
+        systems.load(tmp_path / "bad_shape.npz")
+    alien = {**info, "system": "gpt"}
+    np.savez(tmp_path / "alien.npz", **{**arrays, "__info__": np.array(json.dumps(alien))})
+    with pytest.raises(Image2VecError, match="unknown system 'gpt'"):
+        systems.load(tmp_path / "alien.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(Image2VecError, match="not an image2vec model"):
-        Image2Vec.load(tmp_path / "junk.npz")
+        systems.load(tmp_path / "junk.npz")
     with pytest.raises(Image2VecError, match="does not exist"):
-        Image2Vec.load(tmp_path / "missing.npz")
+        systems.load(tmp_path / "missing.npz")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,55 @@
+"""The registry of trainable systems: the Image2Vec models and the baselines, one interface.
+
+Every system has ``fit(F, X, words=...)``, ``decision_function(F)`` and ``summarize(F, k)``, is
+built by :func:`make_system` from the name the command line uses (``--model NAME``), and is
+saved and loaded by :func:`save` / :func:`load`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+from image2vec.baselines.neighbors import FrequencyPrior, NearestNeighborTransfer
+from image2vec.model import MODELS, Image2Vec
+from image2vec.persist import load_system, save_system
+
+BASELINES: dict[str, type] = {"prior": FrequencyPrior, "knn": NearestNeighborTransfer}
+REGISTRY: dict[str, type] = {"image2vec": Image2Vec, **BASELINES}
+SYSTEM_NAMES = (*MODELS, *BASELINES)
+
+
+def make_system(name: str, **params: Any) -> Any:
+    """A new system by command-line name; parameters it does not take are ignored.
+
+    ``simple``, ``learn-all`` and ``weak-tag`` are :class:`~image2vec.model.Image2Vec` models;
+    the others are baselines.
+    """
+    if name in MODELS:
+        cls, params = Image2Vec, {**params, "model": name}
+    elif name in BASELINES:
+        cls = BASELINES[name]
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(SYSTEM_NAMES)}")
+    accepted = inspect.signature(cls).parameters
+    return cls(**{key: value for key, value in params.items() if key in accepted})
+
+
+def system_name(system: Any) -> str:
+    """The command-line name of a system instance."""
+    if isinstance(system, Image2Vec):
+        return system.model
+    return next(name for name, cls in BASELINES.items() if isinstance(system, cls))
+
+
+def save(system: Any, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Save a fitted system (no pickle), atomically."""
+    registered = "image2vec" if isinstance(system, Image2Vec) else system_name(system)
+    save_system(system, registered, path, metadata)
+
+
+def load(path: str | os.PathLike) -> tuple[Any, dict]:
+    """Load a saved system; returns (system, metadata)."""
+    system, metadata, _ = load_system(path, REGISTRY)
+    return system, metadata
