@@ -8,17 +8,154 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 from image2vec import __version__
 from image2vec.errors import Image2VecError
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from image2vec.demo import run_demo
 
-    run_demo(out=args.out, random_state=args.random_state)
+    run_demo(out=args.out, coco=args.coco, random_state=args.random_state)
+    return 0
+
+
+def _load_data(args: argparse.Namespace, store: Path, vocabulary=None):
+    """WordData of ``--captions`` or ``--tags`` with ``--images``, features cached in ``store``."""
+    from image2vec.datasets import load_caption_data, load_tag_data
+
+    common = dict(store=store, vocabulary=vocabulary, extractor=args.extractor, device=args.device,
+                  on_bad_image=args.on_bad_image, progress=not args.quiet)
+    if getattr(args, "tags", None):
+        return load_tag_data(args.tags, args.images, min_count=args.min_count, **common)
+    return load_caption_data(args.captions, args.images, instances=getattr(args, "instances", None),
+                             min_count=getattr(args, "min_count", 1), **common)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from image2vec import systems
+
+    out = Path(args.out)
+    store = Path(args.features) if args.features else out.with_name(out.name + ".features")
+    data = _load_data(args, store)
+    system = systems.make_system(
+        args.model, objective=args.objective, solver=args.solver, dim=args.dim, lam=args.lam,
+        gamma=args.gamma, readout=args.readout, random_state=args.random_state, device=args.device)
+    start = time.perf_counter()
+    try:
+        system.fit(data.features, data.targets, words=list(data.vocabulary.words))
+    except ValueError as exc:  # scikit-learn style parameter errors: one line, no traceback
+        raise Image2VecError(str(exc)) from None
+    seconds = time.perf_counter() - start
+    systems.save(system, out, metadata={"extractor": data.extractor, "n_images": len(data.keys),
+                                         "source": str(args.captions or args.tags)})
+    print(f"{out}: {args.model} model, {len(data.vocabulary)} words, trained on "
+          f"{len(data.keys)} images in {seconds:.1f} s")
+    return 0
+
+
+def _extract(files: list[Path], metadata: dict, args: argparse.Namespace, on_bad_image: str):
+    """Features of image files in a throw-away store, with the model's extractor."""
+    from image2vec.features import extract_features
+
+    with tempfile.TemporaryDirectory(prefix="image2vec-") as store:
+        feature_set = extract_features(files, store, extractor=metadata.get("extractor", "efficientnet-lite0"),
+                                       device=args.device, on_bad_image=on_bad_image, progress=False)
+        return np.array(feature_set.features), list(feature_set.files)
+
+
+def _load_model(path: str):
+    from image2vec import systems
+
+    return systems.load(path)
+
+
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    system, metadata = _load_model(args.model)
+    features, files = _extract([Path(f) for f in args.images], metadata, args, args.on_bad_image)
+    summary = system.summarize(features, args.k)
+    rows = [{"image": f, "words": words, "scores": [round(float(s), 4) for s in scores[: len(words)]]}
+            for f, words, scores in zip(files, summary.words, summary.scores)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            print(f"{row['image']}: {' + '.join(row['words']) or '(no word)'}")
+    return 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    system, _ = _load_model(args.model)
+    if not hasattr(system, "similar"):
+        raise Image2VecError(f"{args.model} is a baseline without word vectors: similar needs an Image2Vec model")
+    if args.word:
+        _print_similar(system, args.word, args.n)
+        return 0
+    while True:  # interactive: one word per line, from a terminal or a pipe
+        print("Enter a word (empty line to quit): ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            print()
+            return 0
+        try:
+            _print_similar(system, line.strip(), args.n)
+        except Image2VecError as exc:
+            print(exc)
+
+
+def _print_similar(system, word: str, n: int) -> None:
+    neighbours = system.similar(word, n)
+    print(f"{word}: " + ", ".join(f"{w} ({c:.2f})" for w, c in neighbours))
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    system, metadata = _load_model(args.model)
+    if not hasattr(system, "retrieve"):
+        raise Image2VecError(f"{args.model} is a baseline: retrieve needs an Image2Vec model")
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise Image2VecError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    for word in args.words:
+        system.word_index(word)  # an unknown word fails before any feature is computed
+    features, kept = _extract(files, metadata, args, on_bad_image="skip")
+    order, distances = system.retrieve(args.words, features, args.n)
+    print(f"images nearest to {' + '.join(args.words)}:")
+    for rank, (i, distance) in enumerate(zip(order, distances), start=1):
+        print(f"{rank:3d}. {kept[i]}  (distance {distance:.3f})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from image2vec.datasets import vocabulary_of
+    from image2vec.evaluate import evaluate
+
+    system, metadata = _load_model(args.model)
+    args.extractor = metadata.get("extractor", "efficientnet-lite0")
+    with tempfile.TemporaryDirectory(prefix="image2vec-") as scratch:
+        store = Path(args.features) if args.features else Path(scratch)
+        data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)))
+    result = evaluate(system, data.features, data.truth, k=args.k, queries=data.queries)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.model} on {result['n_images']} images, k={args.k}: "
+              + ", ".join(f"{key} {result[key]:.3f}" for key in ("precision", "recall", "f1", "map")
+                          + tuple(key for key in result if key.startswith("recall@"))))
     return 0
 
 
@@ -100,17 +237,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main job on a small embedded default")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument("--coco", metavar="ROOT",
+                      help="a COCO folder (annotations/captions_train2017.json, train2017/) "
+                           "instead of the embedded sample")
     demo.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
     demo.set_defaults(func=_cmd_demo)
 
     _add_features_parser(sub)
+    _add_model_parsers(sub)
     return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser, tags: bool) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--captions", metavar="ANN.json", help="COCO captions file")
+    if tags:
+        source.add_argument("--tags", metavar="TAGS.tsv", help="weak tags: image file <TAB> tags")
+    parser.add_argument("--images", required=True, metavar="DIR", help="image folder")
+    parser.add_argument("--features", metavar="STORE", help="feature store folder (cache)")
+    parser.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip",
+                        help="skip a broken image with a warning, or stop (default: skip)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_model_parsers(sub) -> None:
+    from image2vec.systems import SYSTEM_NAMES
+
+    train = sub.add_parser("train", help="train a model (or a baseline) and save it",
+                           description="Extract and cache features, build the vocabulary, train, "
+                                       "and save the model as one .npz file.")
+    _add_data_options(train, tags=True)
+    train.add_argument("--instances", metavar="ANN.json", help="COCO instances file (categories)")
+    train.add_argument("--model", choices=SYSTEM_NAMES, default="learn-all", help="default: learn-all")
+    train.add_argument("--objective", choices=("l2", "ip"), default="l2", help="default: l2")
+    train.add_argument("--solver", choices=("bcd", "sgd"), default="bcd", help="default: bcd")
+    train.add_argument("--dim", type=_positive_int, default=256, help="embedding dimension (default: 256)")
+    train.add_argument("--min-count", type=_positive_int, default=2,
+                       help="keep words in at least this many images (default: 2; 5 on COCO)")
+    train.add_argument("--lam", type=float, default=None, help="ridge weight (l2; default 1e-3)")
+    train.add_argument("--gamma", type=float, default=0.0, help="co-occurrence incoherence (l2)")
+    train.add_argument("--readout", choices=("omp", "rank"), default="omp", help="default: omp")
+    train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")
+    train.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
+    train.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
+    train.set_defaults(func=_cmd_train)
+
+    summarize = sub.add_parser("summarize", help="summarize images in k words")
+    summarize.add_argument("--model", required=True, metavar="MODEL.npz")
+    summarize.add_argument("-k", type=_positive_int, default=3, help="words per image (default: 3)")
+    summarize.add_argument("--json", action="store_true", help="print a JSON list")
+    summarize.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    summarize.add_argument("--on-bad-image", choices=("skip", "fail"), default="fail",
+                           help="stop at a missing or broken image (default) or skip it")
+    summarize.add_argument("images", nargs="+", metavar="IMAGE")
+    summarize.set_defaults(func=_cmd_summarize)
+
+    similar = sub.add_parser("similar", help="visually similar words (interactive without WORD)")
+    similar.add_argument("--model", required=True, metavar="MODEL.npz")
+    similar.add_argument("-n", type=_positive_int, default=5, help="how many (default: 5)")
+    similar.add_argument("word", nargs="?", help="the word; omitted: read words from standard input")
+    similar.set_defaults(func=_cmd_similar)
+
+    retrieve = sub.add_parser("retrieve", help="rank images by a sum of words")
+    retrieve.add_argument("--model", required=True, metavar="MODEL.npz")
+    retrieve.add_argument("--images", required=True, metavar="DIR", help="folder of images to rank")
+    retrieve.add_argument("-n", type=_positive_int, default=5, help="how many (default: 5)")
+    retrieve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    retrieve.add_argument("words", nargs="+", metavar="WORD")
+    retrieve.set_defaults(func=_cmd_retrieve)
+
+    evaluate = sub.add_parser("evaluate", help="score a model on captioned images")
+    evaluate.add_argument("--model", required=True, metavar="MODEL.npz")
+    _add_data_options(evaluate, tags=False)
+    evaluate.add_argument("-k", type=_positive_int, default=3, help="summary length (default: 3)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="image2vec: %(message)s")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

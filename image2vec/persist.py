@@ -75,8 +75,8 @@ def load_system(path: str | os.PathLike, registry: dict[str, type]) -> tuple[Any
             arrays = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise Image2VecError(f"model file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise Image2VecError(f"{path} is not an image2vec model file ({exc})") from None
+    except (OSError, ValueError, EOFError):
+        raise Image2VecError(f"{path} is not an image2vec model file (not a readable .npz)") from None
     try:
         info = json.loads(str(arrays.pop("__info__")))
     except (KeyError, json.JSONDecodeError):
