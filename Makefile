@@ -20,7 +20,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/image2vec demo --out $(OUT)/demo
+	$(VENV)/bin/image2vec demo --out $(OUT)/demo $(if $(COCO),--coco $(COCO))
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

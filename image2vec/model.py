@@ -411,7 +411,8 @@ class _TagWeights:
             c = xp.asarray(np.einsum("nsd,nd->ns", atoms, embedded))
             init = np.zeros((n, slots))
             init[self.rows, self.position] = self.weights
-            new = to_numpy(box_least_squares(Q, c, init=xp.asarray(init)))
+            # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.
+            new = to_numpy(box_least_squares(Q, c, init=xp.asarray(init), max_sweeps=20, tol=1e-6))
         self.weights = new[self.rows, self.position]
         weighted = self.weighted()
         return weighted if stats_of is None else stats_of(self.Fp, weighted)

@@ -1,0 +1,103 @@
+"""The command line end to end on coco-mini: train, summarize, similar, retrieve, evaluate, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from image2vec import __version__
+from image2vec.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(coco_mini, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    model = folder / "model.npz"
+    status = main(["train", "--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
+                   "--images", str(coco_mini / "train2017"), "--model", "learn-all", "--dim", "32",
+                   "--features", str(folder / "store"), "--out", str(model), "--quiet"])
+    assert status == 0 and model.exists()
+    return model, folder
+
+
+def images_of(coco_mini, n):
+    return sorted(str(p) for p in (coco_mini / "train2017").glob("*.jpg"))[:n]
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_summarize_json(trained, coco_mini, capsys):
+    model, _ = trained
+    files = images_of(coco_mini, 3)
+    assert main(["summarize", "--model", str(model), "-k", "4", "--json", *files]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["image"] for row in rows] == files
+    for row in rows:
+        assert 1 <= len(row["words"]) <= 4 and len(row["scores"]) == len(row["words"])
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+
+
+def test_evaluate_json_has_the_agreed_keys(trained, coco_mini, capsys):
+    model, folder = trained
+    assert main(["evaluate", "--model", str(model), "--captions",
+                 str(coco_mini / "annotations" / "captions_train2017.json"), "--images",
+                 str(coco_mini / "train2017"), "--features", str(folder / "store"), "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"k", "n_images", "precision", "recall", "f1", "map"} <= set(result)
+    assert result["n_images"] == 80 and result["k"] == 3
+    assert 0 < result["precision"] <= 1 and 0 < result["map"] <= 1
+
+
+def test_similar_and_retrieve(trained, coco_mini, capsys):
+    model, _ = trained
+    assert main(["similar", "--model", str(model), "-n", "3", "table"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("table: ") and line.count("(") == 3
+    assert main(["retrieve", "--model", str(model), "--images", str(coco_mini / "train2017"), "-n", "4", "dog"]) == 0
+    ranked = [l for l in capsys.readouterr().out.splitlines() if l.strip()[:2].rstrip(".").isdigit()]
+    assert len(ranked) == 4
+
+
+def test_interactive_similar_from_a_pipe(trained):
+    model, _ = trained
+    run = subprocess.run([sys.executable, "-m", "image2vec", "similar", "--model", str(model)],
+                         input="table\nzebraaa\nman\n\n", capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0
+    assert run.stdout.count("Enter a word (empty line to quit)") == 4
+    assert "table: " in run.stdout and "man: " in run.stdout and "unknown word 'zebraaa'" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["summarize", "--model", "{model}", "{missing}"], "does not exist"),
+        (["summarize", "--model", "{junk}", "{image}"], "not an image2vec model file"),
+        (["similar", "--model", "{model}", "zebraaa"], "unknown word 'zebraaa'"),
+        (["retrieve", "--model", "{model}", "--images", "{folder}", "zebraaa"], "unknown word 'zebraaa'"),
+        (["summarize", "--model", "{future}", "{image}"], "format version 99"),
+        (["train", "--captions", "{junk}", "--images", "{folder}", "--out", "{new}"], "not valid JSON"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(trained, coco_mini, tmp_path, arguments, message):
+    model, _ = trained
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not a model")
+    with np.load(model, allow_pickle=False) as data:
+        arrays = dict(data)
+    info = json.loads(str(arrays["__info__"]))
+    np.savez(tmp_path / "future.npz", **{**arrays, "__info__": np.array(json.dumps({**info, "format_version": 99}))})
+    values = {"model": model, "missing": tmp_path / "missing.jpg", "junk": junk, "image": images_of(coco_mini, 1)[0],
+              "folder": coco_mini / "train2017", "future": tmp_path / "future.npz", "new": tmp_path / "new.npz"}
+    argv = [a.format(**{k: str(v) for k, v in values.items()}) for a in arguments]
+    run = subprocess.run([sys.executable, "-m", "image2vec", *argv], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    errors = [l for l in run.stderr.splitlines() if l.startswith("image2vec: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "new.npz").exists()

@@ -1,0 +1,30 @@
+"""The main job on the embedded sample: its table, model, summaries and figure."""
+
+import csv
+import json
+
+from PIL import Image
+
+from image2vec import systems
+from image2vec.demo import run_demo
+
+
+def test_demo_on_the_embedded_sample(tmp_path, capsys):
+    rows = run_demo(tmp_path, dim=16)
+    printed = capsys.readouterr().out
+    assert len(rows) == 9
+    with open(tmp_path / "results.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [row["system"] for row in table] == [row["system"] for row in rows]
+    for row in table:
+        for key in ("precision", "recall", "f1", "map", "recall@5"):
+            assert 0 <= float(row[key]) <= 1
+    assert {f"{m} / {o}" for m in ("simple", "learn-all", "weak-tag") for o in ("l2", "ip")} <= {r["system"] for r in table}
+    summaries = json.loads((tmp_path / "summaries.json").read_text())
+    assert len(summaries) == 20 and all(1 <= len(s["words"]) <= 3 for s in summaries)
+    assert "astronaut.png" in printed and "Visually similar words" in printed
+    model, metadata = systems.load(tmp_path / "model.npz")
+    assert metadata["extractor"] == "efficientnet-lite0" and len(model.words_) > 10
+    with Image.open(tmp_path / "summaries.png") as figure:
+        assert figure.size[0] > 400 and figure.size[1] > 400
+        assert len(set(figure.convert("L").getdata())) > 50  # a picture, not a blank canvas
