@@ -57,7 +57,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     dim : int, default 256
         Embedding dimension d (at most the feature dimension p unless ``model="simple"``).
     lam : float, optional
-        Ridge weight of the ``l2`` objective; default 1e-3 (``l2``) and 0 (``ip``, where it is
+        Ridge weight of the ``l2`` objective; default 1e-2 (``l2``) and 0 (``ip``, where it is
         refused).
     gamma : float, default 0
         Co-occurrence incoherence weight (``l2`` only).
@@ -220,7 +220,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                 "lam and gamma apply to objective='l2' only: with 'ip' every word has norm 1, "
                 "so there is no norm to penalise"
             )
-        lam = 1e-3 if self.lam is None and self.objective == "l2" else (self.lam or 0.0)
+        lam = 1e-2 if self.lam is None and self.objective == "l2" else (self.lam or 0.0)
         if lam < 0 or self.gamma < 0 or self.prior_weight < 0:
             raise ValueError(f"lam, gamma and prior_weight must be >= 0, got lam={lam}, "
                              f"gamma={self.gamma}, prior_weight={self.prior_weight}")
