@@ -275,7 +275,7 @@ def _add_model_parsers(sub) -> None:
     train.add_argument("--dim", type=_positive_int, default=256, help="embedding dimension (default: 256)")
     train.add_argument("--min-count", type=_positive_int, default=2,
                        help="keep words in at least this many images (default: 2; 5 on COCO)")
-    train.add_argument("--lam", type=float, default=None, help="ridge weight (l2; default 1e-2)")
+    train.add_argument("--lam", type=float, default=None, help="ridge weight (l2; default 1e-3)")
     train.add_argument("--gamma", type=float, default=0.0, help="co-occurrence incoherence (l2)")
     train.add_argument("--readout", choices=("omp", "rank"), default="omp", help="default: omp")
     train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")

@@ -210,3 +210,18 @@ def test_incoherence_runs_from_the_estimator():
 @parametrize_with_checks([Image2Vec(dim=2, max_iter=5, random_state=0)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_whitening_stops_the_drift_to_low_variance_directions():
+    """With a strong ridge, plain l2 turns W towards noise directions; whitened l2 does not."""
+    F, X, _, _, n_visual = planted_words()
+    train, test = slice(0, 700), slice(700, None)
+    recall = {
+        whiten: visual_recall(Image2Vec(dim=16, lam=1e-2, normalize=False, whiten=whiten).fit(F[train], X[train]),
+                              F[test], X[test], n_visual)
+        for whiten in (False, True)
+    }
+    assert recall[True] > 0.9
+    assert recall[True] > recall[False] + 0.1
+    with pytest.raises(ValueError, match="dim=16 exceeds the 9 directions"):
+        Image2Vec(dim=16, whiten=True).fit(F[:10], X[:10])
