@@ -1,6 +1,7 @@
 """The command line end to end on coco-mini: train, summarize, similar, retrieve, evaluate, errors."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -101,3 +102,19 @@ def test_bad_input_is_one_line_and_exit_2(trained, coco_mini, tmp_path, argument
     errors = [l for l in run.stderr.splitlines() if l.startswith("image2vec: error:")]
     assert len(errors) == 1 and message in errors[0]
     assert not (tmp_path / "new.npz").exists()
+
+
+def test_train_weak_tag_on_flickr_tags(tmp_path, capsys):
+    import skimage.data
+
+    from image2vec import systems
+
+    tags = Path(__file__).resolve().parents[1] / "data" / "flickr-sample" / "tags.tsv"
+    model = tmp_path / "tags.npz"
+    assert main(["train", "--tags", str(tags), "--images", skimage.data.data_dir, "--model", "weak-tag",
+                 "--dim", "8", "--min-count", "2", "--out", str(model), "--quiet"]) == 0
+    loaded, metadata = systems.load(model)
+    weights = loaded.tag_weights_
+    assert weights.shape[1] == len(loaded.words_) and weights.nnz > 0
+    assert ((weights.data >= 0) & (weights.data <= 1)).all()
+    assert "tags.tsv" in metadata["source"]
