@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -53,9 +54,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     system = systems.make_system(
         args.model, objective=args.objective, solver=args.solver, dim=args.dim, lam=args.lam,
         gamma=args.gamma, readout=args.readout, random_state=args.random_state, device=args.device)
+    fit_params = {"words": list(data.vocabulary.words)}
+    if data.categories is not None and "labels" in inspect.signature(system.fit).parameters:
+        fit_params["labels"] = data.categories  # category labels of the common-space baselines
     start = time.perf_counter()
     try:
-        system.fit(data.features, data.targets, words=list(data.vocabulary.words))
+        system.fit(data.features, data.targets, **fit_params)
     except ValueError as exc:  # scikit-learn style parameter errors: one line, no traceback
         raise Image2VecError(str(exc)) from None
     seconds = time.perf_counter() - start

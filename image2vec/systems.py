@@ -11,11 +11,14 @@ import inspect
 import os
 from typing import Any
 
+from image2vec.baselines.common_space import CommonSpaceSummarizer
 from image2vec.baselines.neighbors import FrequencyPrior, NearestNeighborTransfer
 from image2vec.model import MODELS, Image2Vec
 from image2vec.persist import load_system, save_system
 
-BASELINES: dict[str, type] = {"prior": FrequencyPrior, "knn": NearestNeighborTransfer}
+BASELINES: dict[str, type] = {"prior": FrequencyPrior, "knn": NearestNeighborTransfer,
+                              "cvs": CommonSpaceSummarizer, "mcvs": CommonSpaceSummarizer,
+                              "rvs": CommonSpaceSummarizer}
 REGISTRY: dict[str, type] = {"image2vec": Image2Vec, **BASELINES}
 SYSTEM_NAMES = (*MODELS, *BASELINES)
 
@@ -24,12 +27,13 @@ def make_system(name: str, **params: Any) -> Any:
     """A new system by command-line name; parameters it does not take are ignored.
 
     ``simple``, ``learn-all`` and ``weak-tag`` are :class:`~image2vec.model.Image2Vec` models;
-    the others are baselines.
+    the others are baselines; a baseline class registered under several names takes the name
+    as its ``variant`` (``cvs``, ``mcvs``, ``rvs``).
     """
     if name in MODELS:
         cls, params = Image2Vec, {**params, "model": name}
     elif name in BASELINES:
-        cls = BASELINES[name]
+        cls, params = BASELINES[name], {**params, "variant": name}
     else:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(SYSTEM_NAMES)}")
     accepted = inspect.signature(cls).parameters
@@ -40,7 +44,8 @@ def system_name(system: Any) -> str:
     """The command-line name of a system instance."""
     if isinstance(system, Image2Vec):
         return system.model
-    return next(name for name, cls in BASELINES.items() if isinstance(system, cls))
+    return next(name for name, cls in BASELINES.items()
+                if isinstance(system, cls) and getattr(system, "variant", name) == name)
 
 
 def save(system: Any, path: str | os.PathLike, metadata: dict | None = None) -> None:

@@ -1,5 +1,6 @@
 """Baselines scored on the same harness as the Image2Vec models (DESIGN.md sections 5 and 6)."""
 
+from image2vec.baselines.common_space import CommonSpaceSummarizer
 from image2vec.baselines.cvs import CVS, MCVS, RVS, rank_by_cosine
 
-__all__ = ["CVS", "MCVS", "RVS", "rank_by_cosine"]
+__all__ = ["CommonSpaceSummarizer", "CVS", "MCVS", "RVS", "rank_by_cosine"]
