@@ -1,9 +1,9 @@
 """The command line end to end on coco-mini: train, summarize, similar, retrieve, evaluate, errors."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
