@@ -120,9 +120,12 @@ def cross_validate(
     n_splits: int = 5,
     random_state: int = 0,
     fit_params: dict | None = None,
+    row_params: dict | None = None,
 ) -> dict:
     """K-fold by image: fit ``make_system()`` on the other folds, :func:`evaluate` on each fold.
 
+    ``fit_params`` go to every ``fit`` unchanged (e.g. ``words``); ``row_params`` hold one row
+    per image (e.g. ``labels``, the COCO categories) and are cut to the training rows.
     Returns the mean of every metric over the folds, plus ``folds`` (the per-fold dicts).
     """
     folds = []
@@ -130,7 +133,8 @@ def cross_validate(
     targets, truth = sp.csr_matrix(targets), sp.csr_matrix(truth)
     queries = None if queries is None else sp.csr_matrix(queries)
     for train, test in splitter.split(F):
-        system = make_system().fit(F[train], targets[train], **(fit_params or {}))
+        per_fold = {name: rows[train] for name, rows in (row_params or {}).items()}
+        system = make_system().fit(F[train], targets[train], **(fit_params or {}), **per_fold)
         folds.append(evaluate(system, F[test], truth[test], k=k,
                               queries=None if queries is None else queries[test]))
     mean = {key: float(np.nanmean([fold[key] for fold in folds])) for key in folds[0] if key != "k"}

@@ -73,3 +73,17 @@ def test_cross_validation_scores_every_image_once():
     result = cross_validate(lambda: Image2Vec(dim=4), F, X, X, n_splits=5)
     assert sum(fold["n_images"] for fold in result["folds"]) == 50
     assert 0 <= result["f1"] <= 1 and 0 <= result["map"] <= 1
+
+
+def test_row_params_are_cut_to_the_training_rows():
+    seen = []
+
+    class Recorder(Image2Vec):
+        def fit(self, X, y, words=None, labels=None):
+            seen.append((len(X), labels.shape[0]))
+            return super().fit(X, y, words=words)
+
+    rng = np.random.default_rng(2)
+    F, X = rng.standard_normal((40, 12)), (rng.random((40, 5)) < 0.4).astype(float)
+    cross_validate(lambda: Recorder(dim=4), F, X, X, n_splits=4, row_params={"labels": np.arange(40)[:, None]})
+    assert seen == [(30, 30)] * 4
