@@ -58,9 +58,13 @@ def mean_average_precision(scores: np.ndarray, truth: Any) -> tuple[float, int]:
 
 
 def retrieval_recall(scores: np.ndarray, at: Sequence[int] = RECALL_AT) -> dict[str, float]:
-    """Recall@K when query i's relevant image is image i; ``scores`` is (n_queries, N)."""
+    """Recall@K when query i's relevant image is image i; ``scores`` is (n_queries, N).
+
+    Ties count against the system: an image scored equal to the right one ranks above it, so a
+    system that scores every image alike (the frequency prior) gets no credit.
+    """
     own = scores[np.arange(len(scores)), np.arange(len(scores))]
-    rank = (scores > own[:, None]).sum(axis=1)  # images scored strictly better than the right one
+    rank = (scores >= own[:, None]).sum(axis=1) - 1  # other images scored at least as high
     return {f"recall@{K}": float((rank < K).mean()) for K in at}
 
 

@@ -87,3 +87,7 @@ def test_row_params_are_cut_to_the_training_rows():
     F, X = rng.standard_normal((40, 12)), (rng.random((40, 5)) < 0.4).astype(float)
     cross_validate(lambda: Recorder(dim=4), F, X, X, n_splits=4, row_params={"labels": np.arange(40)[:, None]})
     assert seen == [(30, 30)] * 4
+
+
+def test_ties_in_retrieval_count_against_the_system():
+    assert retrieval_recall(np.ones((4, 4)), at=(1, 3)) == {"recall@1": 0.0, "recall@3": 0.0}
