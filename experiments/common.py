@@ -70,14 +70,18 @@ class OutputFolder:
     root : path-like
         The folder. It is created when missing; an existing folder must be empty or hold the
         manifest of an earlier experiment run.
+    outputs : sequence of str
+        The files (``name``) and folders (``name/``) the run will write, claimed at once, so
+        that a refusal comes before the work rather than after it.
 
     Raises
     ------
     ExperimentError
-        ``root`` is a file, or a non-empty folder without a manifest.
+        ``root`` is a file, a non-empty folder without a manifest, or one of ``outputs`` exists
+        and was not written by an experiment.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, outputs: Sequence[str] = ()):
         self.root = Path(root)
         manifest = self.root / MANIFEST
         if self.root.exists() and not self.root.is_dir():
@@ -98,6 +102,8 @@ class OutputFolder:
         else:
             self.entries = set()
             self._save_manifest()
+        for name in outputs:
+            self.claim(name.rstrip("/"), folder=name.endswith("/"))
 
     def _save_manifest(self) -> None:
         with atomic_write(self.root / MANIFEST, "w") as fh:
@@ -198,7 +204,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     """``--folds``, ``--kfold-max``, ``--val-fraction`` (see :func:`make_splits`)."""
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--folds", type=positive_int, default=5,
+    group.add_argument("--folds", type=at_least_two, default=5,
                        help="k of k-fold cross-validation by image on small data sets (default: 5)")
     group.add_argument("--kfold-max", type=positive_int, default=5000, metavar="N",
                        help="data sets with more images use one train/val split (default: 5000)")
@@ -220,6 +226,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def at_least_two(text: str) -> int:
+    """argparse type: an integer >= 2 (a number of folds)."""
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {text}")
     return value
 
 
@@ -364,9 +378,9 @@ def make_splits(n_images: int, args: argparse.Namespace) -> list[tuple[np.ndarra
         Too few images for the folds.
     """
     if n_images <= args.kfold_max:
-        if not 2 <= args.folds <= n_images:
+        if args.folds > n_images:
             raise ExperimentError(f"cannot make {args.folds} folds of {n_images} images: "
-                                  "--folds must be between 2 and the number of images")
+                                  "lower --folds")
         splitter = KFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
     else:
         splitter = ShuffleSplit(n_splits=1, test_size=args.val_fraction, random_state=args.seed)

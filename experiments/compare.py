@@ -37,6 +37,8 @@ from image2vec.evaluate import (
 from image2vec.model import MODELS
 
 KS = (1, 2, 3, 4, 5)
+OUTPUTS = ("results.csv", "results.md", "f1_at_k.png", "l2_vs_ip.png", "objective.png",
+           "objective_traces.csv")
 METRICS = ([f"{m}@{k}" for k in KS for m in ("precision", "recall", "f1")] + ["map"]
            + [f"recall@{K}" for K in RECALL_AT] + ["fit_seconds"])
 CSV_COLUMNS = ("system", "model", "objective", "solver", *METRICS, "n_folds")
@@ -158,7 +160,7 @@ def plot_objective(traces: dict[str, list]):
 def experiment(args: argparse.Namespace) -> None:
     """Run the comparison and write the outputs."""
     specs = common.parse_systems(args.systems)
-    out = common.OutputFolder(args.out)
+    out = common.OutputFolder(args.out, OUTPUTS)
     data, name = common.load_dataset(args, out)
     inputs = common.Inputs(data, common.feature_store(args, out))
     n_images, n_words = data.targets.shape

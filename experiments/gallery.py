@@ -35,6 +35,7 @@ from tqdm import tqdm
 DEFAULT_SYSTEMS = ("learn-all/l2/bcd", "learn-all/ip/bcd", "knn", "prior")
 DEFAULT_QUERIES = ("snowy + young", "clock + tower + night")
 THUMBNAIL = 256
+OUTPUTS = ("gallery.html", "gallery.png", "retrieval.png", "gallery.json", "images/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +183,7 @@ def experiment(args: argparse.Namespace) -> None:
     if len(retrieval) != 1 or not retrieval[0].is_model:
         raise common.ExperimentError("--retrieval-system must name one Image2Vec model as "
                                      f"MODEL/OBJECTIVE/SOLVER, not {args.retrieval_system!r}")
-    out = common.OutputFolder(args.out)
+    out = common.OutputFolder(args.out, OUTPUTS)
     data, name = common.load_dataset(args, out)
     inputs = common.Inputs(data, common.feature_store(args, out))
     words = np.asarray(data.vocabulary.words)
@@ -204,7 +205,6 @@ def experiment(args: argparse.Namespace) -> None:
                 summaries[spec.label].update(zip(shown.tolist(), summary.words))
 
     labels = [spec.label for spec in specs]
-    out.folder("images")
     cells = [{"row": int(n), "image": Path(data.files[n]).name, "file": data.files[n],
               "thumbnail": thumbnail(out, data.files[n], n),
               "truth": [str(w) for w in words[truth[n]]],

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from image2vec.model import MODELS, SOLVERS
 
 K = 3
+OUTPUTS = ("l2_vs_ip.md", "word_norms.csv", "disagreements.csv", "norm_vs_visualness.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +110,7 @@ def experiment(args: argparse.Namespace) -> None:
     if len(detector) != 1:
         raise common.ExperimentError(f"--detector must name one system, not {args.detector!r}")
     l2, ip = (common.SystemSpec(args.model, objective, args.solver) for objective in ("l2", "ip"))
-    out = common.OutputFolder(args.out)
+    out = common.OutputFolder(args.out, OUTPUTS)
     data, name = common.load_dataset(args, out)
     inputs = common.Inputs(data, common.feature_store(args, out))
     truth = data.truth.toarray() > 0

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from image2vec.baselines.imnet_glove import WordVectors, load_glove
 
 DEFAULT_WORDS = ("yellow", "red", "dog", "snowy", "wooden", "kitchen")
+OUTPUTS = ("similar_words.md", "similar_words.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +62,7 @@ def experiment(args: argparse.Namespace) -> None:
     if len(specs) != 1 or not specs[0].is_model:
         raise common.ExperimentError(f"--system must name one Image2Vec model as "
                                      f"MODEL/OBJECTIVE/SOLVER, not {args.system!r}")
-    out = common.OutputFolder(args.out)
+    out = common.OutputFolder(args.out, OUTPUTS)
     data, name = common.load_dataset(args, out)
     words = list(data.vocabulary.words)
     model = specs[0].make(args.dim, args.seed).fit(data.features, data.targets, words=words)

@@ -30,6 +30,8 @@ from image2vec.datasets import load_tag_data
 from image2vec.flickr import SAMPLE_TSV, load_tag_tsv
 from image2vec.model import OBJECTIVES, SOLVERS
 
+OUTPUTS = ("weak_tags.md", "tag_weights.csv", "tag_means.csv")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
@@ -68,7 +70,7 @@ def experiment(args: argparse.Namespace) -> None:
         for path, what in ((tags, "tag file"), (images, "image folder")):
             if not path.exists():
                 raise common.ExperimentError(f"{what} {path} does not exist")
-    out = common.OutputFolder(args.out)
+    out = common.OutputFolder(args.out, OUTPUTS)
     data = load_tag_data(tags, images, store=common.feature_store(args, out) / "tags",
                          min_count=args.min_count)
     words = list(data.vocabulary.words)

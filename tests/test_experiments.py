@@ -1,0 +1,230 @@
+"""The experiment scripts end to end on the embedded samples: their outputs, checked for content."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image2vec.datasets import SAMPLE_CAPTIONS, load_caption_data, sample_image_dir
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+
+import common  # noqa: E402
+import compare  # noqa: E402
+import gallery  # noqa: E402
+import l2_vs_ip  # noqa: E402
+import similar_words  # noqa: E402
+import weak_tags  # noqa: E402
+
+FAST = ["--dim", "8", "--folds", "2"]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    """One feature store for every test: the sample's features are extracted once."""
+    return tmp_path_factory.mktemp("features")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_picture(path: Path, min_width: int = 300, min_height: int = 200) -> None:
+    """A PNG that Pillow opens, of a sensible size, with more than a blank canvas in it."""
+    assert path.stat().st_size > 5000
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width >= min_width and image.height >= min_height
+        assert np.unique(np.asarray(image.convert("L"))).size > 20
+
+
+def run_script(module, argv: list[str], capsys) -> tuple[int, str, str]:
+    status = module.main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_compare_on_the_sample(tmp_path, store, capsys):
+    systems = ["learn-all/l2", "learn-all/ip/bcd", "prior", "knn"]
+    status, printed, _ = run_script(
+        compare, [str(tmp_path), "--systems", *systems, "--features", str(store), *FAST], capsys)
+    assert status == 0
+    rows = read_csv(tmp_path / "results.csv")
+    assert [row["system"] for row in rows] == ["learn-all/l2/bcd", "learn-all/l2/sgd",
+                                               "learn-all/ip/bcd", "prior", "knn"]
+    for row in rows:
+        for k in range(1, 6):
+            for metric in ("precision", "recall", "f1"):
+                assert 0 <= float(row[f"{metric}@{k}"]) <= 1
+        for metric in ("map", "recall@1", "recall@5", "recall@10"):
+            assert 0 <= float(row[metric]) <= 1
+        assert float(row["fit_seconds"]) >= 0 and row["n_folds"] == "2"
+    assert any(float(row["f1@3"]) > 0 for row in rows)
+    # Recall@K grows with K; F1@k is a real curve, not one number repeated.
+    for row in rows:
+        assert float(row["recall@1"]) <= float(row["recall@5"]) <= float(row["recall@10"])
+    assert len({row["f1@1"] for row in rows} | {row["f1@5"] for row in rows}) > 2
+
+    table = (tmp_path / "results.md").read_text()
+    assert "20 images" in table and "2-fold cross-validation" in table
+    f1 = [float(line.split("|")[4]) for line in table.splitlines() if re.match(r"\| [a-z]", line)
+          and not line.startswith("| system")]
+    assert len(f1) == 5 and f1 == sorted(f1, reverse=True)
+    for figure in ("f1_at_k.png", "l2_vs_ip.png", "objective.png"):
+        assert_picture(tmp_path / figure)
+    traces = read_csv(tmp_path / "objective_traces.csv")
+    assert {row["system"] for row in traces} == {"learn-all/l2/bcd", "learn-all/l2/sgd", "learn-all/ip/bcd"}
+    assert all(math.isfinite(float(row["objective"])) for row in traces)
+    assert "learn-all/l2/sgd" in printed
+
+
+def test_l2_vs_ip_on_the_sample(tmp_path, store, capsys):
+    status, _, _ = run_script(l2_vs_ip, [str(tmp_path), "--features", str(store), *FAST], capsys)
+    assert status == 0
+    words = read_csv(tmp_path / "word_norms.csv")
+    assert len(words) > 20
+    assert all(float(row["norm_l2"]) >= 0 for row in words)
+    aps = [float(row["ap"]) for row in words if row["ap"] != "nan"]
+    assert aps and all(0 <= ap <= 1 for ap in aps)
+    report = (tmp_path / "l2_vs_ip.md").read_text()
+    assert re.search(r"Spearman correlation .*: \*\*-?\d\.\d{3}\*\*", report)
+    shrunk = min(words, key=lambda row: float(row["norm_l2"]))["word"]
+    assert f"| {shrunk} |" in report
+    for row in read_csv(tmp_path / "disagreements.csv"):
+        assert set(row["l2"].split(" + ")) != set(row["ip"].split(" + "))
+        assert 0 <= int(row["l2_hits"]) <= 3 and 0 <= int(row["ip_hits"]) <= 3
+    assert_picture(tmp_path / "norm_vs_visualness.png")
+
+
+def test_similar_words_on_the_sample(tmp_path, store, capsys):
+    status, printed, _ = run_script(
+        similar_words, [str(tmp_path), "--features", str(store), "--dim", "8",
+                        "--words", "red", "Grass", "yellow"], capsys)
+    assert status == 0
+    result = json.loads((tmp_path / "similar_words.json").read_text())
+    red, grass, yellow = result["words"]
+    assert red["word"] == "red" and grass["word"] == "grass"
+    vocabulary = set(load_caption_data(SAMPLE_CAPTIONS, sample_image_dir(), store=store / "captions",
+                                       progress=False).vocabulary.words)
+    for row in (red, grass):
+        for neighbours in (row["visual"], row["glove_vocabulary"]):
+            assert len(neighbours) == 5 and row["word"] not in neighbours
+            assert set(neighbours) <= vocabulary
+    assert len(grass["glove"]) == 5 and "grass" not in grass["glove"]
+    assert not set(grass["glove"]) <= vocabulary  # GloVe's own 400k words
+    assert yellow["visual"] is None and len(yellow["glove"]) == 5  # GloVe knows it, COCO-sample doesn't
+    assert "(not in the vocabulary)" in (tmp_path / "similar_words.md").read_text()
+    assert "| red |" in printed
+
+
+def test_gallery_on_the_sample(tmp_path, store, capsys):
+    status, _, _ = run_script(
+        gallery, [str(tmp_path), "--features", str(store), *FAST, "--n-images", "6",
+                  "--systems", "learn-all/l2/bcd", "knn", "--query", "red + wall",
+                  "--query", "snowy young"], capsys)
+    assert status == 0
+    page = (tmp_path / "gallery.html").read_text()
+    sources = re.findall(r"<img src='([^']+)'", page)
+    assert len(sources) >= 6 + 1
+    for source in sources:
+        with Image.open(tmp_path / source) as image:
+            assert max(image.size) <= 256 and min(image.size) > 10
+    assert "not in the vocabulary: snowy, young" in page
+    result = json.loads((tmp_path / "gallery.json").read_text())
+    assert len(result["images"]) == 6
+    for shown in result["images"]:
+        assert set(shown["summaries"]) == {"learn-all/l2/bcd", "knn"}
+        assert all(1 <= len(words) <= 3 for words in shown["summaries"].values())
+    red_wall, snowy = result["retrieval"]
+    assert red_wall["words"] == ["red", "wall"] and len(red_wall["images"]) == 5
+    distances = [hit["distance"] for hit in red_wall["images"]]
+    assert distances == sorted(distances)
+    assert snowy["images"] == []
+    assert_picture(tmp_path / "gallery.png", 600, 400)
+    assert_picture(tmp_path / "retrieval.png", 600, 150)
+
+
+def test_weak_tags_on_the_flickr_sample(tmp_path, store, capsys):
+    status, _, _ = run_script(weak_tags, [str(tmp_path), "--features", str(store), "--dim", "8"], capsys)
+    assert status == 0
+    weights = read_csv(tmp_path / "tag_weights.csv")
+    assert len({row["image"] for row in weights}) > 10
+    for row in weights:
+        assert 0 <= float(row["weight"]) <= 1 and row["kept"] == str(int(float(row["weight"]) >= 0.5))
+    report = (tmp_path / "weak_tags.md").read_text()
+    assert "| astronaut.png |" in report and "~~spacesuit~~" in report  # a tag too rare to weigh
+    means = read_csv(tmp_path / "tag_means.csv")
+    assert [float(r["mean_weight"]) for r in means] == sorted(float(r["mean_weight"]) for r in means)
+
+
+@pytest.mark.parametrize("module", [compare, l2_vs_ip, similar_words, gallery, weak_tags])
+def test_help(module, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_refuses_a_foreign_folder_without_a_traceback(tmp_path):
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("mine")
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "compare.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert "not empty and was not written by an image2vec experiment" in done.stderr
+    assert foreign.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_refuses_to_overwrite_a_foreign_file_before_working(tmp_path, capsys):
+    common.OutputFolder(tmp_path)  # an experiment folder ...
+    (tmp_path / "results.csv").write_text("somebody else's")  # ... where somebody left a file
+    status, _, err = run_script(compare, [str(tmp_path), "--systems", "prior"], capsys)
+    assert status == 2 and "refusing to overwrite" in err
+    assert (tmp_path / "results.csv").read_text() == "somebody else's"
+    assert not (tmp_path / "features").exists()  # refused before extracting anything
+
+
+def test_rerun_into_its_own_folder_is_allowed(tmp_path, store, capsys):
+    argv = [str(tmp_path), "--features", str(store), "--dim", "8", "--words", "red"]
+    assert run_script(similar_words, argv, capsys)[0] == 0
+    assert run_script(similar_words, argv, capsys)[0] == 0
+    manifest = json.loads((tmp_path / common.MANIFEST).read_text())
+    assert set(manifest["entries"]) == {"similar_words.md", "similar_words.json"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--coco", "{missing}"], "COCO folder"),
+    (["--systems", "learn-all/l3"], "unknown system 'learn-all/l3'"),
+    (["--systems", "prior", "--folds", "50"], "cannot make 50 folds of 20 images"),
+])
+def test_bad_input_is_one_line(tmp_path, store, capsys, argv, message):
+    argv = [a.format(missing=tmp_path / "nowhere") for a in argv]
+    status, _, err = run_script(compare, [str(tmp_path / "out"), "--features", str(store), *argv], capsys)
+    last = err.strip().splitlines()[-1]  # after the progress bars, if any
+    assert status == 2 and last.startswith("compare.py: error: ") and message in last
+    assert "Traceback" not in err
+
+
+def test_coco_folder_without_its_split(tmp_path, coco_mini, capsys):
+    status, _, err = run_script(compare, [str(tmp_path / "out"), "--coco", str(coco_mini),
+                                          "--split", "val2017"], capsys)
+    assert status == 2 and "captions_val2017.json does not exist" in err
+
+
+def test_system_names_expand():
+    labels = [spec.label for spec in common.parse_systems(["learn-all", "knn", "learn-all/l2/bcd"])]
+    assert labels == ["learn-all/l2/bcd", "learn-all/l2/sgd", "learn-all/ip/bcd", "learn-all/ip/sgd", "knn"]
+    every = common.parse_systems(["all"])
+    assert len(every) == 12 + len(common.systems.BASELINES)
