@@ -86,7 +86,9 @@ def omp(
         Maximum number of atoms per signal, k. Capped at V. None (only with ``tol``) means
         min(d, V).
     tol : float, optional
-        Stop a signal once its squared residual norm ||y - D x||^2 is <= tol.
+        Stop a signal once its squared residual norm ||y - D x||^2 is <= tol. As in
+        scikit-learn, the test follows each added atom: a non-zero signal gets at least one
+        atom even when ||y||^2 <= tol already; a zero signal gets none.
     nonneg : bool, default False
         Non-negative OMP: select only atoms with a positive correlation and refit by
         non-negative least squares on the support, so every coefficient is >= 0.
@@ -255,7 +257,7 @@ def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
     z = xp.zeros((b, k), dtype=dtype)  # forward-substitution part: chol z = corr0_S
     gram_rows = xp.empty((b, k, n_atoms), dtype=dtype)  # G_{S,:} per signal
     corr = corr0.copy()  # D^T (y - D x), kept current
-    active = y_sq > (0 if tol is None else tol)
+    active = y_sq > 0  # tol is checked after each added atom, as in scikit-learn
     noise_floor = 8 * eps * xp.sqrt(y_sq)
 
     for j in range(k):

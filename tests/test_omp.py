@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy.optimize import nnls
-from sklearn.linear_model import orthogonal_mp
+from sklearn.linear_model import orthogonal_mp, orthogonal_mp_gram
 
 from solvers import omp
 from solvers.backend import to_numpy
@@ -63,6 +63,37 @@ def test_tol_and_k_together_stop_at_whichever_comes_first(xp):
     by_tol = to_numpy(omp(xp.asarray(D), xp.asarray(Y), None, tol=2.0).n_nonzero)
     both = to_numpy(omp(xp.asarray(D), xp.asarray(Y), 6, tol=2.0).n_nonzero)
     np.testing.assert_array_equal(both, np.minimum(by_tol, 6))
+
+
+def test_tol_above_the_signal_norm_still_selects_one_atom_like_sklearn(xp):
+    """sklearn checks tol only after adding an atom: ||y||^2 <= tol still gets one atom."""
+    from solvers import omp_gram
+
+    rng = np.random.default_rng(17)
+    tol = 1.0
+    D = unit_dictionary(rng, 20, 50)
+    Y = rng.standard_normal((40, 20))
+    Y *= np.sqrt(rng.uniform(0.05, 3.0, 40) / (Y**2).sum(axis=1))[:, None]  # ||y||^2 in (0.05, 3)
+    Y[0] = 0
+    y_sq = (Y**2).sum(axis=1)
+    below = (y_sq > 0) & (y_sq <= tol)
+    assert 5 < below.sum() < 35  # a mix of signals below and above tol
+    ref = sklearn_codes(D, Y, tol=tol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the zero signal's "premature stop"
+        ref_gram = orthogonal_mp_gram(D.T @ D, D.T @ Y.T, tol=tol, norms_squared=y_sq).T
+    np.testing.assert_array_equal(ref != 0, ref_gram != 0)
+    np.testing.assert_array_equal((ref != 0).sum(axis=1)[below], 1)
+    codes = {
+        "omp": omp(xp.asarray(D), xp.asarray(Y), None, tol=tol),
+        "omp with gram": omp(xp.asarray(D), xp.asarray(Y), None, tol=tol, gram=xp.asarray(D.T @ D)),
+        "omp_gram": omp_gram(xp.asarray(D.T @ D), xp.asarray(Y @ D), xp.asarray(y_sq), None, tol=tol),
+    }
+    for name, code in codes.items():
+        ours = to_numpy(code.toarray())
+        np.testing.assert_array_equal(ours != 0, ref != 0, err_msg=name)
+        np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9, err_msg=name)
+        assert (to_numpy(code.indices)[0] == -1).all(), name  # the zero signal stays empty
 
 
 def test_recovers_planted_sparse_signals(xp):
