@@ -22,6 +22,16 @@ def sklearn_codes(D, Y, **kwargs):
         return orthogonal_mp(D, Y.T, **kwargs).T.reshape(Y.shape[0], D.shape[1])
 
 
+def sklearn_order(D, y, k):
+    """The atoms sklearn's OMP path selects for one signal, in selection order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        path = orthogonal_mp(D, y, n_nonzero_coefs=k, return_path=True).reshape(D.shape[1], -1)
+    chosen = np.flatnonzero((path != 0).any(axis=1))
+    first_step = (path[chosen] != 0).argmax(axis=1)
+    return chosen[np.argsort(first_step, kind="stable")]
+
+
 @pytest.mark.parametrize(
     "d, n_atoms, n, k",
     [(16, 40, 25, 1), (20, 50, 30, 3), (64, 256, 120, 8), (32, 32, 20, 12)],
@@ -37,9 +47,9 @@ def test_matches_sklearn_fixed_k(xp, d, n_atoms, n, k, dtype, rtol):
     np.testing.assert_array_equal(ours != 0, ref != 0)
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
     # Selection order: each step's atom is the one sklearn's path adds at that step.
-    for row in range(3):
-        path = sklearn_codes(D, Y[row : row + 1], n_nonzero_coefs=1)
-        assert to_numpy(code.indices)[row, 0] == np.flatnonzero(path[0])[0]
+    indices = to_numpy(code.indices)
+    for row in range(n):
+        np.testing.assert_array_equal(indices[row], sklearn_order(D, Y[row], k), err_msg=f"row {row}")
 
 
 @pytest.mark.parametrize("tol", [0.2, 1.0, 5.0])
@@ -118,9 +128,16 @@ def test_nonneg_matches_nnls_and_is_nonnegative(xp):
         support = indices[row][indices[row] >= 0]
         reference, _ = nnls(D[:, support], Y[row])
         np.testing.assert_allclose(coefs[row, : len(support)], reference, atol=1e-10)
-    # Each chosen atom had a positive correlation with the residual when chosen.
-    first = indices[:, 0]
-    assert ((Y @ D)[np.arange(Y.shape[0]), first] > 0).all()
+    # Each chosen atom had the largest correlation with the residual when chosen, and it was
+    # positive; the residual of step j is that of the NNLS fit on the first j atoms.
+    for row in range(Y.shape[0]):
+        for step, atom in enumerate(indices[row][indices[row] >= 0]):
+            earlier = indices[row, :step]
+            fit = nnls(D[:, earlier], Y[row])[0] if step else np.zeros(0)
+            corr = D.T @ (Y[row] - D[:, earlier] @ fit)
+            corr[earlier] = -np.inf
+            assert corr[atom] > 0, (row, step)
+            np.testing.assert_allclose(corr[atom], corr.max(), rtol=1e-9, err_msg=f"row {row} step {step}")
 
 
 def test_nonneg_differs_from_plain_when_correlations_are_negative(xp):
@@ -160,6 +177,7 @@ def test_precomputed_gram_gives_the_same_code(xp):
     direct = omp(xp.asarray(D), xp.asarray(Y), 4)
     with_gram = omp(xp.asarray(D), xp.asarray(Y), 4, gram=xp.asarray(D.T @ D))
     np.testing.assert_array_equal(to_numpy(direct.indices), to_numpy(with_gram.indices))
+    np.testing.assert_allclose(to_numpy(direct.coefs), to_numpy(with_gram.coefs), rtol=1e-10, atol=1e-12)
 
 
 def test_blocks_and_threads_do_not_change_the_result(xp):
