@@ -3,7 +3,7 @@
 Solvers call :func:`get_array_module` on their inputs and then use only the numpy-compatible API
 that numpy and CuPy share, plus the SciPy-compatible linear algebra that :func:`linalg_module`
 returns (``scipy.linalg`` or ``cupyx.scipy.linalg``). There are no ``if cupy:`` forks in the
-algorithms themselves.
+algorithms themselves. The zero-safe column scalings the solvers share live here too.
 """
 
 from __future__ import annotations
@@ -62,3 +62,44 @@ def float_dtype(xp: ModuleType, *arrays: Any) -> Any:
     if arrays and all(getattr(a, "dtype", None) == xp.float32 for a in arrays):
         return xp.float32
     return xp.float64
+
+
+def column_norms(A: Any) -> Any:
+    """Euclidean norms of the columns of A, with 1 for a zero column.
+
+    ``A / column_norms(A)`` has unit columns where A's are non-zero and keeps zero columns zero.
+
+    Parameters
+    ----------
+    A : array of shape (m, n)
+
+    Returns
+    -------
+    array of shape (n,)
+    """
+    xp = get_array_module(A)
+    return _ones_for_zeros(xp, xp.linalg.norm(A, axis=0))
+
+
+def normalised_gram(G: Any) -> tuple[Any, Any]:
+    """The Gram matrix of the unit columns, G_uv / (s_u s_v) with s_u = sqrt(G_uu).
+
+    Parameters
+    ----------
+    G : array of shape (n, n)
+        A Gram matrix A^T A (symmetric positive semi-definite).
+
+    Returns
+    -------
+    normalised : array of shape (n, n)
+        The Gram matrix of ``A / column_norms(A)``: rows and columns of zero columns stay zero.
+    scales : array of shape (n,)
+        s, the column norms of A, with 1 for a zero column (as :func:`column_norms`).
+    """
+    xp = get_array_module(G)
+    scales = _ones_for_zeros(xp, xp.sqrt(xp.maximum(xp.diagonal(G), 0)))
+    return G / scales[:, None] / scales[None, :], scales
+
+
+def _ones_for_zeros(xp: ModuleType, norms: Any) -> Any:
+    return xp.where(norms > 0, norms, 1).astype(norms.dtype, copy=False)

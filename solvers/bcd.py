@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from solvers.backend import get_array_module, linalg_module
+from solvers.backend import column_norms, get_array_module, linalg_module
 from solvers.objective import SufficientStats, check_objective, objective
 
 
@@ -144,8 +144,7 @@ def d_step(
     xp = get_array_module(stats.A, W)
     target = W @ stats.B  # (d, V): sum_n r_n x_n^T
     if objective_kind == "ip":
-        norms = xp.linalg.norm(target, axis=0)
-        return target / xp.where(norms > 0, norms, 1)
+        return target / column_norms(target)
     if gamma and D is not None:
         return _incoherent_column_sweep(stats, target, D, lam, gamma, cooccurrence)
     n_words = stats.C.shape[0]

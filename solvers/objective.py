@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.backend import get_array_module, to_numpy
+from solvers.backend import get_array_module, normalised_gram, to_numpy
 
 OBJECTIVES = ("l2", "ip")
 
@@ -188,8 +188,5 @@ def incoherence_weights(C: Any) -> Any:
     appear together, 0 for words that never do.
     """
     xp = get_array_module(C)
-    diag = xp.sqrt(xp.maximum(xp.diagonal(C), 0))
-    diag = xp.where(diag > 0, diag, 1)
-    weights = C / diag[:, None] / diag[None, :]
-    weights = weights - xp.diag(xp.diagonal(weights))
-    return weights
+    weights, _ = normalised_gram(C)
+    return weights - xp.diag(xp.diagonal(weights))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from solvers.backend import float_dtype, get_array_module
+from solvers.backend import column_norms, float_dtype, get_array_module, normalised_gram
 
 # Elements of the (signals x atoms) working arrays of one block: about the L2/L3 cache of a
 # CPU core, and a memory bound on a GPU.
@@ -120,8 +120,7 @@ def omp(
     if gram is not None:
         return omp_gram(gram, Y @ D, y_sq, k, tol=tol, nonneg=nonneg, batch_size=batch_size, n_jobs=n_jobs)
     # Unit-norm atoms d_v / ||d_v|| give the same supports; coefficients are rescaled at the end.
-    norms = xp.linalg.norm(D, axis=0)
-    norms[norms == 0] = 1  # a zero atom keeps zero correlations and is never chosen
+    norms = column_norms(D)  # a zero atom keeps zero correlations and is never chosen
     D = D / norms
     return _batch_omp(xp, D.T @ D, Y @ D, y_sq, norms, k, tol, nonneg, batch_size, n_jobs)
 
@@ -165,10 +164,8 @@ def omp_gram(
         if not bool(xp.isfinite(a).all()):
             raise ValueError(f"omp_gram: {name} contains NaN or infinite values")
     k = _check_k(n_nonzero_coefs, tol, n_atoms, n_atoms)
-    norms = xp.sqrt(xp.diagonal(gram).copy())
-    norms[norms == 0] = 1
-    return _batch_omp(xp, gram / norms[:, None] / norms[None, :], corr / norms, y_sq, norms, k, tol,
-                      nonneg, batch_size, n_jobs)
+    unit_gram, norms = normalised_gram(gram)
+    return _batch_omp(xp, unit_gram, corr / norms, y_sq, norms, k, tol, nonneg, batch_size, n_jobs)
 
 
 def _batch_omp(xp, gram, corr0, y_sq, norms, k, tol, nonneg, batch_size, n_jobs) -> SparseCode:
@@ -313,10 +310,14 @@ def _take_cols(gram_rows, idx):
     s = idx.shape[1]
     safe = xp.maximum(idx, 0)
     sub = xp.take_along_axis(gram_rows, xp.broadcast_to(safe[:, None, :], (idx.shape[0], s, s)), 2)
-    valid = idx >= 0
-    both = valid[:, :, None] & valid[:, None, :]
-    eye = xp.eye(s, dtype=bool)[None]
-    return xp.where(both, sub, xp.where(eye, 1, 0).astype(sub.dtype))
+    return _identity_outside(sub, idx >= 0)
+
+
+def _identity_outside(matrices, mask):
+    """matrices[n] on the rows and columns where mask[n] holds, the identity elsewhere (b, s, s)."""
+    xp = get_array_module(matrices)
+    both = mask[:, :, None] & mask[:, None, :]
+    return xp.where(both, matrices, xp.eye(mask.shape[1], dtype=matrices.dtype))
 
 
 def _forward_substitution(lower, rhs):
@@ -366,12 +367,10 @@ def nnls_gram(gram_ss: Any, target: Any, init: Any = None, max_iter: int | None 
     scale = xp.abs(target).max(axis=1, keepdims=True) + eps
     x = xp.zeros_like(target) if init is None else xp.maximum(init, 0)
     passive = x > 0
-    eye = xp.eye(s, dtype=bool)[None]
     rows = xp.arange(b)
 
     def solve_on(mask):
-        both = mask[:, :, None] & mask[:, None, :]
-        a = xp.where(both, gram_ss, xp.where(eye, 1, 0).astype(gram_ss.dtype))
+        a = _identity_outside(gram_ss, mask)
         return xp.linalg.solve(a, xp.where(mask, target, 0)[..., None])[..., 0]
 
     for _ in range(max_iter or 3 * s):

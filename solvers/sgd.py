@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from solvers.backend import get_array_module
+from solvers.backend import column_norms, get_array_module
 from solvers.bcd import SolverResult, polar
 from solvers.objective import check_objective, check_rows, column_means, iter_row_chunks, penalty
 
@@ -97,7 +97,7 @@ def sgd(
     W = xp.asarray(W, dtype=dtype)
     if D is None:
         D = xp.asarray(rng.standard_normal((W.shape[0], n_words)), dtype=dtype)
-        D = _unit_columns(D) if objective_kind == "ip" else D * 0
+        D = D / column_norms(D) if objective_kind == "ip" else D * 0
     D = xp.asarray(D, dtype=dtype)
     steps_per_epoch = -(-n // batch_size)
     decay = decay or 5 * steps_per_epoch
@@ -115,7 +115,7 @@ def sgd(
             eta = learning_rate / (1 + step / decay)
             D = D - (eta / scales[0]) * grad_d
             if objective_kind == "ip":
-                D = _unit_columns(D)
+                D = D / column_norms(D)
             if learn_w:
                 W = polar(W - (eta / scales[1]) * grad_w)
             step += 1
@@ -156,12 +156,6 @@ def _step_scales(f, x, D, W, grad_d, grad_w, lam, kind):
     b = f.shape[0]
     return (float(xp.linalg.eigvalsh(x.T @ x / b)[-1]) + lam + tiny,
             float(xp.linalg.eigvalsh(f.T @ f / b)[-1]) + tiny)
-
-
-def _unit_columns(D):
-    xp = get_array_module(D)
-    norms = xp.linalg.norm(D, axis=0)
-    return D / xp.where(norms > 0, norms, 1)
 
 
 def streaming_objective(
