@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import scipy.sparse as sp
 from pycocotools.coco import COCO
 
 from image2vec.errors import Image2VecError
-from image2vec.io import resolve_under
+from image2vec.io import read_json, resolve_under
 
 __all__ = ["CocoCaptions", "load_coco", "load_coco_split", "random_split"]
 
@@ -98,14 +97,7 @@ class CocoCaptions:
 
 def _read_annotations(path: str | os.PathLike, required: Sequence[str]) -> dict:
     """Parse a COCO annotation file and check it has the ``required`` top-level lists."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise Image2VecError(f"annotation file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Image2VecError(f"annotation file {path} is not valid JSON ({exc})") from None
+    data = read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise Image2VecError(f"annotation file {path} is not a COCO file: "
                              "its top level is not a JSON object")

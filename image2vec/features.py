@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
-from image2vec.io import write_json
+from image2vec.io import read_json, write_json
 
 __all__ = ["Preprocessing", "Extractor", "available_extractors", "load_extractor", "load_image",
            "FeatureSet", "extract_features", "load_features"]
@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = "image2vec-features"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The arrays an extractor produces, in the order it returns them; each is ``<name>.npy``.
+_OUTPUTS = ("features", "logits")
 
 
 class BadImageError(Image2VecError):
@@ -329,20 +331,38 @@ def _fingerprint(extractor: Extractor, keys: Sequence, files: Sequence[Path], lo
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+def _read_index(store: Path) -> dict | None:
+    """The index of feature store ``store``; None when it has none (new or unfinished store).
+
+    Raises
+    ------
+    Image2VecError
+        If ``store`` is an existing file, or its ``index.json`` is unreadable or not a feature
+        store index.
+    """
+    if store.exists() and not store.is_dir():
+        raise Image2VecError(f"feature store {store} is an existing file, not a folder; "
+                             "choose another path")
+    path = store / "index.json"
+    index = read_json(path, "feature store index", missing_ok=True)
+    if index is not None and (not isinstance(index, dict) or index.get("format") != STORE_FORMAT):
+        raise Image2VecError(f"{path} is not an image2vec feature store index; "
+                             "choose another folder")
+    return index
 
 
 def load_features(store: str | os.PathLike, mmap: bool = True) -> FeatureSet:
-    """Read a complete feature store (arrays memory-mapped unless ``mmap=False``)."""
+    """Read a complete feature store (arrays memory-mapped unless ``mmap=False``).
+
+    Raises
+    ------
+    Image2VecError
+        If ``store`` is a file, or not a complete feature store (no valid ``index.json``).
+    """
     store = Path(store)
-    index = _read_json(store / "index.json")
-    if not index or index.get("format") != STORE_FORMAT:
-        raise Image2VecError(f"{store} is not a complete feature store (no valid index.json)")
+    index = _read_index(store)
+    if index is None:
+        raise Image2VecError(f"{store} is not a complete feature store (no index.json)")
     mode = "r" if mmap else None
 
     def array(name: str) -> np.ndarray:
@@ -358,8 +378,9 @@ class _Partial:
 
     def __init__(self, folder: Path, fingerprint: str, n: int, dims: dict[str, int]):
         self.folder, self.fingerprint = folder, fingerprint
-        progress = _read_json(folder / "progress.json")
-        fresh = (not progress or progress.get("fingerprint") != fingerprint
+        progress = read_json(folder / "progress.json", "extraction progress file",
+                             missing_ok=True)
+        fresh = (not isinstance(progress, dict) or progress.get("fingerprint") != fingerprint
                  or not all((folder / f"{name}.npy").is_file() for name in dims))
         if fresh:
             if folder.exists():
@@ -404,7 +425,7 @@ def extract_features(
     files : sequence of path-like
         The images, in the row order wanted.
     store : path-like
-        Feature store folder (created if missing).
+        Feature store folder (created if missing; an existing file is refused).
     keys : sequence of int or str, optional
         JSON-serialisable image keys (e.g. COCO ids), default the positions 0..N-1.
     extractor : str or Extractor
@@ -427,6 +448,12 @@ def extract_features(
         The store read back. If ``store`` already holds these images extracted the same way,
         it is returned without computing; an unfinished run of the same request resumes after
         its last finished batch.
+
+    Raises
+    ------
+    Image2VecError
+        Bad arguments, ``store`` an existing file or a folder with another tool's
+        ``index.json``, a bad image with ``on_bad_image="fail"``, or no readable image.
     """
     if on_bad_image not in ("skip", "fail"):
         raise Image2VecError(f"on_bad_image must be skip or fail, not {on_bad_image!r}")
@@ -439,12 +466,12 @@ def extract_features(
         raise Image2VecError(f"{len(keys)} keys for {len(files)} files")
     if not files:
         raise Image2VecError("no image to extract features from")
+    store = Path(store)
+    index = _read_index(store)
     if isinstance(extractor, str):
         extractor = load_extractor(extractor, device)
-    store = Path(store)
     fingerprint = _fingerprint(extractor, keys, files, logits)
-    index = _read_json(store / "index.json")
-    if index and index.get("fingerprint") == fingerprint:
+    if index is not None and index.get("fingerprint") == fingerprint:
         logger.info("feature store %s is up to date: reusing it", store)
         return load_features(store)
 
@@ -469,7 +496,7 @@ def extract_features(
                 partial.bad.append({"key": keys[i], "file": str(files[i]), "reason": reason,
                                     "position": i})
             if batch is not None:
-                outputs = dict(zip(("features", "logits"), extractor(batch), strict=True))
+                outputs = dict(zip(_OUTPUTS, extractor(batch), strict=True))
                 for name, array in partial.arrays.items():
                     array[positions] = outputs[name]
             n = len(positions) + len(bad)
@@ -480,7 +507,12 @@ def extract_features(
 
 def _finish(store: Path, partial: _Partial, extractor: Extractor, keys: list,
             files: list[Path]) -> FeatureSet:
-    """Write the kept rows as the final arrays, then the index, then drop ``partial/``."""
+    """Write the kept rows as the final arrays, then the index, then drop ``partial/``.
+
+    Runs while the store has no ``index.json``, so an array of an earlier request that this one
+    does not produce (``logits.npy``) is removed before the new index is written: an
+    interruption never leaves an index beside arrays it does not describe.
+    """
     bad = {b["position"] for b in partial.bad}
     kept = np.array([i for i in range(len(files)) if i not in bad], dtype=np.intp)
     if kept.size == 0:
@@ -507,6 +539,9 @@ def _finish(store: Path, partial: _Partial, extractor: Extractor, keys: list,
         "skipped": [{k: b[k] for k in ("key", "file", "reason")} for b in partial.bad],
     }
     partial.arrays.clear()
+    for name in _OUTPUTS:
+        if name not in outputs:
+            (store / f"{name}.npy").unlink(missing_ok=True)
     write_json(store / "index.json", index)
     shutil.rmtree(partial.folder)
     return load_features(store)

@@ -1,7 +1,10 @@
-"""Safe file I/O: atomic writes (temporary file + rename) and paths confined to a folder.
+"""Safe file I/O: atomic writes (temporary file + rename), JSON reading with one-line errors,
+paths confined to a folder, and the location of the project's shared data.
 
 Every file the toolkit writes goes through :func:`atomic_write`, so a reader never sees a
-half-written file: an interrupted write leaves the previous version (or nothing) in place.
+half-written file: an interrupted write leaves the previous version (or nothing) in place. Every
+JSON file it reads goes through :func:`read_json`, so a bad file is an :class:`Image2VecError`
+naming it, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from typing import IO, Any
 
 from image2vec.errors import Image2VecError
 
-__all__ = ["atomic_write", "write_json", "resolve_under"]
+__all__ = ["atomic_write", "write_json", "read_json", "resolve_under", "shared_data_dir"]
+
+#: The checkout this package runs from (its ``shared/data`` sibling holds the shared data).
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -54,6 +60,56 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path, "w") as fh:
         json.dump(obj, fh, indent=1, ensure_ascii=False)
         fh.write("\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "file", *, missing_ok: bool = False) -> Any:
+    """Parse the UTF-8 JSON file ``path``, with a one-line error naming it on failure.
+
+    Parameters
+    ----------
+    path : path-like
+        The file to read.
+    what : str
+        What the file is, for the messages (e.g. ``"annotation file"``).
+    missing_ok : bool
+        Return None instead of raising when ``path`` does not exist.
+
+    Returns
+    -------
+    object
+        The parsed JSON value (None only for a missing file with ``missing_ok``).
+
+    Raises
+    ------
+    Image2VecError
+        If ``path`` does not exist (unless ``missing_ok``), is a folder, cannot be read (any
+        OSError), is not UTF-8, or is not valid JSON.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise Image2VecError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise Image2VecError(f"{what} {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise Image2VecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise Image2VecError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise Image2VecError(f"{what} {path} is not valid JSON ({exc})") from None
+
+
+def shared_data_dir() -> Path:
+    """The project's shared data folder: ``$IMAGE2VEC_SHARED_DATA``, else ``../shared/data``.
+
+    The default is relative to the checkout (``shared/data`` beside it); the folder may not
+    exist, which callers report in their own terms.
+    """
+    return Path(os.environ.get("IMAGE2VEC_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def resolve_under(root: str | os.PathLike, name: str) -> Path:

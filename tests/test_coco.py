@@ -10,7 +10,7 @@ import pytest
 
 from image2vec.coco import load_coco, load_coco_split, random_split
 from image2vec.errors import Image2VecError
-from image2vec.io import atomic_write, resolve_under
+from image2vec.io import atomic_write, read_json, resolve_under
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,35 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+    (lambda p: p.write_bytes(b'{"caption": "caf\xe9"}'), "is not UTF-8 text"),
+    (lambda p: p.write_text("{this is not json"), "is not valid JSON"),
+])
+def test_read_json_errors_name_the_file(tmp_path, make, message):
+    path = tmp_path / "ann.json"
+    make(path)
+    with pytest.raises(Image2VecError, match=f"^annotation file {path} {message}"):
+        read_json(path, "annotation file")
+
+
+def test_read_json_unreadable_path_and_missing_ok(tmp_path):
+    (tmp_path / "file").write_text("{}")
+    with pytest.raises(Image2VecError, match=r"^cannot read index .*file/x\.json: Not a directory"):
+        read_json(tmp_path / "file" / "x.json", "index")
+    assert read_json(tmp_path / "nope.json", missing_ok=True) is None
+    assert read_json(tmp_path / "file") == {}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: p.write_bytes(b"\xff\xfe{}"), "is not UTF-8"),
+])
+def test_annotation_file_folder_or_not_utf8(tmp_path, coco_mini, make, message):
+    path = tmp_path / "captions.json"
+    make(path)
+    with pytest.raises(Image2VecError, match=message):
+        load_coco(path, coco_mini / "train2017")

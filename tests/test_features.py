@@ -178,6 +178,37 @@ def test_resume_after_interruption(coco, coco_features, lite0, tmp_path):
     assert not (tmp_path / "partial").exists()
 
 
+def test_recompute_without_logits_removes_old_logits(coco, lite0, tmp_path):
+    with_logits = extract_features(coco.paths[:2], tmp_path, extractor=lite0, logits=True,
+                                   progress=False)
+    assert with_logits.logits.shape == (2, 1000) and (tmp_path / "logits.npy").is_file()
+    without = extract_features(coco.paths[:2], tmp_path, extractor=lite0, progress=False)
+    assert without.logits is None and not (tmp_path / "logits.npy").exists()
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert list(index["outputs"]) == ["features"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy", "index.json"]
+
+
+def test_store_that_is_a_file_is_refused(coco, lite0, tmp_path):
+    path = tmp_path / "store"
+    path.write_text("someone's file\n")
+    with pytest.raises(Image2VecError, match=f"^feature store {path} is an existing file"):
+        extract_features(coco.paths[:1], path, extractor=lite0, progress=False)
+    with pytest.raises(Image2VecError, match=f"^feature store {path} is an existing file"):
+        load_features(path)
+    assert path.read_text() == "someone's file\n"
+
+
+def test_folder_with_a_foreign_or_bad_index_is_refused(coco, lite0, tmp_path):
+    (tmp_path / "index.json").write_text('{"format": "something else"}')
+    with pytest.raises(Image2VecError, match="not an image2vec feature store index"):
+        extract_features(coco.paths[:1], tmp_path, extractor=lite0, progress=False)
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(Image2VecError, match="feature store index .* is not valid JSON"):
+        load_features(tmp_path)
+    assert (tmp_path / "index.json").read_text() == "{not json"
+
+
 @pytest.fixture(scope="module")
 def bad_images(coco, tmp_path_factory):
     """Two good images among a missing, a truncated, a non-image and two oversized files."""
@@ -259,6 +290,14 @@ def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("image2vec: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_out_is_an_existing_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    status = main(["features", "--sample", "--out", str(tmp_path / "file"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "is an existing file, not a folder" in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
