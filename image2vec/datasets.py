@@ -19,7 +19,8 @@ from image2vec.coco import load_coco
 from image2vec.errors import Image2VecError
 from image2vec.features import extract_features
 from image2vec.flickr import load_tag_tsv
-from image2vec.vocabulary import Vocabulary, analyze_captions, build_vocabulary, targets
+from image2vec.vocabulary import (CaptionAnalyzer, Vocabulary, analyze_captions,
+                                  build_vocabulary, targets)
 
 SAMPLE_CAPTIONS = Path(__file__).resolve().parents[1] / "data" / "sample" / "captions_sample.json"
 
@@ -77,7 +78,7 @@ def load_caption_data(
     store: str | os.PathLike,
     instances: str | os.PathLike | None = None,
     vocabulary: Vocabulary | None = None,
-    min_count: int = 2,
+    min_count: int | None = None,
     max_size: int | None = None,
     extractor: str = "efficientnet-lite0",
     device: str = "cpu",
@@ -88,15 +89,41 @@ def load_caption_data(
 
     The vocabulary is built from the captions (words in at least ``min_count`` images) unless
     one is given (e.g. a trained model's, for evaluation).
+
+    Parameters
+    ----------
+    captions : path-like
+        A COCO ``captions_*.json`` file.
+    images : path-like
+        The folder of its images.
+    store : path-like
+        Feature store folder (see :func:`image2vec.features.extract_features`).
+    instances : path-like, optional
+        A COCO ``instances_*.json`` file: adds the category labels.
+    vocabulary : Vocabulary, optional
+        Use these words instead of building a vocabulary.
+    min_count : int, optional
+        Keep words in at least this many images; default (None): 2 for fewer than
+        :data:`image2vec.vocabulary.SMALL_DATA_IMAGES` (1000) images, else 5.
+    max_size : int, optional
+        Keep only the most frequent words.
+    extractor, device, on_bad_image, progress
+        As in :func:`image2vec.features.extract_features`.
+
+    Returns
+    -------
+    WordData
+        Its vocabulary's ``info`` records ``source``, the ``min_count`` used and the tagger.
     """
     coco = load_coco(captions, images, instances)
     feature_set = extract_features(coco.paths, store, keys=coco.image_ids, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, progress=progress)
     rows = coco.positions(feature_set.keys)
-    documents = analyze_captions([coco.captions[i] for i in rows], progress=progress)
+    analyzer = CaptionAnalyzer()
+    documents = analyze_captions([coco.captions[i] for i in rows], analyzer, progress=progress)
     if vocabulary is None:
         vocabulary = build_vocabulary(documents, min_count=min_count, max_size=max_size,
-                                      info={"source": str(captions)})
+                                      info={"source": str(captions)}, analyzer=analyzer)
     first_captions = [[next((c for c in doc if vocabulary.columns(c)), doc[0])] for doc in documents]
     categories = names = None
     if coco.categories is not None:
@@ -116,14 +143,19 @@ def load_tag_data(
     *,
     store: str | os.PathLike,
     vocabulary: Vocabulary | None = None,
-    min_count: int = 2,
+    min_count: int | None = None,
     max_size: int | None = None,
     extractor: str = "efficientnet-lite0",
     device: str = "cpu",
     on_bad_image: str = "skip",
     progress: bool = True,
 ) -> WordData:
-    """Weak tags (TSV: image file, comma-separated tags) + images -> :class:`WordData`."""
+    """Weak tags (TSV: image file, comma-separated tags) + images -> :class:`WordData`.
+
+    Parameters are those of :func:`load_caption_data` (``tags`` is the TSV file, ``images``
+    the folder its names are relative to); ``min_count`` defaults likewise to 2 below 1000
+    images, else 5. Targets are binary.
+    """
     tagged = load_tag_tsv(tags, images)
     feature_set = extract_features(tagged.paths, store, keys=tagged.keys, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, progress=progress)

@@ -7,7 +7,10 @@ from WordNet, taking the part of speech of the token's most frequent sense (Word
 counts). WordNet itself comes from NLTK's data when present, else from Debian's ``wordnet-base``
 (``/usr/share/wordnet``), which this module makes readable by NLTK's ``WordNetCorpusReader``.
 
-The vocabulary keeps a word when it occurs in at least ``min_count`` training images. The target
+The vocabulary keeps a word when it occurs in at least ``min_count`` training images: by default
+2 when the training set has fewer than :data:`SMALL_DATA_IMAGES` images, else 5 (the COCO
+setting; see :func:`default_min_count`). Its saved info records the ``min_count`` used and, for
+captions, which tagger path decided nouns and adjectives. The target
 of image n is x_n in R^V with x_nv = (number of image n's captions containing word v) / (number
 of its captions), or 1{word v in image n} in the binary variant; X = [x_1 ... x_N]^T is a
 scipy.sparse CSR matrix, never a dense N x V array.
@@ -16,7 +19,6 @@ scipy.sparse CSR matrix, never a dense N x V array.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import shutil
@@ -35,10 +37,10 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
-from image2vec.io import write_json
+from image2vec.io import read_json, write_json
 
 __all__ = ["load_wordnet", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
-           "build_vocabulary", "targets"]
+           "SMALL_DATA_IMAGES", "default_min_count", "build_vocabulary", "targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ _PENN_TO_WORDNET = {"NN": "n", "NNS": "n", "NNP": "n", "NNPS": "n",
                     "JJ": "a", "JJR": "a", "JJS": "a"}
 _WORDNET_POS = ("n", "v", "a", "r")
 STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
+
+#: Training sets with fewer images than this are "small data": default ``min_count`` 2, else 5.
+SMALL_DATA_IMAGES = 1000
 
 
 def _cache_dir() -> Path:
@@ -165,7 +170,8 @@ class CaptionAnalyzer:
         tagger (Penn tags NN*, JJ*). ``"wordnet"``: the part of speech of the token's most
         frequent WordNet sense, over all the base forms WordNet's morphology finds; a token
         WordNet does not know is taken as a noun. ``"auto"``: the perceptron where its data is
-        installed, else WordNet. The path used is logged and stored in :attr:`backend`.
+        installed, else WordNet. The path used is logged and stored in :attr:`backend`
+        (``"perceptron"`` or ``"wordnet"``), which :func:`build_vocabulary` records.
     stop_words : iterable of str, optional
         Words never kept (default: scikit-learn's English stop words).
 
@@ -262,7 +268,10 @@ class Vocabulary:
     n_images : int
         Number of training images the counts come from.
     info : dict, optional
-        JSON-serialisable provenance (source, min_count, tagger, ...), saved with the words.
+        JSON-serialisable provenance, saved with the words. :func:`build_vocabulary` records
+        ``min_count`` (the value used), ``max_size`` and, for captions, ``tagger``
+        (:attr:`CaptionAnalyzer.backend`: ``"perceptron"`` for NLTK's averaged perceptron
+        tagger, ``"wordnet"`` for WordNet's parts of speech); callers add e.g. ``source``.
     """
 
     def __init__(self, words: Sequence[str], counts: Sequence[int], n_images: int,
@@ -311,44 +320,71 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
-        """Load a vocabulary saved by :meth:`save`."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise Image2VecError(f"vocabulary file {path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise Image2VecError(f"vocabulary file {path} is not valid JSON ({exc})") from None
+        """Load a vocabulary saved by :meth:`save`.
+
+        Raises
+        ------
+        Image2VecError
+            If the file is missing, unreadable, not JSON, not a vocabulary file, or lacks or
+            mangles ``words``, ``counts`` or ``n_images``.
+        """
+        data = read_json(path, "vocabulary file")
         if not isinstance(data, dict) or data.get("format") != "image2vec-vocabulary":
             raise Image2VecError(f"{path} is not an image2vec vocabulary file")
-        return cls(data["words"], data["counts"], data["n_images"], data.get("info"))
+        missing = [key for key in ("words", "counts", "n_images") if key not in data]
+        if missing:
+            raise Image2VecError(f"vocabulary file {path} lacks "
+                                 f"{', '.join(repr(k) for k in missing)}")
+        try:
+            return cls(data["words"], data["counts"], data["n_images"], data.get("info"))
+        except (TypeError, ValueError) as exc:
+            raise Image2VecError(f"vocabulary file {path} is malformed: {exc}") from None
 
 
-def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: int = 2,
-                     max_size: int | None = None, info: dict | None = None) -> Vocabulary:
+def default_min_count(n_images: int) -> int:
+    """The default ``min_count`` for ``n_images`` training images.
+
+    2 on small data (fewer than :data:`SMALL_DATA_IMAGES` images), else 5 (the COCO setting).
+    """
+    return 2 if n_images < SMALL_DATA_IMAGES else 5
+
+
+def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: int | None = None,
+                     max_size: int | None = None, info: dict | None = None,
+                     analyzer: CaptionAnalyzer | None = None) -> Vocabulary:
     """The words occurring in at least ``min_count`` images, most frequent first.
 
     Parameters
     ----------
     documents : sequence of sequence of sequence of str
         ``documents[n]`` = the word lists of image n (one per caption, or one list of tags).
-    min_count : int
-        Keep a word when it occurs in at least this many images (2 on small data, 5 on COCO).
+    min_count : int, optional
+        Keep a word when it occurs in at least this many images. Default (None):
+        :func:`default_min_count` of the number of images, i.e. 2 for fewer than
+        :data:`SMALL_DATA_IMAGES` (1000) images, else 5.
     max_size : int, optional
         Keep only the ``max_size`` most frequent words.
     info : dict, optional
-        Provenance stored with the vocabulary.
+        Provenance stored with the vocabulary (e.g. ``source``).
+    analyzer : CaptionAnalyzer, optional
+        The analyzer that made ``documents`` from captions: its tagger path is recorded as
+        ``info["tagger"]``. Leave out for tags.
 
     Returns
     -------
     Vocabulary
-        Words ordered by decreasing image count, ties alphabetically.
+        Words ordered by decreasing image count, ties alphabetically; its ``info`` holds the
+        ``min_count`` used, ``max_size`` and (with ``analyzer``) ``tagger``.
 
     Raises
     ------
     Image2VecError
         If no word is kept (the message suggests a lower ``min_count``).
     """
+    if min_count is None:
+        min_count = default_min_count(len(documents))
+        logger.info("vocabulary: min_count %d (the default for %d images)", min_count,
+                    len(documents))
     if min_count < 1:
         raise Image2VecError(f"min_count must be >= 1, got {min_count}")
     if max_size is not None and max_size < 1:
@@ -363,8 +399,10 @@ def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: in
             f"the vocabulary is empty: no word occurs in at least min_count={min_count} of the "
             f"{len(documents)} images (the most frequent occurs in {top}); "
             "lower min_count or use more images")
-    return Vocabulary(kept, [df[w] for w in kept], len(documents),
-                      {"min_count": min_count, "max_size": max_size, **(info or {})})
+    info = {**(info or {}), "min_count": min_count, "max_size": max_size}
+    if analyzer is not None:
+        info["tagger"] = analyzer.backend
+    return Vocabulary(kept, [df[w] for w in kept], len(documents), info)
 
 
 def targets(documents: Sequence[Sequence[Sequence[str]]], vocabulary: Vocabulary,

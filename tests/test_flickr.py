@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import image2vec.datasets as datasets_mod
 from image2vec.errors import Image2VecError
+from image2vec.features import FeatureSet
 from image2vec.flickr import (SAMPLE_TSV, load_sample, load_tag_tsv, load_yfcc100m,
                               normalize_tags)
 from image2vec.vocabulary import build_vocabulary, targets
@@ -56,6 +58,17 @@ def test_sample_vocabulary_and_binary_targets():
     assert set(np.unique(X.data)) == {1.0}
     for n, tags in enumerate(data.tags):
         assert {vocab.words[v] for v in X[n].indices} == set(tags) & set(vocab)
+
+
+def test_load_tag_data_default_min_count(monkeypatch):
+    """16 tagged images are small data: min_count 2, recorded; tags have no tagger."""
+    sample = load_sample()
+    features = FeatureSet(np.zeros((len(sample), 4), np.float32), None, list(sample.keys),
+                          [str(p) for p in sample.paths], [], {"extractor": "none"})
+    monkeypatch.setattr(datasets_mod, "extract_features", lambda *args, **kwargs: features)
+    data = datasets_mod.load_tag_data(SAMPLE_TSV, sample.paths[0].parent, store="unused")
+    assert data.vocabulary.words == build_vocabulary(sample.documents(), min_count=2).words
+    assert data.vocabulary.info["min_count"] == 2 and "tagger" not in data.vocabulary.info
 
 
 def test_tsv_relative_to_its_folder(tmp_path):

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import image2vec.datasets as datasets_mod
 import image2vec.vocabulary as vocab_mod
 from image2vec.coco import load_coco_split
 from image2vec.errors import Image2VecError
-from image2vec.vocabulary import (CaptionAnalyzer, Vocabulary, analyze_captions,
-                                  build_vocabulary, load_wordnet, targets)
+from image2vec.features import FeatureSet
+from image2vec.vocabulary import (SMALL_DATA_IMAGES, CaptionAnalyzer, Vocabulary,
+                                  analyze_captions, build_vocabulary, default_min_count,
+                                  load_wordnet, targets)
 
 # Everyday nouns with regular plurals: a caption "contains" one when a regex finds it.
 REGULAR_NOUNS = ("table", "street", "dog", "kitchen", "plate", "tree", "cake", "giraffe")
@@ -186,6 +189,81 @@ def test_load_bad_vocabulary_file(tmp_path):
     (tmp_path / "other.json").write_text('{"words": []}')
     with pytest.raises(Image2VecError, match="not an image2vec vocabulary"):
         Vocabulary.load(tmp_path / "other.json")
+
+
+@pytest.mark.parametrize("key", ["words", "counts", "n_images"])
+def test_load_vocabulary_without_a_key(tmp_path, vocab, key):
+    path = tmp_path / "vocab.json"
+    vocab.save(path)
+    data = json.loads(path.read_text())
+    del data[key]
+    path.write_text(json.dumps(data))
+    with pytest.raises(Image2VecError, match=f"^vocabulary file {path} lacks '{key}'$"):
+        Vocabulary.load(path)
+
+
+def test_load_malformed_or_unreadable_vocabulary(tmp_path, vocab):
+    path = tmp_path / "vocab.json"
+    vocab.save(path)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(data, counts=data["counts"][:-1])))
+    with pytest.raises(Image2VecError, match=f"^vocabulary file {path} is malformed: .* counts"):
+        Vocabulary.load(path)
+    with pytest.raises(Image2VecError, match=f"^vocabulary file {tmp_path} is a folder"):
+        Vocabulary.load(tmp_path)
+    path.write_bytes(b"\xff{}")
+    with pytest.raises(Image2VecError, match="is not UTF-8"):
+        Vocabulary.load(path)
+
+
+def test_default_min_count_small_data(docs, vocab):
+    """coco-mini (80 images) is small data: the default is 2, and the info says so."""
+    auto = build_vocabulary(docs)
+    assert auto.words == vocab.words
+    assert auto.info["min_count"] == 2
+
+
+def test_default_min_count_large_data():
+    """From SMALL_DATA_IMAGES images on, the default is 5 (COCO)."""
+    assert default_min_count(SMALL_DATA_IMAGES - 1) == 2
+    assert default_min_count(SMALL_DATA_IMAGES) == 5
+    caption = ["man", "street"]
+    rare = [[caption, ["dog"]]] * 4  # "dog" in 4 images: kept with min_count 2, not with 5
+    large = build_vocabulary(rare + [[caption]] * (SMALL_DATA_IMAGES - 4))
+    assert large.info["min_count"] == 5 and set(large) == {"man", "street"}
+    small = build_vocabulary(rare + [[caption]] * (SMALL_DATA_IMAGES - 5))
+    assert small.info["min_count"] == 2 and "dog" in small
+    explicit = build_vocabulary(rare, min_count=4, info={"min_count": 99, "source": "x"})
+    assert explicit.info == {"min_count": 4, "max_size": None, "source": "x"}
+
+
+@pytest.mark.parametrize("tagger", ["perceptron", "wordnet"])
+def test_saved_vocabulary_says_which_tagger_built_it(tmp_path, monkeypatch, tagger):
+    class Tagger:  # stands in for NLTK's perceptron, whose data may not be installed
+        def tag(self, tokens):
+            return [(t, "NNS" if t.endswith("s") else "NN") for t in tokens]
+
+    monkeypatch.setattr(vocab_mod, "_perceptron_tagger", Tagger)
+    analyzer = CaptionAnalyzer(tagger=tagger)
+    docs = analyze_captions([["Two dogs on a couch."], ["A dog on a couch."]], analyzer,
+                            progress=False)
+    build_vocabulary(docs, analyzer=analyzer).save(tmp_path / "vocab.json")
+    back = Vocabulary.load(tmp_path / "vocab.json")
+    assert back.info["tagger"] == tagger and set(back) == {"dog", "couch"}
+
+
+def test_load_caption_data_records_min_count_and_tagger(monkeypatch, coco_mini, data):
+    """The data loader's vocabulary: default min_count 2 on coco-mini, the tagger path used."""
+    features = FeatureSet(np.zeros((len(data), 4), np.float32), None, list(data.image_ids),
+                          [str(p) for p in data.paths], [], {"extractor": "none"})
+    monkeypatch.setattr(datasets_mod, "extract_features", lambda *args, **kwargs: features)
+    captions = coco_mini / "annotations" / "captions_train2017.json"
+    loaded = datasets_mod.load_caption_data(captions, coco_mini / "train2017", store="unused",
+                                            progress=False)
+    info = loaded.vocabulary.info
+    assert info["min_count"] == 2 and info["source"] == str(captions)
+    assert info["tagger"] == CaptionAnalyzer().backend
+    assert all(c >= 2 for c in loaded.vocabulary.counts)
 
 
 def test_empty_vocabulary_suggests_lower_min_count(docs):
