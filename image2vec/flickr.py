@@ -101,6 +101,7 @@ def load_tag_tsv(path: str | os.PathLike,
     """
     root = Path(image_dir) if image_dir is not None else Path(path).parent
     keys, paths, tags = [], [], []
+    seen: set[str] = set()
     with _open_table(path) as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
@@ -111,8 +112,9 @@ def load_tag_tsv(path: str | os.PathLike,
                 raise Image2VecError(f"{path}:{lineno}: expected 2 tab-separated columns "
                                      f"(image file, tags), found {len(fields)}")
             name = fields[0].strip()
-            if name in keys:
+            if name in seen:
                 raise Image2VecError(f"{path}:{lineno}: image {name!r} is listed twice")
+            seen.add(name)
             keys.append(name)
             paths.append(resolve_under(root, name))
             tags.append(normalize_tags(fields[1]))
