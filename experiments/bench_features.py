@@ -16,26 +16,23 @@ default, or any folder of JPEG/PNG files with ``--images``.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_omp import best_time
 
 from image2vec.features import extract_features, load_extractor, load_image
+from image2vec.io import shared_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_images() -> Path:
-    shared = Path(os.environ.get("IMAGE2VEC_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return shared / "coco-mini" / "train2017"
+COCO_MINI_IMAGES = shared_data_dir() / "coco-mini" / "train2017"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=Path, default=default_images(), help="image folder")
+    parser.add_argument("--images", type=Path, default=COCO_MINI_IMAGES,
+                        help=f"image folder (default: {COCO_MINI_IMAGES})")
     parser.add_argument("--extractor", default="efficientnet-lite0")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -43,6 +40,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    if not args.images.is_dir():
+        raise SystemExit(f"image folder {args.images} does not exist: pass --images, or set "
+                         "IMAGE2VEC_SHARED_DATA to the folder holding coco-mini")
     files = sorted(p for p in args.images.iterdir()
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
@@ -51,15 +51,8 @@ def main() -> None:
     batches = [torch.stack([extractor.preprocessing(load_image(f))
                             for f in files[i:i + args.batch_size]])
                for i in range(0, len(files), args.batch_size)]
-    extractor(batches[0])  # warm-up
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            extractor(batch)
-        sync()
-        best = min(best, time.perf_counter() - start)
+    best, _ = best_time(lambda: [extractor(batch) for batch in batches], args.repeats, sync)
     with tempfile.TemporaryDirectory() as store:
         start = time.perf_counter()
         extract_features(files, store, extractor=extractor, batch_size=args.batch_size,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from image2vec.io import shared_data_dir
 from solvers.backend import gpu_available
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
@@ -28,7 +26,7 @@ def xp(request):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The project's shared data folder (``$IMAGE2VEC_SHARED_DATA`` or ``../shared/data``)."""
-    path = Path(os.environ.get("IMAGE2VEC_SHARED_DATA", REPO.parent / "shared" / "data"))
+    path = shared_data_dir()
     if not path.is_dir():
         pytest.fail(f"shared data folder {path} is missing: set IMAGE2VEC_SHARED_DATA")
     return path
