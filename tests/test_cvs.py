@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -150,7 +151,7 @@ def test_cvs_attention_recovers_signal_only_the_pair_carries(data, cvs_ab):
     assert abs(without - chance) < 0.05  # neither modality alone knows the label
 
 
-def test_cvs_records_loss_curves_and_stops_early(cvs_ab):
+def test_cvs_records_loss_curves_and_stages(cvs_ab):
     model = cvs_ab["full"]
     hist = model.history_
     assert [h["epoch"] for h in hist] == list(range(len(hist)))
@@ -158,12 +159,21 @@ def test_cvs_records_loss_curves_and_stops_early(cvs_ab):
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert model.stages_ == [{"modalities": ["a", "b"], "blocks": ["a:b"],
                               "n_parameters": model.stages_[0]["n_parameters"]}]
+
+
+def test_loss_curves_are_logged_and_training_stops_early(caplog):
     stopped = CVS(attention="none", random_state=0, **{**SMALL, "patience": 1,
                                                        "max_epochs": 50})
     train, y, _, _ = planted(n_train=300, n_test=1)
-    stopped.fit({m: train[m] for m in "ab"}, y)
+    with caplog.at_level(logging.DEBUG, logger="image2vec.baselines.cvs_train"):
+        stopped.fit({m: train[m] for m in "ab"}, y)
     vals = [h["val_loss"] for h in stopped.history_]
     assert len(vals) < 50 and vals[-1] >= min(vals[:-1])  # stopped on a non-improving epoch
+    epochs = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    stages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(epochs) == len(vals) and epochs[0].startswith("stage 0 epoch 0: train loss")
+    assert stages == [f"stage 0 (a, b): {len(vals)} epochs, best validation loss "
+                      f"{min(vals):.4f} at epoch {int(np.argmin(vals))}, stopped early"]
 
 
 def test_cvs_is_deterministic_and_defaults_follow_the_paper():

@@ -15,10 +15,15 @@ sees (frozen ones included)::
 For two modalities this is the paper's 0.25 / 0.25 / 0.5 weighting. ``trip(m -> s)`` is the
 batch-wise semi-hard triplet loss (margin 1.0) with anchors in modality m and positives and
 negatives in modality s; relevance is sharing at least one label.
+
+The loss curves are returned as records and logged (logger ``image2vec.baselines.cvs_train``):
+one DEBUG line per epoch, one INFO line per stage (epochs run, best validation loss, whether
+early stopping ended it).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 __all__ = ["semi_hard_triplet_loss", "StageLoss", "TrainingSchedule", "train_stage"]
+
+logger = logging.getLogger(__name__)
 
 
 def semi_hard_triplet_loss(anchor: torch.Tensor, gallery: torch.Tensor, relevant: torch.Tensor,
@@ -209,7 +216,8 @@ def train_stage(network, inputs: dict[str, torch.Tensor], y: torch.Tensor, *,
     (``requires_grad`` is switched off for the duration of the stage). Shuffling, the
     validation split and the partner-dropout masks come from ``torch.Generator`` objects seeded
     with ``seed``, so a stage is deterministic on CPU. The validation loss uses the same
-    objective with a dropout generator re-seeded every epoch (a fixed mask sequence).
+    objective with a dropout generator re-seeded every epoch (a fixed mask sequence). Each
+    epoch's losses are logged at DEBUG, the stage's outcome at INFO.
 
     Parameters
     ----------
@@ -249,7 +257,7 @@ def train_stage(network, inputs: dict[str, torch.Tensor], y: torch.Tensor, *,
         shuffle_gen = torch.Generator().manual_seed(seed + 1)
         dropout_gen = torch.Generator().manual_seed(seed + 2)
         history: list[dict] = []
-        best_val, best_state, stale = math.inf, None, 0
+        best_val, best_epoch, best_state, stale = math.inf, -1, None, 0
         bar = tqdm(range(schedule.max_epochs), desc=f"stage {stage}", disable=not verbose,
                    leave=False)
         for epoch in bar:
@@ -264,16 +272,28 @@ def train_stage(network, inputs: dict[str, torch.Tensor], y: torch.Tensor, *,
                 record["val_loss"] = _epoch(network, inputs, y, val_rows, stage_modalities,
                                             trainable, loss, schedule, val_gen)[0]
             history.append(record)
-            bar.set_postfix(train=f"{tr:.4f}", val=f"{record['val_loss'] or float('nan'):.4f}")
+            val = float("nan") if record["val_loss"] is None else record["val_loss"]
+            bar.set_postfix(train=f"{tr:.4f}", val=f"{val:.4f}")
+            logger.debug("stage %d epoch %d: train loss %.4f (classification %.4f, triplet "
+                         "%.4f), validation loss %.4f", stage, epoch, tr, tr_cls, tr_trip, val)
             if not len(val_rows):
                 continue
             if record["val_loss"] < best_val:
-                best_val, stale = record["val_loss"], 0
+                best_val, best_epoch, stale = record["val_loss"], epoch, 0
                 best_state = [p.detach().clone() for p in params]
             else:
                 stale += 1
                 if stale >= schedule.patience:
                     break
+        stopped_early = len(history) < schedule.max_epochs
+        if len(val_rows):
+            logger.info("stage %d (%s): %d epochs, best validation loss %.4f at epoch %d, %s",
+                        stage, ", ".join(trainable), len(history), best_val, best_epoch,
+                        "stopped early" if stopped_early else "no early stop")
+        else:
+            logger.info("stage %d (%s): %d epochs, final train loss %.4f, no validation split "
+                        "(no early stopping)", stage, ", ".join(trainable), len(history),
+                        history[-1]["train_loss"])
         if best_state is not None:
             with torch.no_grad():
                 for p, best in zip(params, best_state):
