@@ -12,6 +12,7 @@ import torch
 from image2vec import systems
 from image2vec.baselines import CommonSpaceSummarizer
 from image2vec.cli import main
+from image2vec.errors import Image2VecError
 
 torch.set_num_threads(1)
 
@@ -49,6 +50,13 @@ def test_planted_words_are_recovered(data, variant):
     assert summary.words[0][0] == WORDS[summary.indices[0, 0]]
     scores = system.decision_function(F[200:])
     assert scores.shape == (100, len(WORDS)) and np.all(np.abs(scores) <= 1 + 1e-6)
+    # a word's score is the cosine of the image alone and the word as a one-word text
+    one_word_texts = system.embed_texts(sp.identity(len(WORDS), format="csr"))
+    np.testing.assert_allclose(scores, system.embed_images(F[200:]) @ one_word_texts.T,
+                               atol=1e-6)
+    assert np.all(np.diff(summary.scores, axis=1) <= 0)
+    np.testing.assert_allclose(np.take_along_axis(scores, summary.indices, axis=1),
+                               summary.scores, atol=1e-6)
     stages = [stage["modalities"] for stage in system.model_.stages_]
     assert stages == {"cvs": [["image", "text"]], "mcvs": [["image"], ["text"]],
                       "rvs": [["image"], ["text"]]}[variant]
@@ -75,18 +83,26 @@ def test_text_and_image_embeddings_share_the_space(data):
         system.embed_texts(np.ones((2, 3)))
 
 
-@pytest.mark.parametrize("variant", ["cvs", "rvs"])
-def test_save_load_round_trip_gives_identical_scores(data, variant, tmp_path):
+@pytest.mark.parametrize("variant", ["cvs", "mcvs", "rvs"])
+def test_save_load_round_trip_is_bit_identical(data, variant, tmp_path):
     F, targets, _ = data
-    system = systems.make_system(variant, **SMALL, random_state=3).fit(F, targets, words=WORDS)
+    system = systems.make_system(variant, **{**SMALL, "max_epochs": 5}, random_state=3).fit(
+        F, targets, words=WORDS)
     systems.save(system, tmp_path / "model.npz")
     loaded, _ = systems.load(tmp_path / "model.npz")
     assert systems.system_name(loaded) == variant and loaded.get_params() == system.get_params()
+    np.testing.assert_array_equal(loaded.embed_images(F), system.embed_images(F))
+    np.testing.assert_array_equal(loaded.embed_texts(targets), system.embed_texts(targets))
     np.testing.assert_array_equal(loaded.decision_function(F), system.decision_function(F))
     assert loaded.summarize(F, 3).words == system.summarize(F, 3).words
     assert loaded.history_ == system.history_
+    assert loaded.model_.stages_ == system.model_.stages_
     with np.load(tmp_path / "model.npz", allow_pickle=False) as stored:
-        assert "weights_" in stored.files
+        arrays = {key: stored[key] for key in stored.files}
+    arrays["weights_"] = arrays["weights_"][:-1]
+    np.savez(tmp_path / "cut.npz", **arrays)
+    with pytest.raises(Image2VecError, match="inconsistent: the weights have"):
+        systems.load(tmp_path / "cut.npz")
 
 
 def test_bad_variant_is_refused(data):

@@ -1,4 +1,5 @@
-"""CVS / M-CVS / RVS on planted multi-modal data, the mAP@50 metric, save/load and bad input."""
+"""CVS / M-CVS / RVS on planted multi-modal data, the mAP@50 metric, loss logging, the
+plain-data form that persistence stores, and bad input."""
 
 from __future__ import annotations
 
@@ -160,7 +161,6 @@ def test_cvs_records_loss_curves_and_stages(cvs_ab):
     assert model.stages_ == [{"modalities": ["a", "b"], "blocks": ["a:b"],
                               "n_parameters": model.stages_[0]["n_parameters"]}]
 
-
 def test_loss_curves_are_logged_and_training_stops_early(caplog):
     stopped = CVS(attention="none", random_state=0, **{**SMALL, "patience": 1,
                                                        "max_epochs": 50})
@@ -262,44 +262,33 @@ def test_rvs_trains_one_block_per_added_modality_with_a_frozen_reference_part(cl
         assert cross_modal_map_at_k(emb, y_test, ref, y_test) > chance + 0.4
 
 
-# ----------------------------------------------------------------------------- summarization
-def test_summarize_ranks_the_category_word_of_an_image():
-    rng = np.random.default_rng(5)
-    n, n_words, n_cat = 900, 12, 4
-    cat = rng.integers(0, n_cat, n)
-    centres = rng.standard_normal((n_cat, 16))
-    image = (centres[cat] + 0.3 * rng.standard_normal((n, 16))).astype(np.float32)
-    text = (rng.random((n, n_words)) < 0.15).astype(np.float32)  # noise words ...
-    text[np.arange(n), cat] = 1.0  # ... plus word `cat` (words 0..3 name the categories)
-    Y = np.eye(n_cat, dtype=np.float32)[cat]
-    model = CVS(random_state=0, **SMALL).fit({"image": image, "text": text}, Y)
-    words, cosines = model.summarize(image[:200], np.eye(n_words, dtype=np.float32), k=3)
-    assert words.shape == cosines.shape == (200, 3)
-    assert np.all(np.diff(cosines, axis=1) <= 0)
-    assert np.mean(words[:, 0] == cat[:200]) > 0.9
-    scores = model.score_words(image[:5], np.eye(n_words, dtype=np.float32))
-    assert np.allclose(np.take_along_axis(scores, words[:5], axis=1), cosines[:5], atol=1e-6)
-
-
 # ----------------------------------------------------------------------------- persistence
+def fresh(model):
+    """An unfitted model of the same class and network shape as ``model``."""
+    if isinstance(model, RVS):
+        return RVS(reference=model.reference, **SMALL)
+    return MCVS(**SMALL)
+
+
 @pytest.mark.parametrize("which", ["mcvs", "rvs"])
-def test_save_load_round_trip(tmp_path, clusters, mcvs_stages, rvs_model, which):
+def test_exported_network_restores_bit_identical(clusters, mcvs_stages, rvs_model, which):
+    """The plain data that persistence stores (see test_common_space for the file round trip)."""
     model = mcvs_stages[0] if which == "mcvs" else rvs_model[0]
     _, _, test, _ = clusters
-    folder = model.save(tmp_path / which)
-    config = json.loads((folder / "config.json").read_text())
-    assert config["model"] == type(model).__name__
-    with np.load(folder / "weights.npz", allow_pickle=False) as weights:
-        assert set(weights.files) == set(model.network_.state_dict())
-    loaded = type(model).load(folder)
+    weights, layout = model.export_network()
+    assert weights.dtype == np.float32 and weights.ndim == 1
+    layout = json.loads(json.dumps(layout))  # what the file keeps
+    loaded = fresh(model).restore_network(weights.copy(), layout, model.history_)
     assert loaded.history_ == model.history_ and loaded.stages_ == model.stages_
     for m in "abc":
         context = {"c": test["c"]} if m != "c" else None
         assert np.array_equal(loaded.transform(m, test[m], context),
                               model.transform(m, test[m], context))
-    assert not list(folder.glob("*.tmp"))
-    with pytest.raises(ValueError, match="holds a"):
-        (RVS if which == "mcvs" else MCVS).load(folder)
+    with pytest.raises(ValueError, match="values but the layout needs"):
+        fresh(model).restore_network(weights[:-1], layout)
+    other = MCVS(**SMALL) if which == "rvs" else RVS(reference="c", **SMALL)
+    with pytest.raises(ValueError, match="do not match a"):
+        other.restore_network(weights, layout)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -310,7 +299,7 @@ def test_bad_input_gives_clear_errors(clusters, rvs_model):
         model.fit({"a": train["a"], "b": train["b"][:999]}, y)
     nan = train["a"].copy()
     nan[3, 2] = np.nan
-    with pytest.raises(ValueError, match="modality 'a' contain NaN"):
+    with pytest.raises(ValueError, match="modality 'a' contains NaN"):
         model.fit({"a": nan, "b": train["b"]}, y)
     with pytest.raises(ValueError, match="labels Y have 10 rows"):
         model.fit({"a": train["a"]}, y[:10])
@@ -331,3 +320,5 @@ def test_bad_input_gives_clear_errors(clusters, rvs_model):
         RVS(reference="image", **SMALL).fit({"a": train["a"]}, y)
     with pytest.raises(ValueError, match="already in the model"):
         fitted.add_modality("a", train, y)
+    with pytest.raises(ValueError, match="features lack modality 'c'"):
+        fitted.add_modality("d", {"d": train["a"]}, y)

@@ -16,10 +16,10 @@
 image stage first and then the text stage against the frozen image side, ``"rvs"`` uses the
 image as the reference modality.
 
-The fitted network is kept as plain arrays (``weights_``, the ``state_dict`` flattened into one
-float32 vector, and ``layout_``, its tensor names and shapes plus the network's structure), so
-the project's one pickle-free format stores it; :meth:`CommonSpaceSummarizer.check_loaded`
-rebuilds the torch network after loading.
+The fitted network is kept as plain data (``weights_`` and ``layout_``, from
+:meth:`~image2vec.baselines.cvs.CVS.export_network`), so the project's one pickle-free format
+(:mod:`image2vec.persist`) stores it; :meth:`CommonSpaceSummarizer.check_loaded` rebuilds the
+torch network after loading.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from image2vec.baselines.cvs import CVS, MCVS, RVS, _CommonSpaceNetwork
+from image2vec.baselines.cvs import CVS, MCVS, RVS
 from image2vec.baselines.neighbors import _words, _WordScorer
 
 __all__ = ["CommonSpaceSummarizer", "VARIANTS"]
@@ -41,8 +41,8 @@ IMAGE, TEXT = "image", "text"
 _WORD_CHUNK = 2048
 
 
-def _binary(name: str, a: Any, n_rows: int) -> np.ndarray:
-    """Dense 0/1 float32 indicator matrix of the non-zero entries of ``a`` (N x C)."""
+def _dense_indicator(name: str, a: Any, n_rows: int) -> np.ndarray:
+    """Dense 0/1 float32 indicator matrix of the non-zero entries of ``a`` (N x C), N checked."""
     matrix = sp.csr_matrix(a)
     if matrix.shape[0] != n_rows:
         raise ValueError(f"{name} has {matrix.shape[0]} rows but the features have {n_rows}")
@@ -141,20 +141,15 @@ class CommonSpaceSummarizer(_WordScorer):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         F, y = validate_data(self, X, y, accept_sparse=False, multi_output=True, dtype=np.float32)
-        text = _binary("y", y, F.shape[0])
-        Y = text if labels is None else _binary("labels", labels, F.shape[0])
+        text = _dense_indicator("y", y, F.shape[0])
+        Y = text if labels is None else _dense_indicator("labels", labels, F.shape[0])
         self.words_ = _words(words, text.shape[1])
         self.feature_mean_ = F.mean(axis=0)
         scale = F.std(axis=0)
         self.feature_scale_ = np.where(scale > 0, scale, 1.0).astype(np.float32)
         model = self._new_model(self.device)
         model.fit({IMAGE: self._standardize(F), TEXT: text}, Y)
-        state = model.network_.state_dict()
-        self.weights_ = np.concatenate(
-            [t.detach().cpu().numpy().ravel() for t in state.values()]).astype(np.float32)
-        self.layout_ = {"tensors": [[key, list(t.shape)] for key, t in state.items()],
-                        "n_classes": model.n_classes_, "input_dims": model.input_dims_,
-                        "blocks": model.network_.structure(), "stages": model.stages_}
+        self.weights_, self.layout_ = model.export_network()
         self.history_ = model.history_
         self._set_model(model)
         return self
@@ -194,35 +189,11 @@ class CommonSpaceSummarizer(_WordScorer):
         Raises
         ------
         ValueError
-            When the arrays do not match the layout or the layout is not a network of this
-            variant.
+            When ``weights_`` and ``layout_`` do not describe a network of this variant.
         """
-        layout = self.layout_
-        sizes = [int(np.prod(shape)) for _, shape in layout["tensors"]]
-        if self.weights_.ndim != 1 or self.weights_.size != sum(sizes):
-            raise ValueError(f"weights_ has {self.weights_.size} values but the layout needs "
-                             f"{sum(sizes)}")
         device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
-        model = self._new_model(device)
-        model.n_classes_ = int(layout["n_classes"])
-        model.input_dims_ = {m: int(d) for m, d in layout["input_dims"].items()}
-        model.stages_ = list(layout["stages"])
-        model.history_ = list(self.history_)
-        network = _CommonSpaceNetwork(model.hidden_size, model.attention_size, model.attention,
-                                      model.n_classes_, getattr(model, "reference", None))
-        for name, dim in model.input_dims_.items():
-            network.add_encoder(name, dim)
-        for i, s, users in layout["blocks"]:
-            network.add_block(i, s, users)
-        pieces = np.split(self.weights_, np.cumsum(sizes)[:-1])
-        state = {key: torch.from_numpy(piece.reshape(shape).copy())
-                 for (key, shape), piece in zip(layout["tensors"], pieces)}
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"the weights do not match a {self.variant} network: "
-                             f"{str(exc).splitlines()[0]}") from None
-        model.network_ = network.to(device).eval()
+        model = self._new_model(device).restore_network(self.weights_, self.layout_,
+                                                        self.history_)
         self._set_model(model)
 
     # ------------------------------------------------------------------ inference
@@ -245,7 +216,7 @@ class CommonSpaceSummarizer(_WordScorer):
         if text.shape[1] != self.words_.size:
             raise ValueError(f"texts have {text.shape[1]} word columns but the model has "
                              f"{self.words_.size} words")
-        return self._model.transform(TEXT, _binary("y", text, text.shape[0]))
+        return self._model.transform(TEXT, _dense_indicator("y", text, text.shape[0]))
 
     def decision_function(self, F: Any) -> np.ndarray:
         """Cosine between each image and each vocabulary word as a one-word text, (N, V)."""

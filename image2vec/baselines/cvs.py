@@ -40,16 +40,16 @@ Models:
   reference part is shared and frozen, only the per-modality part (and m's encoder) is trained.
   The reference space, the classifier head and the reference embeddings never change.
 
-Loss, optimiser, early stopping: :mod:`image2vec.baselines.cvs_train`. Weights are saved without
-pickle: ``weights.npz`` (the ``state_dict`` as numpy arrays) and ``config.json``.
+Loss, optimiser, early stopping: :mod:`image2vec.baselines.cvs_train`. A fitted network leaves
+and re-enters the model as plain data (:meth:`CVS.export_network`, :meth:`CVS.restore_network`:
+one flat float32 vector and a JSON-able layout), which :mod:`image2vec.persist` stores through
+:class:`image2vec.baselines.common_space.CommonSpaceSummarizer`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,13 +57,11 @@ from torch import nn
 
 from image2vec.baselines.cvs_train import StageLoss, TrainingSchedule, train_stage
 from image2vec.errors import Image2VecError
-from image2vec.io import atomic_write, write_json
+from image2vec.metrics import _matrix
 
 __all__ = ["AlignedAttention", "ReferenceAttention", "CVS", "MCVS", "RVS", "rank_by_cosine"]
 
 ATTENTION_MODES = ("full", "no_cross", "none")
-FORMAT = "image2vec-common-vector-space"
-FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _CHUNK = 4096
 
@@ -228,31 +226,26 @@ def rank_by_cosine(query_emb: np.ndarray, candidate_emb: np.ndarray,
 
 
 def _features(name: str, x, n_rows: int | None = None, n_cols: int | None = None) -> np.ndarray:
-    try:
-        a = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise Image2VecError(f"features of modality {name!r} are not numeric: {exc}") from None
-    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+    """``x`` as a finite non-empty float32 matrix (``n_rows`` rows, ``n_cols`` columns if given)."""
+    a = _matrix(f"features of modality {name!r}", x)
+    if a.shape[0] == 0 or a.shape[1] == 0:
         raise Image2VecError(f"features of modality {name!r} must be a non-empty 2-D matrix, "
                              f"got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise Image2VecError(f"features of modality {name!r} contain NaN or infinite values")
     if n_rows is not None and a.shape[0] != n_rows:
         raise Image2VecError(f"features of modality {name!r} have {a.shape[0]} rows but "
                              f"{n_rows} were expected (rows must be aligned across modalities)")
     if n_cols is not None and a.shape[1] != n_cols:
         raise Image2VecError(f"features of modality {name!r} have {a.shape[1]} columns but the "
                              f"model was trained with {n_cols}")
-    return a
+    return a.astype(np.float32, copy=False)
 
 
 class _CommonSpaceModel:
-    """Shared estimator logic: input checks, stages, transform, scores, save/load."""
+    """Shared estimator logic: input checks, stage-wise training, transform, export/restore.
 
-    _params = ("hidden_size", "attention_size", "attention", "classification_weight",
-               "triplet_weight", "margin", "partner_dropout", "learning_rate", "batch_size",
-               "max_epochs", "patience", "validation_fraction", "random_state", "device",
-               "verbose")
+    Subclasses say which modalities each stage trains (``_plan``), which attention weights a
+    stage adds (``_add_blocks``) and which modalities a stage sees (``_stage_inputs``).
+    """
 
     def __init__(self, *, hidden_size: int = 512, attention_size: int = 512,
                  attention: str = "full", classification_weight: float = 1.0,
@@ -277,11 +270,7 @@ class _CommonSpaceModel:
         self.device = device
         self.verbose = verbose
 
-    # ------------------------------------------------------------------ parameters and checks
-    def get_params(self) -> dict:
-        """Constructor arguments (scikit-learn convention)."""
-        return {p: getattr(self, p) for p in self._params}
-
+    # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
         if self.attention not in ATTENTION_MODES:
             raise Image2VecError(f"attention must be one of {ATTENTION_MODES}, "
@@ -311,7 +300,8 @@ class _CommonSpaceModel:
 
     def _check_fitted(self) -> None:
         if getattr(self, "network_", None) is None:
-            raise Image2VecError(f"this {type(self).__name__} is not fitted: call fit() or load()")
+            raise Image2VecError(f"this {type(self).__name__} is not fitted: call fit() or "
+                                 "restore_network()")
 
     def _check_modality(self, name) -> str:
         if name not in self.network_.encoders:
@@ -347,6 +337,59 @@ class _CommonSpaceModel:
         return out, y
 
     # ------------------------------------------------------------------ training
+    def fit(self, features: Mapping[str, np.ndarray], Y: np.ndarray) -> "_CommonSpaceModel":
+        """Train on rows-aligned ``features`` (name -> (N, p_m)) and labels Y (N, C).
+
+        Parameters
+        ----------
+        features : dict of str to ndarray of shape (N, p_m)
+            One feature matrix per modality, rows aligned (row n = item n in every modality).
+        Y : ndarray of shape (N, C)
+            0/1 category labels (multi-label allowed).
+
+        Returns
+        -------
+        self
+        """
+        self.network_ = None
+        feats, y = self._check_training_data(features, Y)
+        plan = self._plan(list(feats))
+        self._start(y)
+        for new in plan:
+            self._grow(list(new), feats, y)
+        return self
+
+    def add_modality(self, name: str, features: Mapping[str, np.ndarray],
+                     Y: np.ndarray) -> "_CommonSpaceModel":
+        """One more stage: train modality ``name`` against the frozen earlier weights.
+
+        Parameters
+        ----------
+        name : str
+            The new modality.
+        features : dict of str to ndarray
+            Rows-aligned features of ``name`` and of every modality the stage sees (M-CVS: all
+            modalities of the model; RVS: the reference).
+        Y : ndarray of shape (N, C)
+            0/1 labels, the same C classes as in :meth:`fit`.
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        feats, y = self._check_training_data(features, Y)
+        self._check_name(name)
+        if name in self.network_.encoders:
+            raise Image2VecError(f"modality {name!r} is already in the model")
+        needed = self._stage_inputs(self.network_.modalities, [name])
+        missing = [m for m in needed if m not in feats]
+        if missing:
+            raise Image2VecError(f"features lack modality {', '.join(map(repr, missing))} "
+                                 "needed for this stage")
+        self._grow([name], feats, y)
+        return self
+
     def _torch(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(self.device)
 
@@ -369,7 +412,11 @@ class _CommonSpaceModel:
                              "n_parameters": sum(p.numel() for p in parameters)})
         self.history_.extend(history)
 
-    def _start(self, features: dict[str, np.ndarray], y: np.ndarray) -> None:
+    def _new_network(self, n_classes: int) -> _CommonSpaceNetwork:
+        return _CommonSpaceNetwork(self.hidden_size, self.attention_size, self.attention,
+                                   n_classes, getattr(self, "reference", None))
+
+    def _start(self, y: np.ndarray) -> None:
         self._check_params()
         self.n_classes_ = y.shape[1]
         self.input_dims_: dict[str, int] = {}
@@ -377,33 +424,94 @@ class _CommonSpaceModel:
         self.history_: list[dict] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
-            self.network_ = _CommonSpaceNetwork(
-                self.hidden_size, self.attention_size, self.attention, self.n_classes_,
-                getattr(self, "reference", None)).to(self.device)
+            self.network_ = self._new_network(self.n_classes_).to(self.device)
 
-    def _grow(self, new: Sequence[str], features: dict[str, np.ndarray], y: np.ndarray) -> None:
+    def _grow(self, new: list[str], features: dict[str, np.ndarray], y: np.ndarray) -> None:
         """Add the modalities ``new`` (one stage) and train them, freezing everything earlier.
 
-        M-CVS rule: block (o, n) for every earlier o, used by n only; block (n1, n2) for pairs
-        of new modalities, used by both. The first stage also trains the classifier head.
+        The stage trains the new encoders and the weights ``_add_blocks`` creates; the first
+        stage also trains the classifier head.
         """
         old = self.network_.modalities
-        first = not old
-        params: list[nn.Parameter] = list(self.network_.head.parameters()) if first else []
+        params: list[nn.Parameter] = [] if old else list(self.network_.head.parameters())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state) + 104729 * (len(self.stages_) + 1))
             for n in new:
                 params += self.network_.add_encoder(n, features[n].shape[1]).parameters()
                 self.input_dims_[n] = int(features[n].shape[1])
-            if self.attention != "none":
-                for o in old:
-                    for n in new:
-                        params += self.network_.add_block(o, n, users=[n]).parameters()
-                for a, n1 in enumerate(new):
-                    for n2 in new[a + 1:]:
-                        params += self.network_.add_block(n1, n2, users=[n1, n2]).parameters()
+            params += self._add_blocks(old, new)
             self.network_.to(self.device)
-        self._stage(features, y, old + list(new), list(new), params)
+        self._stage(features, y, self._stage_inputs(old, new), new, params)
+
+    # ------------------------------------------------------------------ plain-data form
+    def export_network(self) -> tuple[np.ndarray, dict]:
+        """The fitted network as plain data, for a pickle-free file.
+
+        Returns
+        -------
+        weights : ndarray of shape (n_weights,), float32
+            The network's ``state_dict``, each tensor flattened, in order.
+        layout : dict
+            JSON-able: ``tensors`` (name and shape of each piece of ``weights``), ``n_classes``,
+            ``input_dims``, ``blocks`` (:meth:`_CommonSpaceNetwork.structure`) and ``stages``.
+        """
+        self._check_fitted()
+        state = self.network_.state_dict()
+        weights = np.concatenate([t.detach().cpu().numpy().ravel() for t in state.values()])
+        layout = {"tensors": [[key, list(t.shape)] for key, t in state.items()],
+                  "n_classes": self.n_classes_, "input_dims": dict(self.input_dims_),
+                  "blocks": self.network_.structure(), "stages": list(self.stages_)}
+        return weights.astype(np.float32, copy=False), layout
+
+    def restore_network(self, weights: np.ndarray, layout: Mapping,
+                        history: Sequence[dict] = ()) -> "_CommonSpaceModel":
+        """Rebuild the network written by :meth:`export_network` (bit-identical weights).
+
+        The model must have been constructed with the same ``hidden_size``,
+        ``attention_size``, ``attention`` (and, for RVS, ``reference``) as the exported one.
+
+        Parameters
+        ----------
+        weights : ndarray of shape (n_weights,)
+        layout : dict
+            As returned by :meth:`export_network` (possibly through JSON).
+        history : sequence of dict, optional
+            The loss curves to keep as ``history_``.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        Image2VecError
+            When ``weights`` and ``layout`` do not describe a network of this model.
+        """
+        self._check_params()
+        sizes = [int(np.prod(shape)) for _, shape in layout["tensors"]]
+        weights = np.asarray(weights)
+        if weights.ndim != 1 or weights.size != sum(sizes):
+            raise Image2VecError(f"the weights have {weights.size} values but the layout needs "
+                                 f"{sum(sizes)}")
+        network = self._new_network(int(layout["n_classes"]))
+        for name, dim in layout["input_dims"].items():
+            network.add_encoder(self._check_name(name), int(dim))
+        for i, s, users in layout["blocks"]:
+            network.add_block(i, s, users)
+        pieces = np.split(weights.astype(np.float32, copy=False), np.cumsum(sizes)[:-1])
+        state = {key: torch.from_numpy(piece.reshape(shape).copy())
+                 for (key, shape), piece in zip(layout["tensors"], pieces)}
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise Image2VecError(f"the weights do not match a {type(self).__name__} network: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        self.n_classes_ = int(layout["n_classes"])
+        self.input_dims_ = {m: int(d) for m, d in layout["input_dims"].items()}
+        self.stages_ = list(layout["stages"])
+        self.history_ = list(history)
+        self.network_ = network.to(self.device).eval()
+        return self
 
     # ------------------------------------------------------------------ inference
     def transform(self, modality: str, X: np.ndarray,
@@ -442,109 +550,6 @@ class _CommonSpaceModel:
                 chunk = {m: self._torch(a[start:start + _CHUNK]) for m, a in inputs.items()}
                 out.append(self.network_.embed(chunk)[modality].cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
-
-    def category_scores(self, modality: str, X: np.ndarray,
-                        context: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-        r"""Label probabilities :math:`\sigma(W_c e^m + b_c)` of the classifier head, (N, C)."""
-        emb = self._torch(self.transform(modality, X, context))
-        with torch.no_grad():
-            return torch.sigmoid(self.network_.head(emb)).cpu().numpy()
-
-    def score_words(self, image_features: np.ndarray, word_features: np.ndarray, *,
-                    image_modality: str = "image", text_modality: str = "text") -> np.ndarray:
-        """Cosine between each image and each one-word text, both embedded alone, (N, V).
-
-        ``word_features`` row v is word v as a one-word text in the text modality's input
-        representation (for a bag-of-words text modality: the identity matrix).
-        """
-        img = self.transform(image_modality, image_features)
-        words = self.transform(text_modality, word_features)
-        return img @ words.T
-
-    def summarize(self, image_features: np.ndarray, word_features: np.ndarray, k: int = 5, *,
-                  image_modality: str = "image",
-                  text_modality: str = "text") -> tuple[np.ndarray, np.ndarray]:
-        """The k words whose one-word texts are closest (cosine) to each image.
-
-        Returns
-        -------
-        indices, cosines : ndarray of shape (N, k)
-            Word indices by decreasing cosine, and the cosines.
-        """
-        return rank_by_cosine(self.transform(image_modality, image_features),
-                              self.transform(text_modality, word_features), k)
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``weights.npz`` into folder ``path`` (atomically, no pickle).
-
-        Returns
-        -------
-        Path
-            The folder.
-        """
-        self._check_fitted()
-        path = Path(path)
-        arrays = {k: v.detach().cpu().numpy() for k, v in self.network_.state_dict().items()}
-        with atomic_write(path / "weights.npz", "wb") as fh:
-            np.savez(fh, **arrays)
-        write_json(path / "config.json", {
-            "format": FORMAT, "version": FORMAT_VERSION, "model": type(self).__name__,
-            "params": self.get_params(), "n_classes": self.n_classes_,
-            "input_dims": self.input_dims_, "blocks": self.network_.structure(),
-            "stages": self.stages_, "history": self.history_})
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | None = None):
-        """Rebuild a model written by :meth:`save`; the class is read from the config.
-
-        Parameters
-        ----------
-        path : path-like
-            The folder written by :meth:`save`.
-        device : str, optional
-            Torch device to load onto (default: the one saved in the config).
-        """
-        path = Path(path)
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise Image2VecError(f"cannot read {path / 'config.json'}: {exc}") from None
-        if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
-            raise Image2VecError(f"{path / 'config.json'} is not a version-{FORMAT_VERSION} "
-                                 "common-vector-space model")
-        model_cls = {c.__name__: c for c in (CVS, MCVS, RVS)}.get(config.get("model"))
-        if model_cls is None or not issubclass(model_cls, cls):
-            raise Image2VecError(f"{path} holds a {config.get('model')!r} model, "
-                                 f"not a {cls.__name__}")
-        params = dict(config["params"])
-        if device is not None:
-            params["device"] = device
-        model = model_cls(**params)
-        model.n_classes_ = int(config["n_classes"])
-        model.input_dims_ = {m: int(d) for m, d in config["input_dims"].items()}
-        model.stages_ = list(config["stages"])
-        model.history_ = list(config["history"])
-        net = _CommonSpaceNetwork(model.hidden_size, model.attention_size, model.attention,
-                                  model.n_classes_, getattr(model, "reference", None))
-        for name, dim in model.input_dims_.items():
-            net.add_encoder(model._check_name(name), dim)
-        for i, s, users in config["blocks"]:
-            net.add_block(i, s, users)
-        try:
-            with np.load(path / "weights.npz", allow_pickle=False) as data:
-                state = {k: torch.from_numpy(data[k]) for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise Image2VecError(f"cannot read {path / 'weights.npz'}: {exc}") from None
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first_line = str(exc).splitlines()[0]
-            raise Image2VecError(f"{path / 'weights.npz'} does not match its config: "
-                                 f"{first_line}") from None
-        model.network_ = net.to(model.device).eval()
-        return model
 
 
 class CVS(_CommonSpaceModel):
@@ -594,20 +599,23 @@ class CVS(_CommonSpaceModel):
         """The modalities trained in each stage: all at once."""
         return [names]
 
-    def fit(self, features: Mapping[str, np.ndarray], Y: np.ndarray):
-        """Train on rows-aligned ``features`` (name -> (N, p_m)) and labels Y (N, C).
+    def _stage_inputs(self, old: list[str], new: list[str]) -> list[str]:
+        """A stage sees every modality so far."""
+        return old + new
 
-        Returns
-        -------
-        self
-        """
-        self.network_ = None
-        feats, y = self._check_training_data(features, Y)
-        plan = self._plan(list(feats))
-        self._start(feats, y)
-        for new in plan:
-            self._grow(list(new), feats, y)
-        return self
+    def _add_blocks(self, old: list[str], new: list[str]) -> list[nn.Parameter]:
+        """M-CVS rule: block (o, n) for every earlier o, used by n only; block (n1, n2) for
+        pairs of new modalities, used by both."""
+        params: list[nn.Parameter] = []
+        if self.attention == "none":
+            return params
+        for o in old:
+            for n in new:
+                params += self.network_.add_block(o, n, users=[n]).parameters()
+        for a, n1 in enumerate(new):
+            for n2 in new[a + 1:]:
+                params += self.network_.add_block(n1, n2, users=[n1, n2]).parameters()
+        return params
 
 
 class MCVS(CVS):
@@ -622,8 +630,6 @@ class MCVS(CVS):
         As :class:`CVS`.
     """
 
-    _params = CVS._params + ("stages",)
-
     def __init__(self, stages: Sequence[Sequence[str]] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.stages = None if stages is None else [list(s) for s in stages]
@@ -636,23 +642,6 @@ class MCVS(CVS):
             raise Image2VecError(f"stages {self.stages} must list every modality of the "
                                  f"features ({', '.join(names)}) exactly once")
         return self.stages
-
-    def add_modality(self, name: str, features: Mapping[str, np.ndarray], Y: np.ndarray):
-        """One more stage: train modality ``name`` against the frozen earlier ones.
-
-        ``features`` must hold ``name`` and every modality of the model, rows aligned.
-        """
-        self._check_fitted()
-        feats, y = self._check_training_data(features, Y)
-        self._check_name(name)
-        if name in self.network_.encoders:
-            raise Image2VecError(f"modality {name!r} is already in the model")
-        missing = [m for m in [*self.network_.modalities, name] if m not in feats]
-        if missing:
-            raise Image2VecError(f"features lack modality {', '.join(map(repr, missing))} "
-                                 "needed for this stage")
-        self._grow([name], feats, y)
-        return self
 
 
 class RVS(_CommonSpaceModel):
@@ -674,67 +663,28 @@ class RVS(_CommonSpaceModel):
     triplets.
     """
 
-    _params = _CommonSpaceModel._params + ("reference",)
-
     def __init__(self, reference: str = "image", **kwargs):
         super().__init__(**kwargs)
         self.reference = reference
 
-    def fit(self, features: Mapping[str, np.ndarray], Y: np.ndarray):
-        """Train the reference, then every other modality of ``features`` in turn (dict order).
-
-        Returns
-        -------
-        self
-        """
-        self.network_ = None
-        feats, y = self._check_training_data(features, Y)
-        if self.reference not in feats:
+    def _plan(self, names: list[str]) -> list[list[str]]:
+        """The reference first, then every other modality in turn (dict order)."""
+        if self.reference not in names:
             raise Image2VecError(f"reference modality {self.reference!r} is not among the "
-                                 f"features ({', '.join(feats)})")
-        self._start(feats, y)
-        self._grow_reference(feats, y)
-        for name in feats:
-            if name != self.reference:
-                self._grow_modality(name, feats, y)
-        return self
+                                 f"features ({', '.join(names)})")
+        return [[self.reference]] + [[n] for n in names if n != self.reference]
 
-    def add_modality(self, name: str, features: Mapping[str, np.ndarray], Y: np.ndarray):
-        """One more stage: map modality ``name`` into the frozen reference space.
+    def _stage_inputs(self, old: list[str], new: list[str]) -> list[str]:
+        """A stage sees the reference and its new modality."""
+        return [self.reference] + [n for n in new if n != self.reference]
 
-        ``features`` must hold ``name`` and the reference modality, rows aligned.
-        """
-        self._check_fitted()
-        feats, y = self._check_training_data(features, Y)
-        self._check_name(name)
-        if name in self.network_.encoders:
-            raise Image2VecError(f"modality {name!r} is already in the model")
-        missing = [m for m in (self.reference, name) if m not in feats]
-        if missing:
-            raise Image2VecError(f"features lack modality {', '.join(map(repr, missing))} "
-                                 "needed for this stage")
-        self._grow_modality(name, feats, y)
-        return self
-
-    def _grow_reference(self, feats: dict[str, np.ndarray], y: np.ndarray) -> None:
-        r = self.reference
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.random_state) + 104729)
-            params = list(self.network_.add_encoder(r, feats[r].shape[1]).parameters())
-            self.network_.to(self.device)
-        self.input_dims_[r] = int(feats[r].shape[1])
-        params += self.network_.head.parameters()
-        if self.network_.reference_attention is not None:
-            params += self.network_.reference_attention.parameters()
-        self._stage(feats, y, [r], [r], params)
-
-    def _grow_modality(self, name: str, feats: dict[str, np.ndarray], y: np.ndarray) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.random_state) + 104729 * (len(self.stages_) + 1))
-            params = list(self.network_.add_encoder(name, feats[name].shape[1]).parameters())
-            if self.attention != "none":
-                params += self.network_.add_block(name, self.reference,
-                                                  users=[name]).parameters()
-            self.network_.to(self.device)
-        self.input_dims_[name] = int(feats[name].shape[1])
-        self._stage(feats, y, [self.reference, name], [name], params)
+    def _add_blocks(self, old: list[str], new: list[str]) -> list[nn.Parameter]:
+        """Stage 0: the reference part of the attention; later: one block (m, reference)."""
+        if self.attention == "none":
+            return []
+        if not old:
+            return list(self.network_.reference_attention.parameters())
+        params: list[nn.Parameter] = []
+        for n in new:
+            params += self.network_.add_block(n, self.reference, users=[n]).parameters()
+        return params
