@@ -36,6 +36,7 @@ MODELS = ("simple", "learn-all", "weak-tag")
 OBJECTIVES = ("l2", "ip")
 SOLVERS = ("bcd", "sgd")
 READOUTS = ("omp", "rank")
+DEFAULT_PRIOR_WEIGHT = {"l2": 0.3, "ip": 1.0}
 
 
 class Image2Vec(TransformerMixin, BaseEstimator):
@@ -68,9 +69,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         min_{x >= 0, ||x||_0 <= k} ||r - D x||^2 + prior_weight ||x - xbar||^2 greedily
         (non-negative OMP over the atoms [d_v; sqrt(prior_weight) e_v], words ordered by
         coefficient, the estimate of x_nv); ``rank`` takes the k highest scores D^T r.
-    prior_weight : float, default 0.3
+    prior_weight : float, optional
         mu above: pulls the sparse code towards the training mean xbar, a word-frequency
-        prior. 0 gives plain non-negative OMP over D.
+        prior; 0 gives plain non-negative OMP over D. Default 0.3 (``l2``) and 1.0 (``ip``,
+        whose unit-norm words carry no frequency information, so the prior needs more weight).
     normalize : bool, default True
         L2-normalise the centred features.
     whiten : bool, default False
@@ -121,7 +123,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         gamma: float = 0.0,
         k: int = 3,
         readout: str = "omp",
-        prior_weight: float = 0.3,
+        prior_weight: float | None = None,
         normalize: bool = True,
         whiten: bool = False,
         max_iter: int = 50,
@@ -173,7 +175,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        lam = self._check_params()
+        lam, _ = self._check_params()
         F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
                              multi_output=True, y_numeric=False)
         X = self._targets(X)
@@ -190,9 +192,13 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         # A learned W works in principal-axis coordinates (whitened with ``whiten``).
         basis = self._principal_basis(Fp) if learn_w else np.eye(Fp.shape[1])
         Fw = Fp @ basis
-        stats = sufficient_stats(Fw, X).to(xp, np.float64)
         W0 = self._initial_map(Fw.shape[1], xp)
-        weights = incoherence_weights(stats.C) if self.gamma else None
+        if self.solver == "bcd":  # sgd streams the rows and needs no statistics but X^T X
+            stats = sufficient_stats(Fw, X).to(xp, np.float64)
+            cooccurrence = stats.C
+        else:
+            cooccurrence = xp.asarray((X.T @ X).toarray()) if self.gamma else None
+        weights = incoherence_weights(cooccurrence) if self.gamma else None
         terms = dict(objective_kind=self.objective, lam=lam, gamma=self.gamma, cooccurrence=weights)
         a_step = _TagWeights(Fw, X, self.objective, xp) if self.model == "weak-tag" else None
         if self.solver == "bcd":
@@ -211,12 +217,13 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ Fp.mean(axis=0)
         self.objective_trace_ = result.trace
         self.n_iter_ = result.n_iter
+        self._readout_gram()  # cached here: predicting must not change the estimator
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
         return self
 
-    def _check_params(self) -> float:
-        """Validate the hyper-parameters; returns the effective lam."""
+    def _check_params(self) -> tuple[float, float]:
+        """Validate the hyper-parameters; returns the effective lam and prior weight mu."""
         for name, value, allowed in (("model", self.model, MODELS), ("objective", self.objective, OBJECTIVES),
                                      ("solver", self.solver, SOLVERS), ("readout", self.readout, READOUTS),
                                      ("device", self.device, ("cpu", "cuda"))):
@@ -232,10 +239,11 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                 "so there is no norm to penalise"
             )
         lam = 1e-3 if self.lam is None and self.objective == "l2" else (self.lam or 0.0)
-        if lam < 0 or self.gamma < 0 or self.prior_weight < 0:
+        mu = DEFAULT_PRIOR_WEIGHT[self.objective] if self.prior_weight is None else self.prior_weight
+        if lam < 0 or self.gamma < 0 or mu < 0:
             raise ValueError(f"lam, gamma and prior_weight must be >= 0, got lam={lam}, "
-                             f"gamma={self.gamma}, prior_weight={self.prior_weight}")
-        return float(lam)
+                             f"gamma={self.gamma}, prior_weight={mu}")
+        return float(lam), float(mu)
 
     def _targets(self, X: Any) -> sp.csr_matrix:
         """X as CSR float64 (N x V); a 1-d label vector becomes one indicator column per label."""
@@ -330,17 +338,31 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         embedded = self.transform(F)
         if self.readout == "rank":
             return Summary.top_k(embedded @ self.dictionary_, k, self.words_)
-        mu, prior = self.prior_weight, self.target_mean_
-        gram = self.dictionary_.T @ self.dictionary_ + mu * np.eye(len(prior))
+        mu, gram = self._readout_gram()
+        prior = self.target_mean_
         code = omp_gram(gram, embedded @ self.dictionary_ + mu * prior,
                         (embedded**2).sum(axis=1) + mu * prior @ prior, k, nonneg=True)
         return Summary.from_ranking(code.indices, code.coefs, self.words_)
+
+    def _readout_gram(self) -> tuple[float, np.ndarray]:
+        """mu and the read-out's Gram matrix G = D^T D + mu I, cached per dictionary and mu."""
+        _, mu = self._check_params()
+        cached = getattr(self, "_gram_cache", None)
+        if cached is None or cached[0] != mu or cached[1] is not self.dictionary_:
+            gram = self.dictionary_.T @ self.dictionary_ + mu * np.eye(self.dictionary_.shape[1])
+            self._gram_cache = (mu, self.dictionary_, gram)
+        return mu, self._gram_cache[2]
 
     def predict(self, F: Any) -> np.ndarray:
         """Indicator (N, V) of the k summary words; labels of shape (N,) after a 1-d fit."""
         summary = self.summarize(F)
         if hasattr(self, "classes_"):
-            return self.classes_[np.maximum(summary.indices[:, 0], 0)]
+            best = summary.indices[:, 0]
+            empty = best < 0  # OMP chose no word (e.g. a zero embedding): the top-scored label
+            if empty.any():
+                best = best.copy()
+                best[empty] = self.decision_function(np.asarray(F)[empty]).argmax(axis=1)
+            return self.classes_[best]
         indicator = np.zeros((len(summary.indices), len(self.words_)), dtype=np.int64)
         rows, cols = np.nonzero(summary.indices >= 0)
         indicator[rows, summary.indices[rows, cols]] = 1
