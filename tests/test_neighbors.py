@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from image2vec import systems
+from image2vec.baselines import neighbors
 from image2vec.baselines.neighbors import FrequencyPrior, NearestNeighborTransfer
+from image2vec.errors import Image2VecError
 
 WORDS = ["dog", "cat", "car", "tree"]
 
@@ -30,15 +32,44 @@ def test_knn_weights_votes_by_cosine():
     assert knn.summarize(query, k=1).words == [["dog"]]
 
 
-def test_knn_chooses_k_by_leave_one_out():
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((4, 6)) * 5
-    labels = np.repeat(np.arange(4), 10)
-    F = centres[labels] + rng.standard_normal((40, 6))
-    X = np.eye(4)[labels]
-    knn = NearestNeighborTransfer(candidates=(1, 3, 5), k=1).fit(F, X)
-    assert knn.n_neighbors_ in (1, 3, 5)
+def clusters(n_clusters, size, label_noise, seed=0):
+    """Tight feature clusters, one word each; a share of the images carry a wrong word."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, 6)) * 5
+    labels = np.repeat(np.arange(n_clusters), size)
+    F = centres[labels] + rng.standard_normal((len(labels), 6))
+    noisy = rng.random(len(labels)) < label_noise
+    tags = np.where(noisy, (labels + rng.integers(1, n_clusters, len(labels))) % n_clusters, labels)
+    return F, np.eye(n_clusters)[tags], labels
+
+
+def test_knn_chooses_many_neighbours_when_single_labels_are_noisy():
+    F, X, labels = clusters(4, 30, label_noise=0.35)
+    knn = NearestNeighborTransfer(candidates=(1, 3, 20), k=1).fit(F, X)
+    assert knn.n_neighbors_ == 20  # the vote of 20 outweighs a neighbour's wrong word
     assert (knn.summarize(F, k=1).indices[:, 0] == labels).mean() > 0.95
+
+
+def test_knn_chooses_one_neighbour_for_pairs():
+    F, X, labels = clusters(20, 2, label_noise=0.0)
+    knn = NearestNeighborTransfer(candidates=(1, 3, 20), k=1).fit(F, X)
+    assert knn.n_neighbors_ == 1  # each image's only same-word image is its nearest neighbour
+
+
+def test_knn_in_blocks_equals_all_at_once(monkeypatch):
+    F, X, _ = clusters(5, 12, label_noise=0.3, seed=2)
+    whole = NearestNeighborTransfer(k=2).fit(F[:50], X[:50])
+    monkeypatch.setattr(neighbors, "_BLOCK_ELEMENTS", 7 * 50)  # blocks of 7 rows
+    blocked = NearestNeighborTransfer(k=2).fit(F[:50], X[:50])
+    assert blocked.n_neighbors_ == whole.n_neighbors_
+    np.testing.assert_allclose(blocked.decision_function(F[50:]), whole.decision_function(F[50:]))
+
+
+def test_knn_with_fewer_images_than_candidates():
+    F, X, _ = clusters(2, 1, label_noise=0.0)
+    knn = NearestNeighborTransfer(candidates=(3, 5)).fit(F, X)
+    assert knn.n_neighbors_ == 1
+    np.testing.assert_array_equal(knn.summarize(F, k=1).indices[:, 0], [0, 1])
 
 
 @pytest.mark.parametrize("name", ["prior", "knn"])
@@ -51,6 +82,17 @@ def test_baselines_save_and_load(tmp_path, name):
     assert type(loaded) is type(system)
     np.testing.assert_allclose(loaded.decision_function(F), system.decision_function(F))
     assert loaded.summarize(F).words == system.summarize(F).words
+
+
+@pytest.mark.parametrize("name, attribute", [("prior", "frequency_"), ("knn", "words_")])
+def test_a_tampered_baseline_file_is_refused(tmp_path, name, attribute):
+    rng = np.random.default_rng(1)
+    F, X = rng.standard_normal((30, 5)), (rng.random((30, 4)) < 0.4).astype(float)
+    system = systems.make_system(name).fit(F, X, words=WORDS)
+    setattr(system, attribute, getattr(system, attribute)[:3])
+    systems.save(system, tmp_path / "m.npz")
+    with pytest.raises(Image2VecError, match="inconsistent"):
+        systems.load(tmp_path / "m.npz")
 
 
 def test_unknown_system_name_is_refused():

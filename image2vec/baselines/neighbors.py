@@ -11,6 +11,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from image2vec.summary import Summary
 
+_BLOCK_ELEMENTS = 1 << 22  # similarities held at once (32 MiB of float64)
+
 
 def _words(words: Any, n_words: int) -> np.ndarray:
     if words is None:
@@ -45,9 +47,15 @@ class FrequencyPrior(_WordScorer):
         return self
 
     def decision_function(self, F: Any) -> np.ndarray:
+        """Word scores (N, V): the training frequency of every word, whatever the image."""
         check_is_fitted(self, "frequency_")
         F = validate_data(self, F, reset=False)
         return np.broadcast_to(self.frequency_, (F.shape[0], self.frequency_.size)).copy()
+
+    def check_loaded(self) -> None:
+        """Raise ValueError unless the fitted arrays of a loaded model fit together."""
+        if self.words_.shape != self.frequency_.shape:
+            raise ValueError(f"{self.words_.size} words for {self.frequency_.size} word frequencies")
 
 
 class NearestNeighborTransfer(_WordScorer):
@@ -55,14 +63,15 @@ class NearestNeighborTransfer(_WordScorer):
 
     score_nv = sum_{j in N_K(n)} max(cos(f_n, f_j), 0) x_jv, with cosine similarity of the
     centred features. K is chosen from ``candidates`` by leave-one-out F1 at ``k`` on the
-    training images unless ``n_neighbors`` is given.
+    training images unless ``n_neighbors`` is given. Similarities are computed in blocks of
+    rows, so memory stays O(block x N_train) however many images there are.
 
     Parameters
     ----------
     n_neighbors : int, optional
         K; default chosen by validation.
     candidates : tuple of int
-        The K values tried by validation.
+        The K values tried by validation (those below the number of training images).
     k : int
         Summary length used to validate K.
     """
@@ -73,6 +82,15 @@ class NearestNeighborTransfer(_WordScorer):
         self.k = k
 
     def fit(self, X: Any, y: Any, words: Any = None) -> "NearestNeighborTransfer":
+        """X: features F (N x p); y: targets (N x V)."""
+        for name in ("n_neighbors", "k"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_neighbors is None and not all(isinstance(K, (int, np.integer)) and K >= 1
+                                                for K in self.candidates):
+            raise ValueError(f"candidates must be positive integers, got {self.candidates!r}")
         F, y = validate_data(self, X, y, accept_sparse=False, multi_output=True, dtype=np.float64)
         self.targets_ = sp.csr_matrix(y, dtype=np.float64)
         self.words_ = _words(words, self.targets_.shape[1])
@@ -89,26 +107,64 @@ class NearestNeighborTransfer(_WordScorer):
         norms = np.linalg.norm(centred, axis=1, keepdims=True)
         return centred / np.where(norms > 0, norms, 1)
 
-    def _scores(self, similarity: np.ndarray, n_neighbors: int) -> np.ndarray:
-        n_neighbors = min(n_neighbors, similarity.shape[1])
-        nearest = np.argpartition(-similarity, n_neighbors - 1, axis=1)[:, :n_neighbors]
-        weights = np.zeros_like(similarity)
-        np.put_along_axis(weights, nearest, np.maximum(np.take_along_axis(similarity, nearest, 1), 0), 1)
-        return np.asarray(sp.csr_matrix(weights) @ self.targets_.toarray())
+    def _neighbours(self, unit: np.ndarray, n_neighbors: int, leave_one_out: bool = False):
+        """Blocks of (the K nearest training images, their weights max(cos, 0)), best first.
+
+        ``leave_one_out``: ``unit`` are the training images themselves, each excluded from its
+        own neighbours.
+        """
+        n_train = self.train_features_.shape[0]
+        n_neighbors = min(n_neighbors, n_train - leave_one_out)
+        block = max(1, _BLOCK_ELEMENTS // n_train)
+        for start in range(0, len(unit), block):
+            similarity = unit[start:start + block] @ self.train_features_.T
+            if leave_one_out:
+                rows = np.arange(len(similarity))
+                similarity[rows, start + rows] = -np.inf
+            nearest = np.argpartition(-similarity, n_neighbors - 1, axis=1)[:, :n_neighbors]
+            weights = np.take_along_axis(similarity, nearest, axis=1)
+            order = np.argsort(-weights, axis=1, kind="stable")
+            yield (np.take_along_axis(nearest, order, axis=1),
+                   np.maximum(np.take_along_axis(weights, order, axis=1), 0))
+
+    def _votes(self, nearest: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """score_nv = sum_j w_nj x_jv over the given neighbours, dense (n x V)."""
+        n, K = nearest.shape
+        votes = sp.csr_matrix((weights.ravel(), nearest.ravel(), np.arange(0, n * K + 1, K)),
+                              shape=(n, self.targets_.shape[0]))
+        return (votes @ self.targets_).toarray()
 
     def _validate_k(self) -> int:
+        """The candidate K of best leave-one-out F1@k on the training images (ties: smaller K)."""
         from image2vec.evaluate import precision_recall_f1
 
-        similarity = self.train_features_ @ self.train_features_.T
-        np.fill_diagonal(similarity, -np.inf)  # leave each image out of its own neighbours
+        n_train = self.train_features_.shape[0]
+        candidates = sorted({int(K) for K in self.candidates if K < n_train})
+        if not candidates:  # too few images to leave one out with any candidate
+            return max(1, min(min(int(K) for K in self.candidates), n_train - 1))
+        chosen = {K: [] for K in candidates}
+        for nearest, weights in self._neighbours(self.train_features_, max(candidates), leave_one_out=True):
+            for K in candidates:
+                votes = self._votes(nearest[:, :K], weights[:, :K])
+                chosen[K].append(Summary.top_k(votes, self.k, self.words_).indices)
         truth = self.targets_ > 0
-        best = max(
-            (precision_recall_f1(Summary.top_k(self._scores(similarity, K), self.k, self.words_).indices, truth)[2], -K)
-            for K in self.candidates if K < similarity.shape[0]
-        )
+        best = max((precision_recall_f1(np.vstack(chosen[K]), truth)[2], -K) for K in candidates)
         return -best[1]
 
     def decision_function(self, F: Any) -> np.ndarray:
+        """Word scores (N, V): the similarity-weighted votes of the K nearest training images."""
         check_is_fitted(self, "train_features_")
         F = validate_data(self, F, reset=False, dtype=np.float64)
-        return self._scores(self._unit(F) @ self.train_features_.T, self.n_neighbors_)
+        blocks = [self._votes(nearest, weights)
+                  for nearest, weights in self._neighbours(self._unit(F), self.n_neighbors_)]
+        return np.vstack(blocks) if blocks else np.zeros((0, self.targets_.shape[1]))
+
+    def check_loaded(self) -> None:
+        """Raise ValueError unless the fitted arrays of a loaded model fit together."""
+        n_train, n_words = self.targets_.shape
+        expected = {"train_features_": (n_train, self.feature_mean_.shape[0]), "words_": (n_words,)}
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if not 1 <= self.n_neighbors_ <= n_train:
+            raise ValueError(f"n_neighbors_ = {self.n_neighbors_} for {n_train} training images")
