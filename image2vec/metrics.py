@@ -11,10 +11,11 @@ import numpy as np
 
 from image2vec.errors import Image2VecError
 
-__all__ = ["cross_modal_map_at_k"]
+__all__ = ["check_matrix", "cross_modal_map_at_k"]
 
 
-def _matrix(name: str, a: np.ndarray) -> np.ndarray:
+def check_matrix(name: str, a: np.ndarray) -> np.ndarray:
+    """``a`` as a finite numeric 2-D array, or an Image2VecError naming ``name``."""
     a = np.asarray(a)
     if a.ndim != 2:
         raise Image2VecError(f"{name} must be a 2-D array, got shape {a.shape}")
@@ -66,10 +67,10 @@ def cross_modal_map_at_k(query_emb: np.ndarray, query_labels: np.ndarray,
     Image2VecError
         On shape mismatches, non-finite values or k < 1.
     """
-    q = _matrix("query_emb", query_emb).astype(np.float64)
-    g = _matrix("gallery_emb", gallery_emb).astype(np.float64)
-    yq = _matrix("query_labels", query_labels) != 0
-    yg = _matrix("gallery_labels", gallery_labels) != 0
+    q = check_matrix("query_emb", query_emb).astype(np.float64)
+    g = check_matrix("gallery_emb", gallery_emb).astype(np.float64)
+    yq = check_matrix("query_labels", query_labels) != 0
+    yg = check_matrix("gallery_labels", gallery_labels) != 0
     if q.shape[1] != g.shape[1]:
         raise Image2VecError(f"query_emb has dimension {q.shape[1]} but gallery_emb has "
                              f"{g.shape[1]}")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from image2vec.baselines import CVS, MCVS, RVS, rank_by_cosine
+from image2vec.baselines import CVS, MCVS, RVS
 from image2vec.baselines.cvs_train import semi_hard_triplet_loss
 from image2vec.metrics import cross_modal_map_at_k
 
@@ -116,13 +116,6 @@ def test_semi_hard_triplet_loss_matches_brute_force():
                 losses.append(max(0.0, float(d[i, j] - d_an + 0.3)))
         got = semi_hard_triplet_loss(a, g, rel, margin=0.3, same_items=same)
         assert float(got) == pytest.approx(np.mean(losses), abs=1e-5)
-
-
-def test_rank_by_cosine():
-    idx, cos = rank_by_cosine(np.array([3.0, 0.0]),
-                              np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 0.0]]), k=2)
-    assert idx.tolist() == [[2, 1]]
-    assert cos[0] == pytest.approx([1.0, np.sqrt(0.5)])
 
 
 # ----------------------------------------------------------------------------- CVS

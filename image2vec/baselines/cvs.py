@@ -57,9 +57,9 @@ from torch import nn
 
 from image2vec.baselines.cvs_train import StageLoss, TrainingSchedule, train_stage
 from image2vec.errors import Image2VecError
-from image2vec.metrics import _matrix
+from image2vec.metrics import check_matrix
 
-__all__ = ["AlignedAttention", "ReferenceAttention", "CVS", "MCVS", "RVS", "rank_by_cosine"]
+__all__ = ["AlignedAttention", "ReferenceAttention", "CVS", "MCVS", "RVS"]
 
 ATTENTION_MODES = ("full", "no_cross", "none")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -192,42 +192,9 @@ class _CommonSpaceNetwork(nn.Module):
         return out
 
 
-def rank_by_cosine(query_emb: np.ndarray, candidate_emb: np.ndarray,
-                   k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rank candidates (e.g. one-word texts) for each query (e.g. an image) by cosine similarity.
-
-    Parameters
-    ----------
-    query_emb : ndarray of shape (N, d) or (d,)
-    candidate_emb : ndarray of shape (V, d)
-    k : int, optional
-        Keep the top k (default: all V).
-
-    Returns
-    -------
-    indices : ndarray of shape (N, k)
-        Candidate indices by decreasing cosine (ties: lower index first).
-    scores : ndarray of shape (N, k)
-        The cosines :math:`q^\\top c / (\\lVert q \\rVert \\lVert c \\rVert)`.
-    """
-    q = np.atleast_2d(np.asarray(query_emb, dtype=np.float64))
-    c = np.asarray(candidate_emb, dtype=np.float64)
-    if c.ndim != 2 or q.shape[1] != c.shape[1]:
-        raise Image2VecError(f"query_emb {q.shape} and candidate_emb {c.shape} do not have the "
-                             "same embedding dimension")
-    k = c.shape[0] if k is None else int(k)
-    if not 1 <= k <= c.shape[0]:
-        raise Image2VecError(f"k must be between 1 and {c.shape[0]}, got {k}")
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    cos = q @ c.T
-    idx = np.argsort(-cos, axis=1, kind="stable")[:, :k]
-    return idx, np.take_along_axis(cos, idx, axis=1)
-
-
 def _features(name: str, x, n_rows: int | None = None, n_cols: int | None = None) -> np.ndarray:
     """``x`` as a finite non-empty float32 matrix (``n_rows`` rows, ``n_cols`` columns if given)."""
-    a = _matrix(f"features of modality {name!r}", x)
+    a = check_matrix(f"features of modality {name!r}", x)
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise Image2VecError(f"features of modality {name!r} must be a non-empty 2-D matrix, "
                              f"got shape {a.shape}")
