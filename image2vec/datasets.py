@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,8 +20,13 @@ from image2vec.coco import load_coco
 from image2vec.errors import Image2VecError
 from image2vec.features import extract_features
 from image2vec.flickr import load_tag_tsv
-from image2vec.vocabulary import (CaptionAnalyzer, Vocabulary, analyze_captions,
-                                  build_vocabulary, targets)
+from image2vec.vocabulary import (
+    CaptionAnalyzer,
+    Vocabulary,
+    analyze_captions,
+    build_vocabulary,
+    targets,
+)
 
 SAMPLE_CAPTIONS = Path(__file__).resolve().parents[1] / "data" / "sample" / "captions_sample.json"
 
@@ -57,6 +63,8 @@ class WordData:
     categories : csr_matrix of shape (N, C) or None
         COCO instance categories, when an instances file was given.
     category_names : list of str or None
+    logits : ndarray of shape (N, 1000) or None
+        ImageNet class logits of the images, when asked for (the imnet-glove baseline).
     """
 
     keys: list
@@ -69,6 +77,22 @@ class WordData:
     extractor: str
     categories: sp.csr_matrix | None = None
     category_names: list[str] | None = None
+    logits: np.ndarray | None = None
+
+    def inputs_for(self, system: Any) -> np.ndarray:
+        """What ``system`` reads for these images: the class logits or the features F.
+
+        Raises
+        ------
+        Image2VecError
+            The system reads class logits and they were not loaded.
+        """
+        if not reads_logits(system):
+            return self.features
+        if self.logits is None:
+            raise Image2VecError("this system reads ImageNet class logits: load the data with "
+                                 "logits=True")
+        return self.logits
 
 
 def load_caption_data(
@@ -83,6 +107,7 @@ def load_caption_data(
     extractor: str = "efficientnet-lite0",
     device: str = "cpu",
     on_bad_image: str = "skip",
+    logits: bool = False,
     progress: bool = True,
 ) -> WordData:
     """COCO captions + images -> :class:`WordData` (features cached in ``store``).
@@ -107,8 +132,9 @@ def load_caption_data(
         :data:`image2vec.vocabulary.SMALL_DATA_IMAGES` (1000) images, else 5.
     max_size : int, optional
         Keep only the most frequent words.
-    extractor, device, on_bad_image, progress
-        As in :func:`image2vec.features.extract_features`.
+    extractor, device, on_bad_image, logits, progress
+        As in :func:`image2vec.features.extract_features` (``logits``: also the ImageNet class
+        logits, in :attr:`WordData.logits`).
 
     Returns
     -------
@@ -117,7 +143,8 @@ def load_caption_data(
     """
     coco = load_coco(captions, images, instances)
     feature_set = extract_features(coco.paths, store, keys=coco.image_ids, extractor=extractor,
-                                   device=device, on_bad_image=on_bad_image, progress=progress)
+                                   device=device, on_bad_image=on_bad_image, logits=logits,
+                                   progress=progress)
     rows = coco.positions(feature_set.keys)
     analyzer = CaptionAnalyzer()
     documents = analyze_captions([coco.captions[i] for i in rows], analyzer, progress=progress)
@@ -134,7 +161,8 @@ def load_caption_data(
         keys=list(feature_set.keys), files=list(feature_set.files),
         features=np.asarray(feature_set.features), targets=X, truth=_binary(X),
         queries=targets(first_captions, vocabulary, binary=True), vocabulary=vocabulary,
-        extractor=feature_set.index["extractor"], categories=categories, category_names=names)
+        extractor=feature_set.index["extractor"], categories=categories, category_names=names,
+        logits=_array_or_none(feature_set.logits))
 
 
 def load_tag_data(
@@ -148,6 +176,7 @@ def load_tag_data(
     extractor: str = "efficientnet-lite0",
     device: str = "cpu",
     on_bad_image: str = "skip",
+    logits: bool = False,
     progress: bool = True,
 ) -> WordData:
     """Weak tags (TSV: image file, comma-separated tags) + images -> :class:`WordData`.
@@ -158,7 +187,8 @@ def load_tag_data(
     """
     tagged = load_tag_tsv(tags, images)
     feature_set = extract_features(tagged.paths, store, keys=tagged.keys, extractor=extractor,
-                                   device=device, on_bad_image=on_bad_image, progress=progress)
+                                   device=device, on_bad_image=on_bad_image, logits=logits,
+                                   progress=progress)
     position = {key: i for i, key in enumerate(tagged.keys)}
     all_documents = tagged.documents()
     documents = [all_documents[position[key]] for key in feature_set.keys]
@@ -169,7 +199,17 @@ def load_tag_data(
     return WordData(
         keys=list(feature_set.keys), files=list(feature_set.files),
         features=np.asarray(feature_set.features), targets=X, truth=_binary(X), queries=None,
-        vocabulary=vocabulary, extractor=feature_set.index["extractor"])
+        vocabulary=vocabulary, extractor=feature_set.index["extractor"],
+        logits=_array_or_none(feature_set.logits))
+
+
+def reads_logits(system: Any) -> bool:
+    """Whether a system (or its class) reads ImageNet class logits instead of features F."""
+    return getattr(system, "input_kind", "features") == "logits"
+
+
+def _array_or_none(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a)
 
 
 def _binary(X: sp.csr_matrix) -> sp.csr_matrix:

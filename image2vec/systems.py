@@ -12,23 +12,40 @@ import os
 from typing import Any
 
 from image2vec.baselines.common_space import CommonSpaceSummarizer
+from image2vec.baselines.imnet_glove import ImnetGlove
 from image2vec.baselines.neighbors import FrequencyPrior, NearestNeighborTransfer
 from image2vec.model import MODELS, Image2Vec
 from image2vec.persist import load_system, save_system
 
 BASELINES: dict[str, type] = {"prior": FrequencyPrior, "knn": NearestNeighborTransfer,
                               "cvs": CommonSpaceSummarizer, "mcvs": CommonSpaceSummarizer,
-                              "rvs": CommonSpaceSummarizer}
+                              "rvs": CommonSpaceSummarizer, "imnet-glove": ImnetGlove}
 REGISTRY: dict[str, type] = {"image2vec": Image2Vec, **BASELINES}
 SYSTEM_NAMES = (*MODELS, *BASELINES)
 
 
-def make_system(name: str, **params: Any) -> Any:
-    """A new system by command-line name; parameters it does not take are ignored.
+def make_system(name: str, options: dict[str, Any] | None = None, **params: Any) -> Any:
+    """A new system by command-line name.
 
     ``simple``, ``learn-all`` and ``weak-tag`` are :class:`~image2vec.model.Image2Vec` models;
     the others are baselines; a baseline class registered under several names takes the name
     as its ``variant`` (``cvs``, ``mcvs``, ``rvs``).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`SYSTEM_NAMES`.
+    options : dict, optional
+        Settings the user chose for this system: each must be a parameter of it (``prior``
+        has no ``objective``), or the combination is refused.
+    **params
+        Shared settings (``dim``, ``random_state``, ...), passed where the system takes them
+        and ignored where it does not.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or an option the system does not take.
     """
     if name in MODELS:
         cls, params = Image2Vec, {**params, "model": name}
@@ -37,7 +54,11 @@ def make_system(name: str, **params: Any) -> Any:
     else:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(SYSTEM_NAMES)}")
     accepted = inspect.signature(cls).parameters
-    return cls(**{key: value for key, value in params.items() if key in accepted})
+    refused = [key for key in options or {} if key not in accepted]
+    if refused:
+        takes = ", ".join(key for key in accepted if key not in ("model", "variant")) or "no settings"
+        raise ValueError(f"{name} does not take {', '.join(refused)} (it takes {takes})")
+    return cls(**{key: value for key, value in {**params, **(options or {})}.items() if key in accepted})
 
 
 def system_name(system: Any) -> str:

