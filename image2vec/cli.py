@@ -22,7 +22,6 @@ import numpy as np
 from image2vec import __version__
 from image2vec.errors import Image2VecError
 
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -33,33 +32,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_data(args: argparse.Namespace, store: Path, vocabulary=None):
+def _load_data(args: argparse.Namespace, store: Path, vocabulary=None, logits: bool = False):
     """WordData of ``--captions`` or ``--tags`` with ``--images``, features cached in ``store``."""
     from image2vec.datasets import load_caption_data, load_tag_data
 
     common = dict(store=store, vocabulary=vocabulary, extractor=args.extractor, device=args.device,
-                  on_bad_image=args.on_bad_image, progress=not args.quiet)
+                  on_bad_image=args.on_bad_image, logits=logits, progress=not args.quiet)
     if getattr(args, "tags", None):
         return load_tag_data(args.tags, args.images, min_count=args.min_count, **common)
     return load_caption_data(args.captions, args.images, instances=getattr(args, "instances", None),
-                             min_count=getattr(args, "min_count", 1), **common)
+                             min_count=getattr(args, "min_count", None), **common)
+
+
+MODEL_OPTIONS = ("objective", "solver", "dim", "lam", "gamma", "readout", "attention")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from image2vec import systems
+    from image2vec.datasets import reads_logits
 
-    out = Path(args.out)
+    out = _output_file(args.out)
+    options = {name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}
+    try:  # a combination that makes no sense is refused before any work
+        system = systems.make_system(args.model, options, random_state=args.random_state,
+                                     device=args.device)
+    except ValueError as exc:
+        raise Image2VecError(str(exc)) from None
     store = Path(args.features) if args.features else out.with_name(out.name + ".features")
-    data = _load_data(args, store)
-    system = systems.make_system(
-        args.model, objective=args.objective, solver=args.solver, dim=args.dim, lam=args.lam,
-        gamma=args.gamma, readout=args.readout, random_state=args.random_state, device=args.device)
+    data = _load_data(args, store, logits=reads_logits(system))
     fit_params = {"words": list(data.vocabulary.words)}
     if data.categories is not None and "labels" in inspect.signature(system.fit).parameters:
         fit_params["labels"] = data.categories  # category labels of the common-space baselines
     start = time.perf_counter()
     try:
-        system.fit(data.features, data.targets, **fit_params)
+        system.fit(data.inputs_for(system), data.targets, **fit_params)
     except ValueError as exc:  # scikit-learn style parameter errors: one line, no traceback
         raise Image2VecError(str(exc)) from None
     seconds = time.perf_counter() - start
@@ -70,14 +76,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extract(files: list[Path], metadata: dict, args: argparse.Namespace, on_bad_image: str):
-    """Features of image files in a throw-away store, with the model's extractor."""
+def _output_file(path: str) -> Path:
+    """``path`` as a file to write, refused at once when it cannot be one."""
+    out = Path(path)
+    if out.is_dir():
+        raise Image2VecError(f"--out {out} is a folder: give a file name such as {out / 'model.npz'}")
+    if not out.parent.is_dir():
+        raise Image2VecError(f"the folder of --out {out} does not exist")
+    return out
+
+
+def _extract(files: list[Path], system, metadata: dict, args: argparse.Namespace, on_bad_image: str):
+    """What ``system`` reads (features, or class logits) for image files, and the files kept.
+
+    Extracted in a throw-away store with the model's extractor.
+    """
+    from image2vec.datasets import reads_logits
     from image2vec.features import extract_features
 
+    logits = reads_logits(system)
     with tempfile.TemporaryDirectory(prefix="image2vec-") as store:
         feature_set = extract_features(files, store, extractor=metadata.get("extractor", "efficientnet-lite0"),
-                                       device=args.device, on_bad_image=on_bad_image, progress=False)
-        return np.array(feature_set.features), list(feature_set.files)
+                                       device=args.device, on_bad_image=on_bad_image, logits=logits,
+                                       progress=False)
+        inputs = feature_set.logits if logits else feature_set.features
+        return np.array(inputs), list(feature_set.files)
 
 
 def _load_model(path: str):
@@ -88,7 +111,7 @@ def _load_model(path: str):
 
 def _cmd_summarize(args: argparse.Namespace) -> int:
     system, metadata = _load_model(args.model)
-    features, files = _extract([Path(f) for f in args.images], metadata, args, args.on_bad_image)
+    features, files = _extract([Path(f) for f in args.images], system, metadata, args, args.on_bad_image)
     summary = system.summarize(features, args.k)
     rows = [{"image": f, "words": words, "scores": [round(float(s), 4) for s in scores[: len(words)]]}
             for f, words, scores in zip(files, summary.words, summary.scores)]
@@ -136,7 +159,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     for word in args.words:
         system.word_index(word)  # an unknown word fails before any feature is computed
-    features, kept = _extract(files, metadata, args, on_bad_image="skip")
+    features, kept = _extract(files, system, metadata, args, on_bad_image="skip")
     order, distances = system.retrieve(args.words, features, args.n)
     print(f"images nearest to {' + '.join(args.words)}:")
     for rank, (i, distance) in enumerate(zip(order, distances), start=1):
@@ -145,17 +168,19 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from image2vec.datasets import vocabulary_of
+    from image2vec.datasets import reads_logits, vocabulary_of
     from image2vec.evaluate import evaluate
 
     system, metadata = _load_model(args.model)
     args.extractor = metadata.get("extractor", "efficientnet-lite0")
     with tempfile.TemporaryDirectory(prefix="image2vec-") as scratch:
         store = Path(args.features) if args.features else Path(scratch)
-        data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)))
-    result = evaluate(system, data.features, data.truth, k=args.k, queries=data.queries)
-    if args.json:
-        print(json.dumps(result))
+        data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)),
+                          logits=reads_logits(system))
+    result = evaluate(system, data.inputs_for(system), data.truth, k=args.k, queries=data.queries)
+    if args.json:  # NaN (e.g. no word with both positive and negative images) as null
+        print(json.dumps({key: None if isinstance(value, float) and np.isnan(value) else value
+                          for key, value in result.items()}))
     else:
         print(f"{args.model} on {result['n_images']} images, k={args.k}: "
               + ", ".join(f"{key} {result[key]:.3f}" for key in ("precision", "recall", "f1", "map")
@@ -188,12 +213,20 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
 
@@ -224,7 +257,7 @@ def _add_features_parser(sub) -> None:
     feats.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip",
                        help="a missing, broken or oversized image is skipped with a warning "
                             "(listed in the index) or stops the run (default: skip)")
-    feats.add_argument("--workers", type=int, default=0,
+    feats.add_argument("--workers", type=_non_negative_int, default=0,
                        help="image decoding processes (default: 0, in the main process)")
     feats.add_argument("--quiet", action="store_true", help="no progress bar")
     feats.set_defaults(func=_cmd_features)
@@ -274,14 +307,21 @@ def _add_model_parsers(sub) -> None:
     _add_data_options(train, tags=True)
     train.add_argument("--instances", metavar="ANN.json", help="COCO instances file (categories)")
     train.add_argument("--model", choices=SYSTEM_NAMES, default="learn-all", help="default: learn-all")
-    train.add_argument("--objective", choices=("l2", "ip"), default="l2", help="default: l2")
-    train.add_argument("--solver", choices=("bcd", "sgd"), default="bcd", help="default: bcd")
-    train.add_argument("--dim", type=_positive_int, default=256, help="embedding dimension (default: 256)")
-    train.add_argument("--min-count", type=_positive_int, default=2,
-                       help="keep words in at least this many images (default: 2; 5 on COCO)")
-    train.add_argument("--lam", type=float, default=None, help="ridge weight (l2; default 1e-3)")
-    train.add_argument("--gamma", type=float, default=0.0, help="co-occurrence incoherence (l2)")
-    train.add_argument("--readout", choices=("omp", "rank"), default="omp", help="default: omp")
+    # Model settings default to None: the system's own default, and an option that a system
+    # does not take (--objective for prior) is refused rather than ignored.
+    train.add_argument("--objective", choices=("l2", "ip"), help="Image2Vec models (default: l2)")
+    train.add_argument("--solver", choices=("bcd", "sgd"), help="Image2Vec models (default: bcd)")
+    train.add_argument("--dim", type=_positive_int,
+                       help="embedding dimension of the Image2Vec models (default: 256)")
+    train.add_argument("--min-count", type=_positive_int, default=None,
+                       help="keep words in at least this many images (default: 2 below 1000 "
+                            "training images, else 5)")
+    train.add_argument("--lam", type=float, help="ridge weight (l2 objective; default 1e-3)")
+    train.add_argument("--gamma", type=float, help="co-occurrence incoherence (l2; default 0)")
+    train.add_argument("--readout", choices=("omp", "rank"),
+                       help="summary read-out of the Image2Vec models (default: omp)")
+    train.add_argument("--attention", choices=("full", "no_cross", "none"),
+                       help="attention ablation of cvs, mcvs, rvs (default: full)")
     train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")
     train.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
     train.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
@@ -330,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (Image2VecError, FileNotFoundError, PermissionError) as exc:
+    except (Image2VecError, OSError) as exc:  # OSError: a path that is a folder, a full disk, ...
         print(f"image2vec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,8 +8,8 @@ COCO folder (``--coco ROOT``, e.g. the 80-image subset), it
    frequency-prior and nearest-neighbour baselines by k-fold cross-validation (P/R/F1@3, mAP,
    retrieval recall@5) and prints the table (also ``results.csv``);
 3. trains the default model (learn-all, l2) on every image, saves it (``model.npz``), prints
-   each image's 3-word summary and the visually similar words of two query words;
-4. draws the images with their summaries under them (``summaries.png``).
+   the 3-word summaries of the first 20 images and the visually similar words of two words;
+4. draws those images with their summaries under them (``summaries.png``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from image2vec.evaluate import cross_validate
 from image2vec.io import atomic_write, write_json
 
 COMBINATIONS = [(model, objective) for model in ("simple", "learn-all", "weak-tag") for objective in ("l2", "ip")]
+SHOWN = 20  # images summarized, printed and drawn (the first ones of a large COCO folder)
 COLUMNS = ("system", "precision", "recall", "f1", "map", "recall@5", "seconds")
 
 
@@ -38,10 +39,11 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
     else:
         root = Path(coco)
         captions, images, name = root / "annotations" / "captions_train2017.json", root / "train2017", str(root)
-    data = load_caption_data(captions, images, store=out / "features", min_count=2)
+    data = load_caption_data(captions, images, store=out / "features")
     n_images, n_words = data.targets.shape
     n_splits = 5 if n_images >= 50 else 4
-    print(f"\n{name}: {n_images} images, {n_words} words (min_count 2), features {data.features.shape[1]}-d "
+    print(f"\n{name}: {n_images} images, {n_words} words (min_count "
+          f"{data.vocabulary.info['min_count']}), features {data.features.shape[1]}-d "
           f"({data.extractor}); {n_splits}-fold cross-validation, k = 3, dim = {dim}")
 
     candidates = [(f"{model} / {objective}", model, {"objective": objective}) for model, objective in COMBINATIONS]
@@ -63,17 +65,18 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
     model = systems.make_system("learn-all", dim=dim, random_state=random_state)
     model.fit(data.features, data.targets, words=words)
     systems.save(model, out / "model.npz", metadata={"extractor": data.extractor, "source": str(captions)})
-    summary = model.summarize(data.features, 3)
-    print("\nSummaries (learn-all, l2, trained on all images):")
-    for file, summary_words in zip(data.files, summary.words):
+    shown = data.files[:SHOWN]
+    summary = model.summarize(data.features[:SHOWN], 3)
+    print(f"\nSummaries (learn-all, l2, trained on all images) of {len(shown)} images:")
+    for file, summary_words in zip(shown, summary.words):
         print(f"  {Path(file).name:28s} {' + '.join(summary_words)}")
     # Query words: the two with the longest vectors, the most visual words under l2.
     queries = [words[v] for v in np.argsort(-np.linalg.norm(model.dictionary_, axis=0))[:2]]
     print("\nVisually similar words (cosine of the columns of D) of the two most visual words:")
     for word in queries:
         print(f"  {word}: " + ", ".join(f"{w} ({c:.2f})" for w, c in model.similar(word, 5)))
-    draw_summaries(data.files, summary.words, out / "summaries.png")
-    write_json(out / "summaries.json", [{"image": f, "words": w} for f, w in zip(data.files, summary.words)])
+    draw_summaries(shown, summary.words, out / "summaries.png")
+    write_json(out / "summaries.json", [{"image": f, "words": w} for f, w in zip(shown, summary.words)])
     print(f"\nWrote {out / 'results.csv'}, {out / 'model.npz'}, {out / 'summaries.png'}")
     return rows
 

@@ -89,18 +89,25 @@ def load_system(path: str | os.PathLike, registry: dict[str, type]) -> tuple[Any
             f"{info.get('image2vec_version')}); this image2vec {__version__} reads version "
             f"{FORMAT_VERSION}: retrain the model")
     name = info.get("system")
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise Image2VecError(f"{path} holds an unknown system {name!r}; known: {', '.join(registry)}")
-    system = registry[name](**info["params"])
-    for attribute in info["sparse"]:
-        parts = [arrays.pop(f"{attribute}.{part}") for part in _SPARSE_PARTS]
-        setattr(system, attribute, sp.csr_matrix(tuple(parts[:3]), shape=tuple(parts[3])))
-    for attribute, value in {**info["values"], **arrays}.items():
-        setattr(system, attribute, value)
+    try:
+        system = registry[name](**info["params"])
+        for attribute in info["sparse"]:
+            parts = [arrays.pop(f"{attribute}.{part}") for part in _SPARSE_PARTS]
+            setattr(system, attribute, sp.csr_matrix(tuple(parts[:3]), shape=tuple(parts[3])))
+        for attribute, value in {**info["values"], **arrays}.items():
+            if not (attribute.endswith("_") and not attribute.startswith("_")):
+                raise ValueError(f"{attribute!r} is not a fitted attribute")
+            setattr(system, attribute, value)
+    except KeyError as exc:
+        raise Image2VecError(f"{path} is not a complete image2vec model file ({exc} is missing)") from None
+    except (TypeError, ValueError) as exc:
+        raise Image2VecError(f"{path} is a malformed image2vec model file ({exc})") from None
     check = getattr(system, "check_loaded", None)
     if check is not None:
         try:
             check()
-        except (ValueError, KeyError, AttributeError) as exc:
+        except (ValueError, KeyError, AttributeError, TypeError, IndexError) as exc:
             raise Image2VecError(f"{path} is inconsistent: {exc}") from None
-    return system, info["metadata"], name
+    return system, info.get("metadata") or {}, name

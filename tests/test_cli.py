@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from image2vec import __version__
+from image2vec.baselines.imnet_glove import load_glove
 from image2vec.cli import main
 
 
@@ -63,6 +64,49 @@ def test_similar_and_retrieve(trained, coco_mini, capsys):
     assert main(["retrieve", "--model", str(model), "--images", str(coco_mini / "train2017"), "-n", "4", "dog"]) == 0
     ranked = [l for l in capsys.readouterr().out.splitlines() if l.strip()[:2].rstrip(".").isdigit()]
     assert len(ranked) == 4
+    dogs = files_whose_captions_say(coco_mini, "dog")  # 6 of the 80 images
+    hits = [line for line in ranked if line.split()[1] in dogs]
+    assert len(hits) >= 2  # chance: 4 x 6 / 80 = 0.3
+
+
+def files_whose_captions_say(coco_mini, word):
+    annotations = json.loads((coco_mini / "annotations" / "captions_train2017.json").read_text())
+    said = {a["image_id"] for a in annotations["annotations"] if word in a["caption"].lower().split()}
+    return {str(coco_mini / "train2017" / image["file_name"]) for image in annotations["images"]
+            if image["id"] in said}
+
+
+def test_imnet_glove_trains_summarizes_and_evaluates_from_the_command_line(coco_mini, tmp_path, capsys):
+    captions = str(coco_mini / "annotations" / "captions_train2017.json")
+    model, store = tmp_path / "imnet.npz", tmp_path / "store"
+    assert main(["train", "--captions", captions, "--images", str(coco_mini / "train2017"),
+                 "--model", "imnet-glove", "--min-count", "1", "--features", str(store), "--out", str(model),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    shown = {"000000466137.jpg": "teddy", "000000054718.jpg": "elephant", "000000281789.jpg": "zebra"}
+    files = [str(coco_mini / "train2017" / name) for name in shown]
+    assert main(["summarize", "--model", str(model), "--json", *files]) == 0
+    for row, word in zip(json.loads(capsys.readouterr().out), shown.values()):
+        assert {word, *load_glove().nearest(word, 5)} & set(row["words"]), row
+    assert main(["evaluate", "--model", str(model), "--captions", captions, "--images",
+                 str(coco_mini / "train2017"), "--features", str(store), "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_images"] == 80 and 0 < result["precision"] <= 1 and 0 < result["map"] <= 1
+
+
+def test_options_a_system_does_not_take_are_refused_before_any_work(coco_mini, tmp_path, capsys):
+    status = main(["train", "--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
+                   "--images", str(coco_mini / "train2017"), "--model", "prior", "--objective", "ip",
+                   "--out", str(tmp_path / "prior.npz")])
+    assert status == 2
+    assert "prior does not take objective" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no feature store was started
+
+
+def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["features", "--sample", "--workers", "-1", "--out", str(tmp_path / "store")])
+    assert exit_.value.code == 2 and "expected an integer >= 0, got '-1'" in capsys.readouterr().err
 
 
 def test_interactive_similar_from_a_pipe(trained):
@@ -83,6 +127,9 @@ def test_interactive_similar_from_a_pipe(trained):
         (["retrieve", "--model", "{model}", "--images", "{folder}", "zebraaa"], "unknown word 'zebraaa'"),
         (["summarize", "--model", "{future}", "{image}"], "format version 99"),
         (["train", "--captions", "{junk}", "--images", "{folder}", "--out", "{new}"], "not valid JSON"),
+        (["train", "--captions", "{junk}", "--images", "{folder}", "--out", "{tmp}"], "is a folder"),
+        (["summarize", "--model", "{headless}", "{image}"], "'params' is missing"),
+        (["summarize", "--model", "{alien}", "{image}"], "malformed image2vec model file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(trained, coco_mini, tmp_path, arguments, message):
@@ -92,9 +139,13 @@ def test_bad_input_is_one_line_and_exit_2(trained, coco_mini, tmp_path, argument
     with np.load(model, allow_pickle=False) as data:
         arrays = dict(data)
     info = json.loads(str(arrays["__info__"]))
-    np.savez(tmp_path / "future.npz", **{**arrays, "__info__": np.array(json.dumps({**info, "format_version": 99}))})
+    for name, header in (("future", {**info, "format_version": 99}),
+                         ("headless", {key: value for key, value in info.items() if key != "params"}),
+                         ("alien", {**info, "params": {**info["params"], "colour": "red"}})):
+        np.savez(tmp_path / f"{name}.npz", **{**arrays, "__info__": np.array(json.dumps(header))})
     values = {"model": model, "missing": tmp_path / "missing.jpg", "junk": junk, "image": images_of(coco_mini, 1)[0],
-              "folder": coco_mini / "train2017", "future": tmp_path / "future.npz", "new": tmp_path / "new.npz"}
+              "folder": coco_mini / "train2017", "new": tmp_path / "new.npz", "tmp": tmp_path,
+              **{name: tmp_path / f"{name}.npz" for name in ("future", "headless", "alien")}}
     argv = [a.format(**{k: str(v) for k, v in values.items()}) for a in arguments]
     run = subprocess.run([sys.executable, "-m", "image2vec", *argv], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
