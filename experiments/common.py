@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 from sklearn.model_selection import KFold, ShuffleSplit  # noqa: E402
 
 from image2vec import systems  # noqa: E402
-from image2vec.baselines.imnet_glove import ImnetGlove  # noqa: E402
 from image2vec.datasets import (  # noqa: E402
     SAMPLE_CAPTIONS,
     WordData,
     load_caption_data,
+    reads_logits,
     sample_image_dir,
 )
 from image2vec.errors import Image2VecError  # noqa: E402
@@ -194,8 +194,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        "captions_SPLIT.json, ROOT/SPLIT/); default: the embedded 20-image sample")
     group.add_argument("--split", default="train2017",
                        help="COCO split: caption file and image folder name (default: train2017)")
-    group.add_argument("--min-count", type=positive_int, default=2,
-                       help="keep words of at least this many images (default: 2)")
+    group.add_argument("--min-count", type=positive_int,
+                       help="keep words of at least this many images (default: 2 below 1000 "
+                       "training images, else 5)")
     group.add_argument("--features", type=Path, metavar="STORE",
                        help="feature store (cache) to use, e.g. shared between runs "
                        "(default: OUT/features)")
@@ -271,9 +272,6 @@ def load_dataset(args: argparse.Namespace, out: OutputFolder) -> tuple[WordData,
         name = f"{root} ({args.split})"
     data = load_caption_data(captions, images, store=feature_store(args, out) / "captions",
                              min_count=args.min_count)
-    if data.targets.shape[1] == 0:
-        raise ExperimentError(f"no word occurs in {args.min_count} images of {name}: "
-                              "lower --min-count")
     return data, name
 
 
@@ -301,8 +299,7 @@ class SystemSpec:
     @property
     def takes_logits(self) -> bool:
         """Whether the system reads ImageNet class logits instead of image features."""
-        cls = systems.BASELINES.get(self.name)
-        return cls is not None and issubclass(cls, ImnetGlove)
+        return reads_logits(systems.BASELINES.get(self.name))
 
     def make(self, dim: int, seed: int, **params: Any) -> Any:
         """A new, unfitted system (parameters it does not take are ignored)."""

@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["cvs", "mcvs", "rvs"])
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("-k", type=int, default=3)
-    parser.add_argument("--min-count", type=int, default=2)
+    parser.add_argument("--min-count", type=int,
+                        help="keep words of at least this many images (default: 2 below 1000 "
+                        "images, else 5)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--random-state", type=int, default=0)
     args = parser.parse_args()
@@ -74,7 +76,7 @@ def main() -> None:
                              store=args.store, instances=annotations / "instances_train2017.json",
                              min_count=args.min_count, progress=False)
     n, v = data.targets.shape
-    print(f"{args.coco}: {n} images, {v} words (min_count {args.min_count}), "
+    print(f"{args.coco}: {n} images, {v} words (min_count {data.vocabulary.info['min_count']}), "
           f"{data.categories.shape[1]} categories; {args.splits}-fold, k = {args.k}, "
           f"labels = {args.labels}")
     splitter = KFold(n_splits=args.splits, shuffle=True, random_state=args.random_state)

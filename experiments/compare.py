@@ -173,7 +173,7 @@ def experiment(args: argparse.Namespace) -> None:
             traces[spec.label] = trace
     ranked = sorted(rows, key=lambda r: -r["f1@3"])
     header = (f"# Comparison on {name}\n\n{n_images} images, {n_words} words (min_count "
-              f"{args.min_count}), {data.features.shape[1]}-d {data.extractor} features; "
+              f"{data.vocabulary.info['min_count']}), {data.features.shape[1]}-d {data.extractor} features; "
               f"{common.describe_splits(splits, n_images)}, seed {args.seed}, Image2Vec dim "
               f"{args.dim}. Metrics are means over the folds: P/R/F1 of k-word summaries "
               "(micro-averaged), mAP over words, word-to-image retrieval recall@K with one held-out "

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--images", type=Path, metavar="DIR",
                       help="image folder of --tags (default for the sample: scikit-image's data "
                       "folder)")
-    data.add_argument("--min-count", type=common.positive_int, default=2,
-                      help="keep tags of at least this many images (default: 2)")
+    data.add_argument("--min-count", type=common.positive_int,
+                      help="keep tags of at least this many images (default: 2 below 1000 "
+                      "images, else 5)")
     data.add_argument("--features", type=Path, metavar="STORE",
                       help="feature store (cache) to use (default: OUT/features)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="l2", help="(default: l2)")
@@ -74,8 +75,6 @@ def experiment(args: argparse.Namespace) -> None:
     data = load_tag_data(tags, images, store=common.feature_store(args, out) / "tags",
                          min_count=args.min_count)
     words = list(data.vocabulary.words)
-    if not words:
-        raise common.ExperimentError(f"no tag occurs in {args.min_count} images: lower --min-count")
     tagged = load_tag_tsv(tags, images)
     raw = dict(zip(tagged.keys, tagged.tags))
     spec = common.SystemSpec("weak-tag", args.objective, args.solver)
@@ -107,7 +106,7 @@ def experiment(args: argparse.Namespace) -> None:
     report = (
         f"# Weak tags before and after the weak-tag model on {name}\n\n"
         f"{len(data.keys)} images, {len(words)} tags in the vocabulary (min_count "
-        f"{args.min_count}); model {spec.label}, dim {args.dim}, seed {args.seed}, trained on all "
+        f"{data.vocabulary.info['min_count']}); model {spec.label}, dim {args.dim}, seed {args.seed}, trained on all "
         f"images. {kept} of {len(weight_rows)} (image, tag) pairs keep a weight >= "
         f"{args.threshold}.\n\n    {args.command}\n\n"
         "## Tags per image\n\nBefore: every normalised tag with its learned weight; struck out: "
