@@ -177,14 +177,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         store = Path(args.features) if args.features else Path(scratch)
         data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)),
                           logits=reads_logits(system))
-    result = evaluate(system, data.inputs_for(system), data.truth, k=args.k, queries=data.queries)
+    result = evaluate(system, data.inputs_for(system), data.truth, k=args.k, queries=data.queries,
+                      labels=data.categories)
     if args.json:  # NaN (e.g. no word with both positive and negative images) as null
         print(json.dumps({key: None if isinstance(value, float) and np.isnan(value) else value
                           for key, value in result.items()}))
     else:
         print(f"{args.model} on {result['n_images']} images, k={args.k}: "
               + ", ".join(f"{key} {result[key]:.3f}" for key in ("precision", "recall", "f1", "map")
-                          + tuple(key for key in result if key.startswith("recall@"))))
+                          + tuple(key for key in result if key.startswith(("recall@", "map@")))))
     return 0
 
 
@@ -354,6 +355,8 @@ def _add_model_parsers(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="score a model on captioned images")
     evaluate.add_argument("--model", required=True, metavar="MODEL.npz")
     _add_data_options(evaluate, tags=False)
+    evaluate.add_argument("--instances", metavar="ANN.json",
+                          help="COCO instances file: adds the cross-modal mAP@50 of cvs, mcvs, rvs")
     evaluate.add_argument("-k", type=_positive_int, default=3, help="summary length (default: 3)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_cmd_evaluate)

@@ -13,7 +13,12 @@ image n's captions):
   precision of ranking the images by the word's score; the mean over those words;
 - retrieval recall at 1, 5, 10: each image's held-out caption (its vocabulary words, as a
   query indicator q) ranks all images; recall@K is the fraction of queries whose own image is
-  among the top K.
+  among the top K;
+- cross-modal mAP@50 (systems with a common space, ``embed_images`` / ``embed_texts``, given
+  category labels): each image queries the images' bags of caption words (``map@50 i2t``) and
+  each bag of words queries the images (``map@50 t2i``) by cosine, relevance = sharing a
+  category, among the images with at least one category (see
+  :func:`image2vec.metrics.cross_modal_map_at_k`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import KFold
+
+from image2vec.metrics import cross_modal_map_at_k
 
 RECALL_AT = (1, 5, 10)
 
@@ -83,7 +90,40 @@ def query_scores(system: Any, F: np.ndarray, queries: Any) -> np.ndarray:
     return np.asarray(Q @ standard.T)
 
 
-def evaluate(system: Any, F: np.ndarray, truth: Any, *, k: int = 3, queries: Any = None) -> dict:
+def cross_modal_map(system: Any, F: np.ndarray, texts: Any, labels: Any, k: int = 50) -> dict[str, float]:
+    """mAP@k image -> text and text -> image of a common-space system, relevance = a shared label.
+
+    Parameters
+    ----------
+    system : fitted model with ``embed_images(F)`` and ``embed_texts(X)``
+    F : ndarray of shape (N, p)
+    texts : {array, sparse matrix} of shape (N, V)
+        Each image's bag of caption words.
+    labels : {array, sparse matrix} of shape (N, C)
+        Category labels; images without any are left out.
+    k : int
+        Depth of the ranking.
+
+    Returns
+    -------
+    dict
+        ``map@{k} i2t`` and ``map@{k} t2i``; NaN when no image has a label.
+    """
+    labels = sp.csr_matrix(labels)
+    if labels.shape[0] != F.shape[0]:
+        raise ValueError(f"labels have {labels.shape[0]} rows but there are {F.shape[0]} images")
+    labelled = np.flatnonzero(labels.getnnz(axis=1) > 0)
+    if not labelled.size:
+        return {f"map@{k} i2t": float("nan"), f"map@{k} t2i": float("nan")}
+    y = (labels[labelled] > 0).toarray()
+    images = system.embed_images(F[labelled])
+    words = system.embed_texts(sp.csr_matrix(texts)[labelled])
+    return {f"map@{k} i2t": cross_modal_map_at_k(images, y, words, y, k),
+            f"map@{k} t2i": cross_modal_map_at_k(words, y, images, y, k)}
+
+
+def evaluate(system: Any, F: np.ndarray, truth: Any, *, k: int = 3, queries: Any = None,
+             labels: Any = None) -> dict:
     """Score one fitted system on images F with truth T (and optional retrieval queries).
 
     Parameters
@@ -96,12 +136,16 @@ def evaluate(system: Any, F: np.ndarray, truth: Any, *, k: int = 3, queries: Any
         Summary length.
     queries : {array, sparse matrix} of shape (N, V), optional
         Row n: the words of a held-out caption of image n.
+    labels : {array, sparse matrix} of shape (N, C), optional
+        Category labels (e.g. COCO instance categories), for the cross-modal mAP@50 of
+        common-space systems.
 
     Returns
     -------
     dict
-        ``k``, ``n_images``, ``precision``, ``recall``, ``f1``, ``map``, ``n_words_map`` and,
-        with queries, ``recall@1``, ``recall@5``, ``recall@10``.
+        ``k``, ``n_images``, ``precision``, ``recall``, ``f1``, ``map``, ``n_words_map``; with
+        queries, ``recall@1``, ``recall@5``, ``recall@10``; with labels and a common-space
+        system, ``map@50 i2t`` and ``map@50 t2i`` (the truth is the bag of words).
     """
     summary = system.summarize(F, k)
     precision, recall, f1 = precision_recall_f1(summary.indices, truth)
@@ -110,6 +154,8 @@ def evaluate(system: Any, F: np.ndarray, truth: Any, *, k: int = 3, queries: Any
               "f1": f1, "map": mean_ap, "n_words_map": n_words}
     if queries is not None:
         result.update(retrieval_recall(query_scores(system, F, queries)))
+    if labels is not None and hasattr(system, "embed_texts"):
+        result.update(cross_modal_map(system, F, truth, labels))
     return result
 
 
