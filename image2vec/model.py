@@ -36,7 +36,6 @@ MODELS = ("simple", "learn-all", "weak-tag")
 OBJECTIVES = ("l2", "ip")
 SOLVERS = ("bcd", "sgd")
 READOUTS = ("omp", "rank")
-DEFAULT_PRIOR_WEIGHT = {"l2": 0.3, "ip": 1.0}
 
 
 class Image2Vec(TransformerMixin, BaseEstimator):
@@ -69,10 +68,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         min_{x >= 0, ||x||_0 <= k} ||r - D x||^2 + prior_weight ||x - xbar||^2 greedily
         (non-negative OMP over the atoms [d_v; sqrt(prior_weight) e_v], words ordered by
         coefficient, the estimate of x_nv); ``rank`` takes the k highest scores D^T r.
-    prior_weight : float, optional
+    prior_weight : float, default 1.0
         mu above: pulls the sparse code towards the training mean xbar, a word-frequency
-        prior; 0 gives plain non-negative OMP over D. Default 0.3 (``l2``) and 1.0 (``ip``,
-        whose unit-norm words carry no frequency information, so the prior needs more weight).
+        prior; 0 gives plain non-negative OMP over D.
     normalize : bool, default True
         L2-normalise the centred features.
     whiten : bool, default False
@@ -123,7 +121,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         gamma: float = 0.0,
         k: int = 3,
         readout: str = "omp",
-        prior_weight: float | None = None,
+        prior_weight: float = 1.0,
         normalize: bool = True,
         whiten: bool = False,
         max_iter: int = 50,
@@ -175,7 +173,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        lam, _ = self._check_params()
+        lam = self._check_params()
         F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
                              multi_output=True, y_numeric=False)
         X = self._targets(X)
@@ -222,8 +220,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             self.tag_weights_ = a_step.weights_matrix()
         return self
 
-    def _check_params(self) -> tuple[float, float]:
-        """Validate the hyper-parameters; returns the effective lam and prior weight mu."""
+    def _check_params(self) -> float:
+        """Validate the hyper-parameters; returns the effective lam."""
         for name, value, allowed in (("model", self.model, MODELS), ("objective", self.objective, OBJECTIVES),
                                      ("solver", self.solver, SOLVERS), ("readout", self.readout, READOUTS),
                                      ("device", self.device, ("cpu", "cuda"))):
@@ -239,11 +237,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                 "so there is no norm to penalise"
             )
         lam = 1e-3 if self.lam is None and self.objective == "l2" else (self.lam or 0.0)
-        mu = DEFAULT_PRIOR_WEIGHT[self.objective] if self.prior_weight is None else self.prior_weight
-        if lam < 0 or self.gamma < 0 or mu < 0:
+        if lam < 0 or self.gamma < 0 or self.prior_weight < 0:
             raise ValueError(f"lam, gamma and prior_weight must be >= 0, got lam={lam}, "
-                             f"gamma={self.gamma}, prior_weight={mu}")
-        return float(lam), float(mu)
+                             f"gamma={self.gamma}, prior_weight={self.prior_weight}")
+        return float(lam)
 
     def _targets(self, X: Any) -> sp.csr_matrix:
         """X as CSR float64 (N x V); a 1-d label vector becomes one indicator column per label."""
@@ -346,7 +343,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
     def _readout_gram(self) -> tuple[float, np.ndarray]:
         """mu and the read-out's Gram matrix G = D^T D + mu I, cached per dictionary and mu."""
-        _, mu = self._check_params()
+        mu = float(self.prior_weight)
         cached = getattr(self, "_gram_cache", None)
         if cached is None or cached[0] != mu or cached[1] is not self.dictionary_:
             gram = self.dictionary_.T @ self.dictionary_ + mu * np.eye(self.dictionary_.shape[1])

@@ -92,7 +92,7 @@ def test_every_combination_trains_and_summarizes(model, objective, solver):
     if solver == "bcd":
         assert (np.diff(values) <= 1e-9 * np.abs(values).max()).all()
     # Far above chance (3 / 24 per slot). The planted words are equally frequent, so the
-    # read-out's word-frequency prior (weight 1 under ip) carries no information here.
+    # read-out's word-frequency prior carries no information here.
     assert visual_recall(fitted, F, X, n_visual) > 0.35
 
 
