@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from image2vec.errors import Image2VecError
-from image2vec.summary import Summary
+from image2vec.summary import Summary, check_words
 from solvers import (
     bcd,
     box_least_squares,
@@ -177,7 +177,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
                              multi_output=True, y_numeric=False)
         X = self._targets(X)
-        self.words_ = self._check_words(words, X.shape[1])
+        self.words_ = check_words(words, X.shape[1], getattr(self, "classes_", None))
         if self.model != "simple" and self.dim > F.shape[1]:
             raise ValueError(
                 f"dim={self.dim} exceeds n_features={F.shape[1]}: model={self.model!r} needs "
@@ -254,15 +254,6 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         if X.nnz and X.data.min() < 0:
             raise ValueError("word targets X must be >= 0 (x_nv: how strongly word v describes image n)")
         return X
-
-    def _check_words(self, words: Any, n_words: int) -> np.ndarray:
-        if words is None:
-            names = self.classes_ if hasattr(self, "classes_") else [f"w{v}" for v in range(n_words)]
-            return np.asarray([str(w) for w in names])
-        words = np.asarray([str(w) for w in words])
-        if words.shape != (n_words,):
-            raise ValueError(f"words has {words.size} entries but X has {n_words} columns")
-        return words
 
     def _array_module(self):
         if self.device == "cpu":

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+
+def check_words(words: Sequence | None, n_words: int, default: Sequence | None = None) -> np.ndarray:
+    """The vocabulary of a summarizer as a string array of length V = ``n_words``.
+
+    ``words`` None: ``default`` (e.g. the labels of a 1-d fit) or "w0", "w1", ...
+
+    Raises
+    ------
+    ValueError
+        ``words`` does not have one entry per target column.
+    """
+    if words is None:
+        words = default if default is not None else [f"w{v}" for v in range(n_words)]
+    words = np.asarray([str(w) for w in words])
+    if words.shape != (n_words,):
+        raise ValueError(f"words has {words.size} entries but the targets have {n_words} columns")
+    return words
 
 
 @dataclass(frozen=True)

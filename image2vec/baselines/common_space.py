@@ -32,7 +32,8 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from image2vec.baselines.cvs import CVS, MCVS, RVS
-from image2vec.baselines.neighbors import _words, _WordScorer
+from image2vec.baselines.neighbors import WordScorer
+from image2vec.summary import check_words
 
 __all__ = ["CommonSpaceSummarizer", "VARIANTS"]
 
@@ -51,7 +52,7 @@ def _dense_indicator(name: str, a: Any, n_rows: int) -> np.ndarray:
     return (matrix != 0).toarray().astype(np.float32)
 
 
-class CommonSpaceSummarizer(_WordScorer):
+class CommonSpaceSummarizer(WordScorer):
     """Summaries by cosine to one-word texts in a CVS / M-CVS / RVS common space.
 
     Parameters
@@ -143,7 +144,7 @@ class CommonSpaceSummarizer(_WordScorer):
         F, y = validate_data(self, X, y, accept_sparse=False, multi_output=True, dtype=np.float32)
         text = _dense_indicator("y", y, F.shape[0])
         Y = text if labels is None else _dense_indicator("labels", labels, F.shape[0])
-        self.words_ = _words(words, text.shape[1])
+        self.words_ = check_words(words, text.shape[1])
         self.feature_mean_ = F.mean(axis=0)
         scale = F.std(axis=0)
         self.feature_scale_ = np.where(scale > 0, scale, 1.0).astype(np.float32)

@@ -9,21 +9,12 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from image2vec.summary import Summary
+from image2vec.summary import Summary, check_words
 
 _BLOCK_ELEMENTS = 1 << 22  # similarities held at once (32 MiB of float64)
 
 
-def _words(words: Any, n_words: int) -> np.ndarray:
-    if words is None:
-        return np.asarray([f"w{v}" for v in range(n_words)])
-    words = np.asarray([str(w) for w in words])
-    if words.shape != (n_words,):
-        raise ValueError(f"words has {words.size} entries but the targets have {n_words} columns")
-    return words
-
-
-class _WordScorer(BaseEstimator):
+class WordScorer(BaseEstimator):
     """Shared read-out: summaries are the k highest word scores of ``decision_function``."""
 
     def summarize(self, F: Any, k: int = 3) -> Summary:
@@ -31,7 +22,7 @@ class _WordScorer(BaseEstimator):
         return Summary.top_k(self.decision_function(F), k, self.words_)
 
 
-class FrequencyPrior(_WordScorer):
+class FrequencyPrior(WordScorer):
     """Every image gets the same word scores: the fraction of training images with the word.
 
     Its summary is the k most frequent training words, whatever the image: the floor that any
@@ -43,7 +34,7 @@ class FrequencyPrior(_WordScorer):
         _, y = validate_data(self, X, y, accept_sparse=False, multi_output=True)
         truth = sp.csr_matrix(y) > 0
         self.frequency_ = np.asarray(truth.mean(axis=0)).ravel()
-        self.words_ = _words(words, truth.shape[1])
+        self.words_ = check_words(words, truth.shape[1])
         return self
 
     def decision_function(self, F: Any) -> np.ndarray:
@@ -58,7 +49,7 @@ class FrequencyPrior(_WordScorer):
             raise ValueError(f"{self.words_.size} words for {self.frequency_.size} word frequencies")
 
 
-class NearestNeighborTransfer(_WordScorer):
+class NearestNeighborTransfer(WordScorer):
     """Word scores = similarity-weighted votes of the K nearest training images.
 
     score_nv = sum_{j in N_K(n)} max(cos(f_n, f_j), 0) x_jv, with cosine similarity of the
@@ -93,7 +84,7 @@ class NearestNeighborTransfer(_WordScorer):
             raise ValueError(f"candidates must be positive integers, got {self.candidates!r}")
         F, y = validate_data(self, X, y, accept_sparse=False, multi_output=True, dtype=np.float64)
         self.targets_ = sp.csr_matrix(y, dtype=np.float64)
-        self.words_ = _words(words, self.targets_.shape[1])
+        self.words_ = check_words(words, self.targets_.shape[1])
         self.feature_mean_ = F.mean(axis=0)
         self.train_features_ = self._unit(F)
         if self.n_neighbors is not None:
