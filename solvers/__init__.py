@@ -4,10 +4,12 @@
 - :func:`bcd`: block coordinate descent on the sufficient statistics of DESIGN.md section 3.
 - :func:`sgd`: minibatch stochastic gradient on the same objectives, streaming rows.
 - :func:`box_least_squares`: batched box-constrained least squares (the weak-tag A-step).
+- :func:`sufficient_stats_dask`: the sufficient statistics as a Dask tree reduction (``[dist]``).
 """
 
 from solvers.boxls import box_least_squares
 from solvers.bcd import SolverResult, bcd, d_step, polar, random_orthonormal_rows, w_step
+from solvers.distributed import sufficient_stats_dask
 from solvers.objective import (
     SufficientStats,
     incoherence_weights,
@@ -34,5 +36,6 @@ __all__ = [
     "sgd",
     "streaming_objective",
     "sufficient_stats",
+    "sufficient_stats_dask",
     "w_step",
 ]
