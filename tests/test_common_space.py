@@ -127,5 +127,5 @@ def test_train_cvs_with_instances_then_evaluate(coco_mini, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["n_images"] == 80 and 0 < result["precision"] <= 1 and 0 < result["map"] <= 1
     # Cross-modal retrieval on its own training images, relevance = a shared COCO category:
-    # random embeddings score about 0.3 on these labels.
+    # random embeddings score about 0.35 on these labels (mean of 20 draws).
     assert 0.5 < result["map@50 i2t"] <= 1 and 0.5 < result["map@50 t2i"] <= 1
