@@ -6,7 +6,7 @@ COCO folder (``--coco ROOT``, e.g. the 80-image subset), it
 1. extracts and caches EfficientNet-Lite0 features and builds the caption vocabulary;
 2. scores the six model x objective combinations, both read-outs of the default model and the
    frequency-prior and nearest-neighbour baselines by k-fold cross-validation (P/R/F1@3, mAP,
-   retrieval recall@5) and prints the table (also ``results.csv``);
+   retrieval recall@1) and prints the table (also ``results.csv``);
 3. trains the default model (learn-all, l2) on every image, saves it (``model.npz``), prints
    the 3-word summaries of the first 20 images and the visually similar words of two words;
 4. draws those images with their summaries under them (``summaries.png``).
@@ -28,7 +28,7 @@ from image2vec.io import atomic_write, write_json
 
 COMBINATIONS = [(model, objective) for model in ("simple", "learn-all", "weak-tag") for objective in ("l2", "ip")]
 SHOWN = 20  # images summarized, printed and drawn (the first ones of a large COCO folder)
-COLUMNS = ("system", "precision", "recall", "f1", "map", "recall@5", "seconds")
+COLUMNS = ("system", "precision", "recall", "f1", "map", "recall@1", "seconds")
 
 
 def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int = 0, dim: int = 64) -> list[dict]:
@@ -83,11 +83,11 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of the rows (metrics to three decimals)."""
-    header = f"{'system':32s} {'P@3':>6s} {'R@3':>6s} {'F1@3':>6s} {'mAP':>6s} {'R@5':>6s} {'time':>7s}"
+    header = f"{'system':32s} {'P@3':>6s} {'R@3':>6s} {'F1@3':>6s} {'mAP':>6s} {'ret@1':>6s} {'time':>7s}"
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(f"{row['system']:32s} {row['precision']:6.3f} {row['recall']:6.3f} {row['f1']:6.3f} "
-                     f"{row['map']:6.3f} {row['recall@5']:6.3f} {row['seconds']:6.1f}s")
+                     f"{row['map']:6.3f} {row['recall@1']:6.3f} {row['seconds']:6.1f}s")
     return "\n".join(lines)
 
 
