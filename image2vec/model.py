@@ -378,9 +378,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
         Returns the indices of the n nearest images and their distances.
         """
-        query = np.zeros(len(self.words_))
-        query[[self.word_index(w) for w in words]] = 1
-        distances = np.linalg.norm(self.transform(F) - self.dictionary_ @ query, axis=1)
+        query = np.zeros((1, len(self.words_)))
+        query[0, [self.word_index(w) for w in words]] = 1
+        distances = np.sqrt(np.maximum(-self.retrieval_scores(F, query)[0], 0))
         order = np.argsort(distances, kind="stable")[:n]
         return order, distances[order]
 

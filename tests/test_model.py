@@ -128,6 +128,8 @@ def test_similar_and_retrieve():
     assert nearest == "w1" and cosine > 0.8
     order, distances = model.retrieve(["w1", "w2"], F, n=5)
     assert (np.diff(distances) >= 0).all()
+    direct = np.linalg.norm(model.transform(F) - model.dictionary_[:, [1, 2]].sum(axis=1), axis=1)
+    np.testing.assert_allclose(distances, np.sort(direct)[:5], rtol=1e-6, atol=1e-9)
     assert (X[order][:, [1, 2]].sum(axis=1) >= 1).all()  # the top images show a query word
     with pytest.raises(Image2VecError, match="unknown word 'zebra'"):
         model.similar("zebra")
