@@ -46,9 +46,10 @@ def run_fold(variant: str, data, labels: str, train: np.ndarray, test: np.ndarra
                       queries=data.queries[test], labels=categories[test])
     y = categories[test][categories[test].any(axis=1)]
     rng = np.random.default_rng(random_state)
+    chance = (cross_modal_map_at_k(rng.standard_normal((len(y), 8)), y,
+                                   rng.standard_normal((len(y), 8)), y) if len(y) else float("nan"))
     return {**result, "seconds": seconds, "i2t": result["map@50 i2t"], "t2i": result["map@50 t2i"],
-            "chance": cross_modal_map_at_k(rng.standard_normal((len(y), 8)), y,
-                                           rng.standard_normal((len(y), 8)), y)}
+            "chance": chance}
 
 
 def main() -> None:

@@ -52,6 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from image2vec.datasets import reads_logits
 
     out = _output_file(args.out)
+    if args.tags and args.instances:
+        raise Image2VecError("--instances (COCO categories) goes with --captions, not --tags")
     options = {name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}
     try:  # a combination that makes no sense is refused before any work
         system = systems.make_system(args.model, options, random_state=args.random_state,
@@ -172,6 +174,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from image2vec.evaluate import evaluate
 
     system, metadata = _load_model(args.model)
+    if args.instances and not hasattr(system, "embed_texts"):
+        raise Image2VecError("--instances adds the cross-modal mAP@50 of cvs, mcvs and rvs "
+                             f"models; {args.model} is not one")
     args.extractor = metadata.get("extractor", "efficientnet-lite0")
     with tempfile.TemporaryDirectory(prefix="image2vec-") as scratch:
         store = Path(args.features) if args.features else Path(scratch)
@@ -319,8 +324,9 @@ def _add_model_parsers(sub) -> None:
                             "training images, else 5)")
     train.add_argument("--lam", type=float, help="ridge weight (l2 objective; default 1e-3)")
     train.add_argument("--gamma", type=float, help="co-occurrence incoherence (l2; default 0)")
-    train.add_argument("--readout", choices=("omp", "rank"),
-                       help="summary read-out of the Image2Vec models (default: omp)")
+    train.add_argument("--readout", choices=("omp", "rank", "cosine"),
+                       help="summary read-out: omp (default) or rank for the Image2Vec models, "
+                            "omp or cosine for imnet-glove")
     train.add_argument("--attention", choices=("full", "no_cross", "none"),
                        help="attention ablation of cvs, mcvs, rvs (default: full)")
     train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")

@@ -445,8 +445,8 @@ def extract_features(
     Returns
     -------
     FeatureSet
-        The store read back. If ``store`` already holds these images extracted the same way,
-        it is returned without computing; an unfinished run of the same request resumes after
+        The store read back. If ``store`` already holds these images extracted the same way
+        (with the logits, when they are asked for), it is returned without computing; an unfinished run of the same request resumes after
         its last finished batch.
 
     Raises
@@ -471,7 +471,9 @@ def extract_features(
     if isinstance(extractor, str):
         extractor = load_extractor(extractor, device)
     fingerprint = _fingerprint(extractor, keys, files, logits)
-    if index is not None and index.get("fingerprint") == fingerprint:
+    # A store with the class logits also answers a request for the features alone.
+    answers = {fingerprint, _fingerprint(extractor, keys, files, True)}
+    if index is not None and index.get("fingerprint") in answers:
         logger.info("feature store %s is up to date: reusing it", store)
         return load_features(store)
 

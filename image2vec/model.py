@@ -173,7 +173,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        lam = self._check_params()
+        lam = self.check_params()
         F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
                              multi_output=True, y_numeric=False)
         X = self._targets(X)
@@ -215,13 +215,21 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ Fp.mean(axis=0)
         self.objective_trace_ = result.trace
         self.n_iter_ = result.n_iter
-        self._readout_gram()  # cached here: predicting must not change the estimator
+        if self.readout == "omp":
+            self._readout_gram()  # cached here: predicting must not change the estimator
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
         return self
 
-    def _check_params(self) -> float:
-        """Validate the hyper-parameters; returns the effective lam."""
+    def check_params(self) -> float:
+        """Validate the hyper-parameters (``fit`` does it first); returns the effective lam.
+
+        Raises
+        ------
+        ValueError
+            An unknown model, objective, solver or read-out, a non-positive size, or a
+            combination that makes no sense (lam or gamma with ``objective="ip"``).
+        """
         for name, value, allowed in (("model", self.model, MODELS), ("objective", self.objective, OBJECTIVES),
                                      ("solver", self.solver, SOLVERS), ("readout", self.readout, READOUTS),
                                      ("device", self.device, ("cpu", "cuda"))):
@@ -345,12 +353,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         """Indicator (N, V) of the k summary words; labels of shape (N,) after a 1-d fit."""
         summary = self.summarize(F)
         if hasattr(self, "classes_"):
-            best = summary.indices[:, 0]
-            empty = best < 0  # OMP chose no word (e.g. a zero embedding): the top-scored label
-            if empty.any():
-                best = best.copy()
-                best[empty] = self.decision_function(np.asarray(F)[empty]).argmax(axis=1)
-            return self.classes_[best]
+            # After a label fit the centred targets make the columns of D linearly dependent
+            # with positive weights, so non-negative OMP finds no word only when D^T r = 0:
+            # every label ties, and the first one is returned.
+            return self.classes_[np.maximum(summary.indices[:, 0], 0)]
         indicator = np.zeros((len(summary.indices), len(self.words_)), dtype=np.int64)
         rows, cols = np.nonzero(summary.indices >= 0)
         indicator[rows, summary.indices[rows, cols]] = 1

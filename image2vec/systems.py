@@ -45,7 +45,8 @@ def make_system(name: str, options: dict[str, Any] | None = None, **params: Any)
     Raises
     ------
     ValueError
-        An unknown name, or an option the system does not take.
+        An unknown name, an option the system does not take, or settings its ``check_params``
+        refuses (so that a bad combination fails before any data is loaded).
     """
     if name in MODELS:
         cls, params = Image2Vec, {**params, "model": name}
@@ -58,7 +59,10 @@ def make_system(name: str, options: dict[str, Any] | None = None, **params: Any)
     if refused:
         takes = ", ".join(key for key in accepted if key not in ("model", "variant")) or "no settings"
         raise ValueError(f"{name} does not take {', '.join(refused)} (it takes {takes})")
-    return cls(**{key: value for key, value in {**params, **(options or {})}.items() if key in accepted})
+    system = cls(**{key: value for key, value in {**params, **(options or {})}.items() if key in accepted})
+    if hasattr(system, "check_params"):
+        system.check_params()
+    return system
 
 
 def system_name(system: Any) -> str:

@@ -91,6 +91,8 @@ def sufficient_stats_dask(
         )
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     block_stats = dask.delayed(_block_stats)
     blocks = zip(F.chunks[0], F.to_delayed()[:, 0], _row_blocks(da, X, F.chunks[0]))
     parts = [block_stats(f_block, x_block, chunk_size) for size, f_block, x_block in blocks if size > 0]

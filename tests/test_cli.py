@@ -94,12 +94,21 @@ def test_imnet_glove_trains_summarizes_and_evaluates_from_the_command_line(coco_
     assert result["n_images"] == 80 and 0 < result["precision"] <= 1 and 0 < result["map"] <= 1
 
 
-def test_options_a_system_does_not_take_are_refused_before_any_work(coco_mini, tmp_path, capsys):
-    status = main(["train", "--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
-                   "--images", str(coco_mini / "train2017"), "--model", "prior", "--objective", "ip",
-                   "--out", str(tmp_path / "prior.npz")])
+@pytest.mark.parametrize("options, message", [
+    (["--model", "prior", "--objective", "ip"], "prior does not take objective"),
+    (["--model", "imnet-glove", "--readout", "rank"], "readout must be one of omp, cosine"),
+    (["--model", "learn-all", "--objective", "ip", "--lam", "0.1"], "apply to objective='l2' only"),
+    (["--model", "cvs", "--tags", "tags.tsv"], "--instances (COCO categories) goes with --captions"),
+])
+def test_settings_that_make_no_sense_are_refused_before_any_work(coco_mini, tmp_path, capsys,
+                                                                options, message):
+    annotations = coco_mini / "annotations"
+    source = [] if "--tags" in options else ["--captions", str(annotations / "captions_train2017.json")]
+    status = main(["train", *source, "--images", str(coco_mini / "train2017"), *options,
+                   "--instances", str(annotations / "instances_train2017.json"),
+                   "--out", str(tmp_path / "model.npz")])
     assert status == 2
-    assert "prior does not take objective" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no feature store was started
 
 
@@ -130,6 +139,8 @@ def test_interactive_similar_from_a_pipe(trained):
         (["train", "--captions", "{junk}", "--images", "{folder}", "--out", "{tmp}"], "is a folder"),
         (["summarize", "--model", "{headless}", "{image}"], "'params' is missing"),
         (["summarize", "--model", "{alien}", "{image}"], "malformed image2vec model file"),
+        (["evaluate", "--model", "{model}", "--captions", "{captions}", "--images", "{folder}",
+          "--instances", "{instances}"], "--instances adds the cross-modal mAP@50"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(trained, coco_mini, tmp_path, arguments, message):
@@ -145,6 +156,8 @@ def test_bad_input_is_one_line_and_exit_2(trained, coco_mini, tmp_path, argument
         np.savez(tmp_path / f"{name}.npz", **{**arrays, "__info__": np.array(json.dumps(header))})
     values = {"model": model, "missing": tmp_path / "missing.jpg", "junk": junk, "image": images_of(coco_mini, 1)[0],
               "folder": coco_mini / "train2017", "new": tmp_path / "new.npz", "tmp": tmp_path,
+              "captions": coco_mini / "annotations" / "captions_train2017.json",
+              "instances": coco_mini / "annotations" / "instances_train2017.json",
               **{name: tmp_path / f"{name}.npz" for name in ("future", "headless", "alien")}}
     argv = [a.format(**{k: str(v) for k, v in values.items()}) for a in arguments]
     run = subprocess.run([sys.executable, "-m", "image2vec", *argv], capture_output=True, text=True, timeout=300)

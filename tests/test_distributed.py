@@ -125,10 +125,12 @@ def test_bad_input_is_a_clear_error(da, make, error, message):
         sufficient_stats_dask(*make(da, F, X))
 
 
-def test_split_every_below_two_is_refused(da):
+@pytest.mark.parametrize("setting, message", [({"split_every": 1}, "split_every must be at least 2, got 1"),
+                                              ({"chunk_size": 0}, "chunk_size must be at least 1, got 0")])
+def test_bad_settings_are_refused(da, setting, message):
     F, X = random_data()
-    with pytest.raises(ValueError, match="split_every must be at least 2, got 1"):
-        sufficient_stats_dask(da.from_array(F, chunks=(100, -1)), X, split_every=1)
+    with pytest.raises(ValueError, match=message):
+        sufficient_stats_dask(da.from_array(F, chunks=(100, -1)), X, **setting)
 
 
 def test_missing_dask_names_the_extra(monkeypatch):

@@ -178,11 +178,20 @@ def test_resume_after_interruption(coco, coco_features, lite0, tmp_path):
     assert not (tmp_path / "partial").exists()
 
 
+def test_a_store_with_logits_answers_a_request_for_features_alone(coco, lite0, tmp_path, monkeypatch):
+    with_logits = extract_features(coco.paths[:2], tmp_path, extractor=lite0, logits=True,
+                                   progress=False)
+    monkeypatch.setattr(type(lite0), "__call__", lambda *_: pytest.fail("features recomputed"))
+    again = extract_features(coco.paths[:2], tmp_path, extractor=lite0, progress=False)
+    np.testing.assert_array_equal(again.features, with_logits.features)
+    np.testing.assert_array_equal(again.logits, with_logits.logits)
+
+
 def test_recompute_without_logits_removes_old_logits(coco, lite0, tmp_path):
     with_logits = extract_features(coco.paths[:2], tmp_path, extractor=lite0, logits=True,
                                    progress=False)
     assert with_logits.logits.shape == (2, 1000) and (tmp_path / "logits.npy").is_file()
-    without = extract_features(coco.paths[:2], tmp_path, extractor=lite0, progress=False)
+    without = extract_features(coco.paths[1:3], tmp_path, extractor=lite0, progress=False)
     assert without.logits is None and not (tmp_path / "logits.npy").exists()
     index = json.loads((tmp_path / "index.json").read_text())
     assert list(index["outputs"]) == ["features"]

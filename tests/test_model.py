@@ -229,3 +229,4 @@ def test_whitening_stops_the_drift_to_low_variance_directions():
     assert recall[True] > recall[False] + 0.1
     with pytest.raises(ValueError, match="dim=16 exceeds the 9 directions"):
         Image2Vec(dim=16, whiten=True).fit(F[:10], X[:10])
+

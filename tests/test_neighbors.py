@@ -98,3 +98,31 @@ def test_a_tampered_baseline_file_is_refused(tmp_path, name, attribute):
 def test_unknown_system_name_is_refused():
     with pytest.raises(ValueError, match="unknown model 'cnn'"):
         systems.make_system("cnn")
+
+
+def test_knn_without_a_similar_neighbour_falls_back_to_word_frequencies():
+    # One training image: its centred feature is zero, so no query has a similar neighbour.
+    knn = NearestNeighborTransfer().fit(np.array([[1.0, 2.0]]), np.array([[1.0, 0, 0, 1]]), words=WORDS)
+    scores = knn.decision_function(np.array([[0.0, 1.0], [3.0, -1.0]]))
+    np.testing.assert_allclose(scores, [[1, 0, 0, 1], [1, 0, 0, 1]])
+    assert [sorted(words) for words in knn.summarize(np.array([[0.0, 1.0]]), k=2).words] == [["dog", "tree"]]
+
+
+def test_knn_with_more_neighbours_than_images_saves_and_loads(tmp_path):
+    F, X, _ = clusters(2, 3, label_noise=0.0)
+    knn = NearestNeighborTransfer(n_neighbors=50).fit(F, X)
+    assert knn.n_neighbors_ == 6
+    systems.save(knn, tmp_path / "knn.npz")
+    loaded, _ = systems.load(tmp_path / "knn.npz")
+    np.testing.assert_allclose(loaded.decision_function(F), knn.decision_function(F))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"candidates": ()}, "candidates must be one or more positive integers"),
+    ({"candidates": (0, 3)}, "candidates must be one or more positive integers"),
+    ({"n_neighbors": 0}, "n_neighbors must be a positive integer"),
+])
+def test_knn_refuses_bad_settings(params, message):
+    F, X, _ = clusters(2, 3, label_noise=0.0)
+    with pytest.raises(ValueError, match=message):
+        NearestNeighborTransfer(**params).fit(F, X)

@@ -298,11 +298,7 @@ class ImnetGlove(BaseEstimator):
         words : sequence of str
             The V vocabulary words (required).
         """
-        if not isinstance(self.n_top_classes, (int, np.integer)) or not 1 <= self.n_top_classes <= N_CLASSES:
-            raise ValueError(f"n_top_classes must be an integer in [1, {N_CLASSES}], "
-                             f"not {self.n_top_classes!r}")
-        if self.readout not in _READOUTS:
-            raise ValueError(f"readout must be one of {', '.join(_READOUTS)}, not {self.readout!r}")
+        self.check_params()
         if words is None:
             raise ValueError("imnet-glove needs the vocabulary: fit(X, y, words=...)")
         words = np.asarray([str(w) for w in words])
@@ -328,6 +324,22 @@ class ImnetGlove(BaseEstimator):
             logger.info("imnet-glove: %d of %d vocabulary words have no GloVe vector and are never "
                         "chosen", words.size - int(self.has_vector_.sum()), words.size)
         return self
+
+    def check_params(self) -> None:
+        """Validate the hyper-parameters (``fit`` does it first).
+
+        Raises
+        ------
+        ValueError
+            ``n_top_classes`` outside [1, 1000], or an unknown ``synonyms`` or ``readout``.
+        """
+        if not isinstance(self.n_top_classes, (int, np.integer)) or not 1 <= self.n_top_classes <= N_CLASSES:
+            raise ValueError(f"n_top_classes must be an integer in [1, {N_CLASSES}], "
+                             f"not {self.n_top_classes!r}")
+        for name, allowed in (("synonyms", _SYNONYMS), ("readout", _READOUTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"not {getattr(self, name)!r}")
 
     @classmethod
     def from_words(cls, words: Any, **params: Any) -> "ImnetGlove":

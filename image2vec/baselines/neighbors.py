@@ -79,16 +79,18 @@ class NearestNeighborTransfer(WordScorer):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
                                       or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_neighbors is None and not all(isinstance(K, (int, np.integer)) and K >= 1
-                                                for K in self.candidates):
-            raise ValueError(f"candidates must be positive integers, got {self.candidates!r}")
+        if self.n_neighbors is None and not (
+                len(self.candidates) and all(isinstance(K, (int, np.integer)) and K >= 1
+                                             for K in self.candidates)):
+            raise ValueError(f"candidates must be one or more positive integers, got {self.candidates!r}")
         F, y = validate_data(self, X, y, accept_sparse=False, multi_output=True, dtype=np.float64)
         self.targets_ = sp.csr_matrix(y, dtype=np.float64)
         self.words_ = check_words(words, self.targets_.shape[1])
         self.feature_mean_ = F.mean(axis=0)
         self.train_features_ = self._unit(F)
+        self.frequency_ = np.asarray((self.targets_ > 0).mean(axis=0)).ravel()
         if self.n_neighbors is not None:
-            self.n_neighbors_ = int(self.n_neighbors)
+            self.n_neighbors_ = min(int(self.n_neighbors), F.shape[0])
         else:
             self.n_neighbors_ = self._validate_k()
         return self
@@ -119,11 +121,17 @@ class NearestNeighborTransfer(WordScorer):
                    np.maximum(np.take_along_axis(weights, order, axis=1), 0))
 
     def _votes(self, nearest: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """score_nv = sum_j w_nj x_jv over the given neighbours, dense (n x V)."""
+        """score_nv = sum_j w_nj x_jv over the given neighbours, dense (n x V).
+
+        An image with no neighbour of positive similarity gets the training word frequencies
+        (the frequency prior) instead of all-zero scores.
+        """
         n, K = nearest.shape
         votes = sp.csr_matrix((weights.ravel(), nearest.ravel(), np.arange(0, n * K + 1, K)),
                               shape=(n, self.targets_.shape[0]))
-        return (votes @ self.targets_).toarray()
+        scores = (votes @ self.targets_).toarray()
+        scores[~(weights > 0).any(axis=1)] = self.frequency_
+        return scores
 
     def _validate_k(self) -> int:
         """The candidate K of best leave-one-out F1@k on the training images (ties: smaller K)."""
@@ -153,7 +161,8 @@ class NearestNeighborTransfer(WordScorer):
     def check_loaded(self) -> None:
         """Raise ValueError unless the fitted arrays of a loaded model fit together."""
         n_train, n_words = self.targets_.shape
-        expected = {"train_features_": (n_train, self.feature_mean_.shape[0]), "words_": (n_words,)}
+        expected = {"train_features_": (n_train, self.feature_mean_.shape[0]), "words_": (n_words,),
+                    "frequency_": (n_words,)}
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
