@@ -47,7 +47,6 @@ from image2vec.datasets import (  # noqa: E402
     sample_image_dir,
 )
 from image2vec.errors import Image2VecError  # noqa: E402
-from image2vec.features import extract_features  # noqa: E402
 from image2vec.io import atomic_write  # noqa: E402
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS  # noqa: E402
 
@@ -251,8 +250,12 @@ def feature_store(args: argparse.Namespace, out: OutputFolder) -> Path:
     return args.features if args.features is not None else out.folder("features")
 
 
-def load_dataset(args: argparse.Namespace, out: OutputFolder) -> tuple[WordData, str]:
+def load_dataset(args: argparse.Namespace, out: OutputFolder,
+                 logits: bool = False) -> tuple[WordData, str]:
     """The captioned images of ``--coco``/``--split`` (or the embedded sample) and their name.
+
+    ``logits``: also the ImageNet class logits (for systems that read them), extracted in the
+    same pass as the features.
 
     Raises
     ------
@@ -271,7 +274,7 @@ def load_dataset(args: argparse.Namespace, out: OutputFolder) -> tuple[WordData,
                                       f"ROOT/{args.split}/)")
         name = f"{root} ({args.split})"
     data = load_caption_data(captions, images, store=feature_store(args, out) / "captions",
-                             min_count=args.min_count)
+                             min_count=args.min_count, logits=logits)
     return data, name
 
 
@@ -300,6 +303,10 @@ class SystemSpec:
     def takes_logits(self) -> bool:
         """Whether the system reads ImageNet class logits instead of image features."""
         return reads_logits(systems.BASELINES.get(self.name))
+
+    def inputs(self, data: WordData) -> np.ndarray:
+        """What the system reads for the images of ``data``: the features F or the logits."""
+        return data.inputs_for(systems.BASELINES.get(self.name))
 
     def make(self, dim: int, seed: int, **params: Any) -> Any:
         """A new, unfitted system (parameters it does not take are ignored)."""
@@ -337,30 +344,6 @@ def parse_systems(tokens: Iterable[str]) -> list[SystemSpec]:
                 f"{', '.join(SOLVERS)}, or a baseline: {', '.join(systems.BASELINES)}")
         chosen.extend(spec for spec in matches if spec not in chosen)
     return chosen
-
-
-class Inputs:
-    """What each system reads for the images of a data set: features F, or class logits.
-
-    Logits (for baselines built on the ImageNet classifier) are extracted on first use into
-    the feature store's ``logits/`` folder, for the same files and keys as the features.
-    """
-
-    def __init__(self, data: WordData, store: Path):
-        self.data, self.store = data, store
-        self._logits: np.ndarray | None = None
-
-    def of(self, spec: SystemSpec) -> np.ndarray:
-        """The (N, .) input array of ``spec``, rows aligned with the data set."""
-        if not spec.takes_logits:
-            return self.data.features
-        if self._logits is None:
-            found = extract_features(self.data.files, self.store / "logits", keys=self.data.keys,
-                                     logits=True)
-            if list(found.keys) != list(self.data.keys):
-                raise ExperimentError("the class logits and the features cover different images")
-            self._logits = np.asarray(found.logits)
-        return self._logits
 
 
 # ----------------------------------------------------------------------------------------- splits
@@ -402,9 +385,9 @@ class Fold:
     fit_seconds: float
 
 
-def fit_folds(spec: SystemSpec, inputs: Inputs, splits: list, args: argparse.Namespace) -> list[Fold]:
+def fit_folds(spec: SystemSpec, data: WordData, splits: list, args: argparse.Namespace) -> list[Fold]:
     """Fit a new ``spec`` system (``args.dim``, ``args.seed``) on the training part of each split."""
-    data, X = inputs.data, inputs.of(spec)
+    X = spec.inputs(data)
     words = list(data.vocabulary.words)
     folds = []
     for train, test in splits:

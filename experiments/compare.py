@@ -62,13 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def score_system(spec: common.SystemSpec, inputs: common.Inputs, splits: list,
+def score_system(spec: common.SystemSpec, data: common.WordData, splits: list,
                  args: argparse.Namespace) -> tuple[dict, list]:
     """Cross-validated metrics of one system, and its objective trace on the first fold."""
     trace: list = []
-    data, X = inputs.data, inputs.of(spec)
+    X = spec.inputs(data)
     scores = []
-    for fold in common.fit_folds(spec, inputs, splits, args):
+    for fold in common.fit_folds(spec, data, splits, args):
         system, test, truth = fold.system, fold.test, data.truth[fold.test]
         row = {"fit_seconds": fold.fit_seconds}
         for k in KS:
@@ -161,13 +161,12 @@ def experiment(args: argparse.Namespace) -> None:
     """Run the comparison and write the outputs."""
     specs = common.parse_systems(args.systems)
     out = common.OutputFolder(args.out, OUTPUTS)
-    data, name = common.load_dataset(args, out)
-    inputs = common.Inputs(data, common.feature_store(args, out))
+    data, name = common.load_dataset(args, out, logits=any(spec.takes_logits for spec in specs))
     n_images, n_words = data.targets.shape
     splits = common.make_splits(n_images, args)
     rows, traces = [], {}
     for spec in tqdm(specs, desc="systems", unit="system"):
-        row, trace = score_system(spec, inputs, splits, args)
+        row, trace = score_system(spec, data, splits, args)
         rows.append(row)
         if trace:
             traces[spec.label] = trace

@@ -184,8 +184,7 @@ def experiment(args: argparse.Namespace) -> None:
         raise common.ExperimentError("--retrieval-system must name one Image2Vec model as "
                                      f"MODEL/OBJECTIVE/SOLVER, not {args.retrieval_system!r}")
     out = common.OutputFolder(args.out, OUTPUTS)
-    data, name = common.load_dataset(args, out)
-    inputs = common.Inputs(data, common.feature_store(args, out))
+    data, name = common.load_dataset(args, out, logits=any(spec.takes_logits for spec in specs))
     words = np.asarray(data.vocabulary.words)
     truth = data.truth.toarray() > 0
     splits = common.make_splits(len(data.keys), args)
@@ -195,13 +194,13 @@ def experiment(args: argparse.Namespace) -> None:
 
     folds, summaries = {}, {spec.label: {} for spec in specs}
     for spec in tqdm([*specs, *(s for s in retrieval if s not in specs)], desc="systems", unit="system"):
-        folds[spec.label] = common.fit_folds(spec, inputs, splits, args)
+        folds[spec.label] = common.fit_folds(spec, data, splits, args)
         if spec not in specs:
             continue
         for fold in folds[spec.label]:
             shown = np.intersect1d(fold.test, chosen)
             if shown.size:
-                summary = fold.system.summarize(inputs.of(spec)[shown], args.k)
+                summary = fold.system.summarize(spec.inputs(data)[shown], args.k)
                 summaries[spec.label].update(zip(shown.tolist(), summary.words))
 
     labels = [spec.label for spec in specs]

@@ -111,17 +111,16 @@ def experiment(args: argparse.Namespace) -> None:
         raise common.ExperimentError(f"--detector must name one system, not {args.detector!r}")
     l2, ip = (common.SystemSpec(args.model, objective, args.solver) for objective in ("l2", "ip"))
     out = common.OutputFolder(args.out, OUTPUTS)
-    data, name = common.load_dataset(args, out)
-    inputs = common.Inputs(data, common.feature_store(args, out))
+    data, name = common.load_dataset(args, out, logits=detector[0].takes_logits)
     truth = data.truth.toarray() > 0
     n_images, n_words = truth.shape
     words = list(data.vocabulary.words)
     splits = common.make_splits(n_images, args)
     progress = tqdm(total=4, desc="fitting", unit="step")
-    detector_folds = common.fit_folds(detector[0], inputs, splits, args)
+    detector_folds = common.fit_folds(detector[0], data, splits, args)
     scores = np.zeros(truth.shape)
     for fold in detector_folds:
-        scores[fold.test] = fold.system.decision_function(inputs.of(detector[0])[fold.test])
+        scores[fold.test] = fold.system.decision_function(detector[0].inputs(data)[fold.test])
     held_out = np.concatenate([fold.test for fold in detector_folds])
     aps = word_average_precision(scores[held_out], truth[held_out])
     progress.update()
@@ -130,7 +129,7 @@ def experiment(args: argparse.Namespace) -> None:
     progress.update()
     summaries = {}
     for spec in (l2, ip):
-        summaries[spec.objective] = held_out_summaries(common.fit_folds(spec, inputs, splits, args),
+        summaries[spec.objective] = held_out_summaries(common.fit_folds(spec, data, splits, args),
                                                        data.features, n_images)
         progress.update()
     progress.close()
