@@ -1,9 +1,10 @@
 """From a dataset on disk to the arrays the models train on: features F, targets X, truth.
 
-Captions (COCO format) or weak tags (TSV) are turned into a vocabulary and sparse targets by
-:mod:`image2vec.vocabulary`; image features come from the resumable feature store of
-:mod:`image2vec.features`. Images the store skipped (unreadable files) are dropped from every
-array, so row n of F, X, the truth and the queries is always the same image.
+Captions (COCO, Flickr token or Karpathy split files, read by :mod:`image2vec.captions`) or weak
+tags (TSV) are turned into a vocabulary and sparse targets by :mod:`image2vec.vocabulary`; image
+features come from the resumable feature store of :mod:`image2vec.features`. Images the store
+skipped (unreadable files) are dropped from every array, so row n of F, X, the truth and the
+queries is always the same image.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from image2vec.coco import load_coco
+from image2vec.captions import load_captions
 from image2vec.errors import Image2VecError
 from image2vec.features import extract_features
 from image2vec.flickr import load_tag_tsv
@@ -100,6 +101,7 @@ def load_caption_data(
     images: str | os.PathLike,
     *,
     store: str | os.PathLike,
+    split: str | os.PathLike | None = None,
     instances: str | os.PathLike | None = None,
     vocabulary: Vocabulary | None = None,
     min_count: int | None = None,
@@ -110,7 +112,7 @@ def load_caption_data(
     logits: bool = False,
     progress: bool = True,
 ) -> WordData:
-    """COCO captions + images -> :class:`WordData` (features cached in ``store``).
+    """Captions + images -> :class:`WordData` (features cached in ``store``).
 
     The vocabulary is built from the captions (words in at least ``min_count`` images) unless
     one is given (e.g. a trained model's, for evaluation).
@@ -118,13 +120,18 @@ def load_caption_data(
     Parameters
     ----------
     captions : path-like
-        A COCO ``captions_*.json`` file.
+        A COCO captions JSON, a Flickr8k/Flickr30k token file or a Karpathy split JSON,
+        recognised from the content (:func:`image2vec.captions.load_captions`).
     images : path-like
         The folder of its images.
     store : path-like
         Feature store folder (see :func:`image2vec.features.extract_features`).
+    split : str or path-like, optional
+        The images to use: a split name of the captions file (Karpathy: its ``split`` values;
+        Flickr: train, dev, test from the official lists beside it; several joined by ``+``)
+        or a split list file (one image file name per line). None: every image.
     instances : path-like, optional
-        A COCO ``instances_*.json`` file: adds the category labels.
+        A COCO ``instances_*.json`` file (COCO captions only): adds the category labels.
     vocabulary : Vocabulary, optional
         Use these words instead of building a vocabulary.
     min_count : int, optional
@@ -141,27 +148,25 @@ def load_caption_data(
     WordData
         Its vocabulary's ``info`` records ``source``, the ``min_count`` used and the tagger.
     """
-    coco = load_coco(captions, images, instances)
-    feature_set = extract_features(coco.paths, store, keys=coco.image_ids, extractor=extractor,
+    data = load_captions(captions, images, split=split, instances=instances)
+    feature_set = extract_features(data.paths, store, keys=data.keys, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, logits=logits,
                                    progress=progress)
-    rows = coco.positions(feature_set.keys)
+    rows = data.positions(feature_set.keys)
     analyzer = CaptionAnalyzer()
-    documents = analyze_captions([coco.captions[i] for i in rows], analyzer, progress=progress)
+    documents = analyze_captions([data.captions[i] for i in rows], analyzer, progress=progress)
     if vocabulary is None:
         vocabulary = build_vocabulary(documents, min_count=min_count, max_size=max_size,
                                       info={"source": str(captions)}, analyzer=analyzer)
     first_captions = [[next((c for c in doc if vocabulary.columns(c)), doc[0])] for doc in documents]
-    categories = names = None
-    if coco.categories is not None:
-        categories = coco.subset(rows).category_matrix()
-        names = [coco.category_names[c] for c in sorted(coco.category_names)]
+    categories = None if data.categories is None else data.categories[rows]
     X = targets(documents, vocabulary)
     return WordData(
         keys=list(feature_set.keys), files=list(feature_set.files),
         features=np.asarray(feature_set.features), targets=X, truth=_binary(X),
         queries=targets(first_captions, vocabulary, binary=True), vocabulary=vocabulary,
-        extractor=feature_set.index["extractor"], categories=categories, category_names=names,
+        extractor=feature_set.index["extractor"], categories=categories,
+        category_names=data.category_names,
         logits=_array_or_none(feature_set.logits))
 
 
