@@ -40,7 +40,8 @@ def _load_data(args: argparse.Namespace, store: Path, vocabulary=None, logits: b
                   on_bad_image=args.on_bad_image, logits=logits, progress=not args.quiet)
     if getattr(args, "tags", None):
         return load_tag_data(args.tags, args.images, min_count=args.min_count, **common)
-    return load_caption_data(args.captions, args.images, instances=getattr(args, "instances", None),
+    return load_caption_data(args.captions, args.images, split=args.split,
+                             instances=getattr(args, "instances", None),
                              min_count=getattr(args, "min_count", None), **common)
 
 
@@ -54,6 +55,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = _output_file(args.out)
     if args.tags and args.instances:
         raise Image2VecError("--instances (COCO categories) goes with --captions, not --tags")
+    if args.tags and args.split:
+        raise Image2VecError("--split goes with --captions, not --tags")
     options = {name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None}
     try:  # a combination that makes no sense is refused before any work
         system = systems.make_system(args.model, options, random_state=args.random_state,
@@ -293,10 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_data_options(parser: argparse.ArgumentParser, tags: bool) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--captions", metavar="ANN.json", help="COCO captions file")
+    source.add_argument("--captions", metavar="FILE",
+                        help="captions, format recognised from the content: COCO captions JSON, "
+                             "Flickr8k/Flickr30k token file (<file>#<n><TAB><caption>) or "
+                             "Karpathy split JSON (dataset_*.json)")
     if tags:
         source.add_argument("--tags", metavar="TAGS.tsv", help="weak tags: image file <TAB> tags")
     parser.add_argument("--images", required=True, metavar="DIR", help="image folder")
+    parser.add_argument("--split", metavar="NAME|FILE",
+                        help="images to use (--captions): a split name (Karpathy JSON: its "
+                             "'split' values, e.g. train, val, test, restval; Flickr token file: "
+                             "train, dev, test, the official *.<name>Images.txt lists beside "
+                             "it; several joined by '+') or a file of image file names, one a "
+                             "line (default: all images)")
     parser.add_argument("--features", metavar="STORE", help="feature store folder (cache)")
     parser.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip",
                         help="skip a broken image with a warning, or stop (default: skip)")

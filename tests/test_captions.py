@@ -283,3 +283,20 @@ def test_real_flickr8k_train_and_dev(shared_data):
     listed = (root / "Flickr8k_text" / "Flickr_8k.devImages.txt").read_text().split()
     assert dev.keys == listed
     assert all(p.is_file() for p in dev.paths[:50])
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_cli_split_errors_before_any_work(tokens, images, tmp_path, capsys):
+    from image2vec.cli import main
+
+    out = str(tmp_path / "model.npz")
+    assert main(["train", "--captions", str(tokens), "--images", str(images), "--split", "val",
+                 "--out", out, "--quiet"]) == 2
+    assert "unknown split 'val'" in capsys.readouterr().err
+    tags = _write(tmp_path, "tags.tsv", "a.jpg\tdog\n")
+    assert main(["train", "--tags", str(tags), "--images", str(images), "--split", "train",
+                 "--out", out, "--quiet"]) == 2
+    assert "--split goes with --captions" in capsys.readouterr().err
+    assert not (tmp_path / "model.npz.features").exists()
