@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from image2vec.arrays import check_shapes, preprocess_features
 from image2vec.summary import Summary, check_words
 
 _BLOCK_ELEMENTS = 1 << 22  # similarities held at once (32 MiB of float64)
@@ -96,9 +97,7 @@ class NearestNeighborTransfer(WordScorer):
         return self
 
     def _unit(self, F: np.ndarray) -> np.ndarray:
-        centred = np.asarray(F, dtype=np.float64) - self.feature_mean_
-        norms = np.linalg.norm(centred, axis=1, keepdims=True)
-        return centred / np.where(norms > 0, norms, 1)
+        return preprocess_features(F, self.feature_mean_)
 
     def _neighbours(self, unit: np.ndarray, n_neighbors: int, leave_one_out: bool = False):
         """Blocks of (the K nearest training images, their weights max(cos, 0)), best first.
@@ -161,10 +160,7 @@ class NearestNeighborTransfer(WordScorer):
     def check_loaded(self) -> None:
         """Raise ValueError unless the fitted arrays of a loaded model fit together."""
         n_train, n_words = self.targets_.shape
-        expected = {"train_features_": (n_train, self.feature_mean_.shape[0]), "words_": (n_words,),
-                    "frequency_": (n_words,)}
-        for name, shape in expected.items():
-            if getattr(self, name).shape != shape:
-                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
+        check_shapes(self, {"train_features_": (n_train, self.feature_mean_.shape[0]),
+                            "words_": (n_words,), "frequency_": (n_words,)})
         if not 1 <= self.n_neighbors_ <= n_train:
             raise ValueError(f"n_neighbors_ = {self.n_neighbors_} for {n_train} training images")
