@@ -13,13 +13,15 @@ from typing import Any
 
 from image2vec.baselines.common_space import CommonSpaceSummarizer
 from image2vec.baselines.imnet_glove import ImnetGlove
+from image2vec.baselines.linear import MeanVectorCCA, ReducedRankRidge
 from image2vec.baselines.neighbors import FrequencyPrior, NearestNeighborTransfer
 from image2vec.model import MODELS, Image2Vec
 from image2vec.persist import load_system, save_system
 
 BASELINES: dict[str, type] = {"prior": FrequencyPrior, "knn": NearestNeighborTransfer,
                               "cvs": CommonSpaceSummarizer, "mcvs": CommonSpaceSummarizer,
-                              "rvs": CommonSpaceSummarizer, "imnet-glove": ImnetGlove}
+                              "rvs": CommonSpaceSummarizer, "imnet-glove": ImnetGlove,
+                              "cca": MeanVectorCCA, "ridge": ReducedRankRidge}
 REGISTRY: dict[str, type] = {"image2vec": Image2Vec, **BASELINES}
 SYSTEM_NAMES = (*MODELS, *BASELINES)
 

@@ -3,7 +3,8 @@
 from image2vec.baselines.common_space import CommonSpaceSummarizer
 from image2vec.baselines.cvs import CVS, MCVS, RVS
 from image2vec.baselines.imnet_glove import ImnetGlove
+from image2vec.baselines.linear import MeanVectorCCA, ReducedRankRidge
 from image2vec.baselines.neighbors import FrequencyPrior, NearestNeighborTransfer
 
 __all__ = ["CommonSpaceSummarizer", "CVS", "MCVS", "RVS", "FrequencyPrior", "ImnetGlove",
-           "NearestNeighborTransfer"]
+           "MeanVectorCCA", "NearestNeighborTransfer", "ReducedRankRidge"]
