@@ -407,8 +407,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def check_loaded(self) -> None:
         """Raise ValueError unless the fitted arrays of a loaded model fit together."""
         dim, n_words = self.dictionary_.shape
-        expected = {"image_map_": (dim, self.feature_mean_.shape[0]), "offset_": (dim,),
-                    "target_mean_": (n_words,), "words_": (n_words,)}
+        expected = {"image_map_": (dim, self.n_features_in_), "feature_mean_": (self.n_features_in_,),
+                    "offset_": (dim,), "target_mean_": (n_words,), "words_": (n_words,)}
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
