@@ -228,7 +228,8 @@ def test_a_file_with_inconsistent_arrays_is_refused(tmp_path, fake_glove):
     from image2vec.errors import Image2VecError
 
     F, X = bags_of_words(60)
-    for system in (ReducedRankRidge(dim=5).fit(F, X, words=WORDS), MeanVectorCCA(n_components=5).fit(F, X, words=WORDS)):
+    for system in (ReducedRankRidge(dim=5), MeanVectorCCA(n_components=5)):
+        system.fit(F, X, words=WORDS)
         system.feature_mean_ = system.feature_mean_[:-1]
         systems.save(system, tmp_path / "bad.npz")
         with pytest.raises(Image2VecError, match="inconsistent"):
