@@ -135,7 +135,7 @@ def test_interactive_similar_from_a_pipe(trained):
         (["similar", "--model", "{model}", "zebraaa"], "unknown word 'zebraaa'"),
         (["retrieve", "--model", "{model}", "--images", "{folder}", "zebraaa"], "unknown word 'zebraaa'"),
         (["summarize", "--model", "{future}", "{image}"], "format version 99"),
-        (["train", "--captions", "{junk}", "--images", "{folder}", "--out", "{new}"], "not valid JSON"),
+        (["train", "--captions", "{junk}", "--images", "{folder}", "--out", "{new}"], "in no known format"),
         (["train", "--captions", "{junk}", "--images", "{folder}", "--out", "{tmp}"], "is a folder"),
         (["summarize", "--model", "{headless}", "{image}"], "'params' is missing"),
         (["summarize", "--model", "{alien}", "{image}"], "malformed image2vec model file"),
