@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,7 +220,7 @@ def _identify(path: str | os.PathLike) -> tuple[str, dict | None]:
     return "flickr", None
 
 
-def _lines(path: Path):
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line without its end) of a UTF-8 text file, with one-line errors."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
