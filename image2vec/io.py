@@ -1,10 +1,12 @@
-"""Safe file I/O: atomic writes (temporary file + rename), JSON reading with one-line errors,
-paths confined to a folder, and the location of the project's shared data.
+"""Safe file I/O: atomic writes (temporary file + rename), reading regular files only, JSON
+reading with one-line errors, paths confined to a folder, the cache folder, and the location of
+the project's shared data.
 
 Every file the toolkit writes goes through :func:`atomic_write`, so a reader never sees a
 half-written file: an interrupted write leaves the previous version (or nothing) in place. Every
-JSON file it reads goes through :func:`read_json`, so a bad file is an :class:`Image2VecError`
-naming it, never a traceback.
+file it reads is opened by :func:`open_regular`, so a folder, a named pipe or a device is refused
+at once instead of hanging, and every JSON file through :func:`read_json`, so a bad file is an
+:class:`Image2VecError` naming it, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from image2vec.errors import Image2VecError
 
-__all__ = ["atomic_write", "write_json", "read_json", "resolve_under", "shared_data_dir"]
+__all__ = ["atomic_write", "write_json", "open_regular", "read_json", "parse_json", "resolve_under",
+           "cache_dir", "shared_data_dir"]
 
 #: The checkout this package runs from (its ``shared/data`` sibling holds the shared data).
 REPO = Path(__file__).resolve().parents[1]
@@ -37,13 +41,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     path : path-like
         Final destination; its folder is created if missing.
     mode : {"wb", "w"}
-        Binary or text (UTF-8) mode.
+        Binary or text mode. Text is UTF-8; a file name that is not valid UTF-8 (kept by Python
+        as lone surrogates) is written as its ``\\udcXX`` escape, which JSON reads back unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    text = {} if "b" in mode else {"encoding": "utf-8", "errors": "backslashreplace"}
     try:
-        with open(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+        with open(fd, mode, **text) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -60,6 +66,43 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path, "w") as fh:
         json.dump(obj, fh, indent=1, ensure_ascii=False)
         fh.write("\n")
+
+
+def open_regular(path: str | os.PathLike, what: str = "file") -> BinaryIO:
+    """Open ``path`` for binary reading, refusing anything but a regular file.
+
+    The file is opened without blocking and checked with ``fstat`` on the open descriptor, so a
+    named pipe called ``x.jpg`` is refused at once (a plain ``open`` waits for a writer forever)
+    and nothing can swap the file between the check and the read.
+
+    Parameters
+    ----------
+    path : path-like
+    what : str
+        What the file is, for the messages (e.g. ``"image"``).
+
+    Raises
+    ------
+    Image2VecError
+        ``{what} {path} does not exist``, ``is a folder, not a file``, ``is not a regular file``
+        (a named pipe, socket or device), or ``cannot read {what} {path}: ...`` (permissions, ...).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise Image2VecError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise Image2VecError(f"{what} {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise Image2VecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        problem = ("is a folder, not a file" if stat.S_ISDIR(kind)
+                   else "is not a regular file (a named pipe, socket or device)")
+        raise Image2VecError(f"{what} {path} {problem}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def read_json(path: str | os.PathLike, what: str = "file", *, missing_ok: bool = False) -> Any:
@@ -82,25 +125,46 @@ def read_json(path: str | os.PathLike, what: str = "file", *, missing_ok: bool =
     Raises
     ------
     Image2VecError
-        If ``path`` does not exist (unless ``missing_ok``), is a folder, cannot be read (any
-        OSError), is not UTF-8, or is not valid JSON.
+        If ``path`` does not exist (unless ``missing_ok``), is not a regular file, cannot be
+        read, is not UTF-8, is not valid JSON, or is nested too deeply to parse.
+    """
+    if missing_ok and not os.path.lexists(path):
+        return None
+    with open_regular(path, what) as fh:
+        try:
+            return parse_json(fh.read(), f"{what} {path}")
+        except OSError as exc:
+            raise Image2VecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def parse_json(document: bytes | str, what: str) -> Any:
+    """Parse a JSON document (bytes are UTF-8), with a one-line error naming ``what``.
+
+    Raises
+    ------
+    Image2VecError
+        ``{what} is not UTF-8 text``, ``is not valid JSON`` or ``is nested too deeply`` (a
+        hostile document of 100,000 nested lists exhausts the parser's recursion).
     """
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise Image2VecError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise Image2VecError(f"{what} {path} is a folder, not a file") from None
-    except OSError as exc:
-        raise Image2VecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        return json.loads(document.decode("utf-8") if isinstance(document, bytes) else document)
     except UnicodeDecodeError as exc:
-        raise Image2VecError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte "
-                             f"{exc.start})") from None
+        raise Image2VecError(f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise Image2VecError(f"{what} {path} is not valid JSON ({exc})") from None
+        raise Image2VecError(f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise Image2VecError(f"{what} is nested too deeply to be read (hostile or broken JSON)") from None
+
+
+def cache_dir() -> Path:
+    """The toolkit's cache folder, following the platform convention.
+
+    ``$IMAGE2VEC_CACHE`` if set, else ``$XDG_CACHE_HOME/image2vec``, else
+    ``~/.cache/image2vec``. The folder may not exist yet.
+    """
+    if os.environ.get("IMAGE2VEC_CACHE"):
+        return Path(os.environ["IMAGE2VEC_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "image2vec"
 
 
 def shared_data_dir() -> Path:

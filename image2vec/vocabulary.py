@@ -37,7 +37,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
-from image2vec.io import read_json, write_json
+from image2vec.io import cache_dir, read_json, write_json
 
 __all__ = ["load_wordnet", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
            "SMALL_DATA_IMAGES", "default_min_count", "build_vocabulary", "targets"]
@@ -70,11 +70,6 @@ STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
 SMALL_DATA_IMAGES = 1000
 
 
-def _cache_dir() -> Path:
-    """The toolkit's cache folder: ``$IMAGE2VEC_CACHE``, else ``~/.cache/image2vec``."""
-    return Path(os.environ.get("IMAGE2VEC_CACHE") or Path.home() / ".cache" / "image2vec")
-
-
 def _debian_wordnet_corpus(source: Path) -> Path:
     """An NLTK corpus folder with the files of ``source`` plus a ``lexnames`` file.
 
@@ -83,7 +78,7 @@ def _debian_wordnet_corpus(source: Path) -> Path:
     """
     # Not "corpora/wordnet": NLTK's own lazy loader would then find it and fail on the missing
     # index.sense instead of reporting that its data is not installed.
-    target = _cache_dir() / "nltk_data" / "corpora" / "wordnet-debian"
+    target = cache_dir() / "nltk_data" / "corpora" / "wordnet-debian"
     if (target / "lexnames").is_file() and (target / "data.noun").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
