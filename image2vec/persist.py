@@ -3,15 +3,26 @@
 A fitted estimator's state is its constructor parameters plus its fitted attributes (names
 ending in ``_``). Arrays go into the ``.npz`` as arrays (sparse matrices as their CSR parts),
 everything else (numbers, strings, lists) into one JSON document stored in the same file, with
-the format version, the image2vec version, the system's registry name and free metadata (e.g.
-the feature extractor). Loading uses ``np.load(allow_pickle=False)`` and refuses files of
-another format version or of an unknown system.
+the format version, the image2vec version, the system's registry name, the name and dtype of
+every array, and free metadata (e.g. the feature extractor).
+
+Loading trusts nothing in the file. It reads the archive member by member with
+``allow_pickle=False`` and accepts exactly the arrays the document declares, each stored
+uncompressed with a plain numeric or string dtype and a header whose shape accounts for the
+member's size, so that no member is read before it is checked and no file can claim more
+memory than it occupies (a zip bomb, or a header that claims 7 TiB). The parameters are then
+validated by the system's own ``check_params`` exactly as constructor arguments, every float
+array must be finite, and the system's ``check_loaded`` checks that the arrays fit together.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
+import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,11 +30,16 @@ import scipy.sparse as sp
 
 from image2vec import __version__
 from image2vec.errors import Image2VecError
-from image2vec.io import atomic_write
+from image2vec.io import atomic_write, open_regular, parse_json
 
 FORMAT = "image2vec-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SPARSE_PARTS = ("data", "indices", "indptr", "shape")
+_INFO = "__info__"
+#: The largest JSON document a model file may hold.
+_MAX_INFO_BYTES = 64 * 2**20
+#: Array kinds a model may hold: booleans, integers, floats, Unicode strings.
+_KINDS = "biufU"
 
 
 def save_system(system: Any, name: str, path: str | os.PathLike, metadata: dict | None = None) -> None:
@@ -45,13 +61,14 @@ def save_system(system: Any, name: str, path: str | os.PathLike, metadata: dict 
             values[attribute] = value
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, "image2vec_version": __version__,
             "system": name, "params": system.get_params(), "values": values, "sparse": sparse,
+            "arrays": {key: array.dtype.str for key, array in arrays.items()},
             "metadata": metadata or {}}
     try:
         document = json.dumps(info, default=_plain)
     except TypeError as exc:
         raise Image2VecError(f"cannot save {name}: a fitted attribute is not JSON-serialisable ({exc})") from None
     with atomic_write(path) as fh:
-        np.savez(fh, __info__=np.array(document), **arrays)
+        np.savez(fh, **{_INFO: np.array(document)}, **arrays)
 
 
 def _plain(value: Any) -> Any:
@@ -61,26 +78,57 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def load_system(path: str | os.PathLike, registry: dict[str, type]) -> tuple[Any, dict, str]:
+def load_system(path: str | os.PathLike, registry: Mapping[str, type]) -> tuple[Any, dict, str]:
     """Read a file written by :func:`save_system`; returns (system, metadata, name).
+
+    Parameters
+    ----------
+    path : path-like
+    registry : mapping of str to class
+        Saved system name -> class (e.g. :data:`image2vec.systems.REGISTRY`).
 
     Raises
     ------
     Image2VecError
-        Missing file, not an image2vec model, another format version, an unknown system, or
-        arrays the system's own check finds inconsistent.
+        Missing file, not an image2vec model (not a zip archive, a NumPy ``.npy`` file,
+        truncated or damaged), another format version, an unknown system, an array that is
+        undeclared, compressed, of a refused dtype or larger than its member, a parameter the
+        system's ``check_params`` refuses, NaN or infinite values, or arrays the system's own
+        check finds inconsistent.
     """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise Image2VecError(f"model file {path} does not exist") from None
-    except (OSError, ValueError, EOFError):
-        raise Image2VecError(f"{path} is not an image2vec model file (not a readable .npz)") from None
-    try:
-        info = json.loads(str(arrays.pop("__info__")))
-    except (KeyError, json.JSONDecodeError):
-        raise Image2VecError(f"{path} is not an image2vec model file (no metadata)") from None
+    with open_regular(path, "model file") as fh:
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                info, arrays = _read_model(archive, path)
+        except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+            fh.seek(0)
+            if fh.read(6) == b"\x93NUMPY":
+                raise Image2VecError(f"{path} is a NumPy array file (.npy), not an image2vec "
+                                     "model (.npz written by image2vec train)") from None
+            raise Image2VecError(f"{path} is not an image2vec model file (not a readable .npz "
+                                 f"archive: truncated or damaged? {exc})") from None
+    name = info.get("system")
+    if not isinstance(name, str) or name not in registry:
+        raise Image2VecError(f"{path} holds an unknown system {name!r}; known: {', '.join(registry)}")
+    system = _build(registry[name], info, arrays, path)
+    check = getattr(system, "check_loaded", None)
+    if check is not None:
+        try:
+            check()
+        except (ValueError, KeyError, AttributeError, TypeError, IndexError) as exc:
+            raise Image2VecError(f"{path} is inconsistent: {exc}") from None
+    return system, info.get("metadata") or {}, name
+
+
+def _read_model(archive: zipfile.ZipFile, path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """The JSON document and the declared arrays of a model archive, each checked before read."""
+    members = {member.filename: member for member in archive.infolist()}
+    if f"{_INFO}.npy" not in members:
+        raise Image2VecError(f"{path} is not an image2vec model file (no metadata)")
+    document = _read_array(archive, members.pop(f"{_INFO}.npy"), path, _MAX_INFO_BYTES)
+    if document.dtype.kind != "U" or document.shape != ():
+        raise Image2VecError(f"{path} is not an image2vec model file (its metadata is not text)")
+    info = parse_json(str(document), f"the metadata of model file {path}")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise Image2VecError(f"{path} is not an image2vec model file")
     if info.get("format_version") != FORMAT_VERSION:
@@ -88,11 +136,72 @@ def load_system(path: str | os.PathLike, registry: dict[str, type]) -> tuple[Any
             f"{path} has model format version {info.get('format_version')} (written by image2vec "
             f"{info.get('image2vec_version')}); this image2vec {__version__} reads version "
             f"{FORMAT_VERSION}: retrain the model")
-    name = info.get("system")
-    if not isinstance(name, str) or name not in registry:
-        raise Image2VecError(f"{path} holds an unknown system {name!r}; known: {', '.join(registry)}")
+    declared = info.get("arrays")
+    if not isinstance(declared, dict) or not all(isinstance(d, str) for d in declared.values()):
+        raise Image2VecError(f"{path} is a malformed image2vec model file (no valid list of arrays)")
+    undeclared = sorted(set(members) - {f"{key}.npy" for key in declared})
+    if undeclared:
+        raise Image2VecError(f"{path} holds arrays its metadata does not declare "
+                             f"({', '.join(undeclared[:3])}): refused")
+    arrays = {}
+    for key, dtype in declared.items():
+        if f"{key}.npy" not in members:
+            raise Image2VecError(f"{path} is not a complete image2vec model file (array {key} is missing)")
+        arrays[key] = _read_array(archive, members[f"{key}.npy"], path)
+        if arrays[key].dtype.str != dtype:
+            raise Image2VecError(f"{path}: array {key} is {arrays[key].dtype.str}, its metadata "
+                                 f"says {dtype}: refused")
+    return info, arrays
+
+
+def _read_array(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: str | os.PathLike,
+                limit: int | None = None) -> np.ndarray:
+    """One ``.npy`` member, read only after its header is checked against its size.
+
+    The member must be stored uncompressed (as :func:`save_system` writes it), be at most
+    ``limit`` bytes, and hold exactly the data its header declares, of a kind in ``_KINDS``.
+    """
+    where = f"{path}: array {member.filename[:-4]!r}"
+    if member.compress_type != zipfile.ZIP_STORED:
+        raise Image2VecError(f"{where} is compressed; image2vec writes uncompressed arrays: refused")
+    if limit is not None and member.file_size > limit:
+        raise Image2VecError(f"{where} has {member.file_size} bytes, over the limit of {limit}")
+    with archive.open(member) as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran_order, dtype = read_header(fh)
+        except ValueError as exc:
+            raise Image2VecError(f"{where} has a malformed header ({exc})") from None
+        if dtype.kind not in _KINDS or dtype.hasobject:
+            raise Image2VecError(f"{where} has dtype {dtype}; a model holds numbers and strings only")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if fh.tell() + nbytes != member.file_size:
+            raise Image2VecError(f"{where} declares {shape} {dtype} ({nbytes} bytes) but its member "
+                                 f"holds {member.file_size - fh.tell()}: refused")
+        data = bytearray(nbytes)
+        if fh.readinto(data) != nbytes:
+            raise EOFError(f"{member.filename} is truncated")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _build(cls: type, info: dict, arrays: dict[str, np.ndarray], path: str | os.PathLike) -> Any:
+    """A ``cls`` with the file's parameters, validated as constructor ones, and its attributes."""
     try:
-        system = registry[name](**info["params"])
+        system = cls(**info["params"])
+    except KeyError as exc:
+        raise Image2VecError(f"{path} is not a complete image2vec model file ({exc} is missing)") from None
+    except TypeError as exc:
+        raise Image2VecError(f"{path} is a malformed image2vec model file ({exc})") from None
+    if hasattr(system, "check_params"):
+        try:
+            system.check_params()
+        except (TypeError, ValueError) as exc:
+            raise Image2VecError(f"{path} has a parameter that {cls.__name__} refuses: {exc}") from None
+    try:
         for attribute in info["sparse"]:
             parts = [arrays.pop(f"{attribute}.{part}") for part in _SPARSE_PARTS]
             setattr(system, attribute, sp.csr_matrix(tuple(parts[:3]), shape=tuple(parts[3])))
@@ -104,10 +213,8 @@ def load_system(path: str | os.PathLike, registry: dict[str, type]) -> tuple[Any
         raise Image2VecError(f"{path} is not a complete image2vec model file ({exc} is missing)") from None
     except (TypeError, ValueError) as exc:
         raise Image2VecError(f"{path} is a malformed image2vec model file ({exc})") from None
-    check = getattr(system, "check_loaded", None)
-    if check is not None:
-        try:
-            check()
-        except (ValueError, KeyError, AttributeError, TypeError, IndexError) as exc:
-            raise Image2VecError(f"{path} is inconsistent: {exc}") from None
-    return system, info.get("metadata") or {}, name
+    for attribute, value in vars(system).items():
+        data = value.data if sp.issparse(value) else value
+        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise Image2VecError(f"{path} is inconsistent: {attribute} contains NaN or infinite values")
+    return system
