@@ -33,8 +33,10 @@ class CocoCaptions:
 
     Attributes
     ----------
-    image_ids : ndarray of shape (N,), int64
-        COCO image ids, in the order of every other attribute (row n of F and X).
+    image_ids : ndarray of shape (N,)
+        Image ids, in the order of every other attribute (row n of F and X): int64 when they
+        are all integers (as in COCO), else an object array of the integers and strings that
+        other tools write.
     paths : list of Path, length N
         Image files, each inside the image folder.
     captions : list of list of str, length N
@@ -66,7 +68,7 @@ class CocoCaptions:
             category_names=self.category_names,
         )
 
-    def positions(self, image_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    def positions(self, image_ids: Sequence | np.ndarray) -> np.ndarray:
         """Positions of ``image_ids`` in this data set (e.g. to align with a feature store).
 
         Raises
@@ -74,12 +76,13 @@ class CocoCaptions:
         Image2VecError
             If an id is not in this data set.
         """
-        where = {int(i): n for n, i in enumerate(self.image_ids)}
-        missing = [int(i) for i in image_ids if int(i) not in where]
+        where = {i: n for n, i in enumerate(self.image_ids.tolist())}
+        wanted = [i.item() if isinstance(i, np.generic) else i for i in image_ids]
+        missing = [i for i in wanted if i not in where]
         if missing:
             raise Image2VecError(f"{len(missing)} image id(s) not in this data set, "
                                  f"e.g. {missing[:3]}")
-        return np.array([where[int(i)] for i in image_ids], dtype=np.intp)
+        return np.array([where[i] for i in wanted], dtype=np.intp)
 
     def category_matrix(self) -> sp.csr_matrix:
         """Binary labels L (N x C), L[n, c] = 1 when category ``category_ids[c]`` is in image n.
@@ -96,7 +99,12 @@ class CocoCaptions:
 
 
 def _read_annotations(path: str | os.PathLike, required: Sequence[str]) -> dict:
-    """Parse a COCO annotation file and check it has the ``required`` top-level lists."""
+    """Parse a COCO annotation file and check its ``required`` top-level lists and image ids.
+
+    Image ids must be integers or strings (both occur in files written by other tools) and
+    distinct: pycocotools would otherwise silently pair one image's annotations with another's
+    file.
+    """
     data = read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise Image2VecError(f"annotation file {path} is not a COCO file: "
@@ -105,7 +113,26 @@ def _read_annotations(path: str | os.PathLike, required: Sequence[str]) -> dict:
     if missing:
         raise Image2VecError(f"annotation file {path} is not a COCO file: it lacks the "
                              f"list(s) {', '.join(repr(k) for k in missing)}")
+    seen = set()
+    for image in data["images"]:
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if not _is_id(image_id):
+            raise Image2VecError(f"annotation file {path}: image {str(image)[:80]} has no integer "
+                                 "or string id")
+        if image_id in seen:
+            raise Image2VecError(f"annotation file {path}: image id {image_id!r} is listed twice; "
+                                 "each image needs its own id")
+        seen.add(image_id)
     return data
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _id_order(image_id: int | str) -> tuple[bool, int | str]:
+    """Sort key of mixed ids: integers by value, then strings."""
+    return isinstance(image_id, str), image_id
 
 
 def _index(dataset: dict) -> COCO:
@@ -149,7 +176,7 @@ def load_coco(
     """
     coco = _index(_read_annotations(captions_file, ("images", "annotations")))
     image_ids, paths, captions = [], [], []
-    for image_id in sorted(coco.imgs):
+    for image_id in sorted(coco.imgs, key=_id_order):
         anns = coco.imgToAnns.get(image_id, [])
         texts = []
         for ann in anns:
@@ -171,12 +198,39 @@ def load_coco(
         raise Image2VecError(f"{captions_file}: no image has a caption")
     categories = names = None
     if instances_file is not None:
-        inst = _index(_read_annotations(instances_file, ("images", "annotations", "categories")))
-        names = {int(c["id"]): str(c["name"]) for c in inst.dataset["categories"]}
-        categories = [tuple(sorted({int(a["category_id"]) for a in inst.imgToAnns.get(i, [])}))
-                      for i in image_ids]
-    return CocoCaptions(np.asarray(image_ids, dtype=np.int64), paths, captions,
-                        categories, names)
+        names, categories = _categories(instances_file, image_ids)
+    ids = np.asarray(image_ids, dtype=np.int64 if all(isinstance(i, int) for i in image_ids) else object)
+    return CocoCaptions(ids, paths, captions, categories, names)
+
+
+def _categories(path: str | os.PathLike, image_ids: list) -> tuple[dict[int, str], list[tuple[int, ...]]]:
+    """Category id -> name, and the sorted category ids of each image, from an instances file.
+
+    Raises
+    ------
+    Image2VecError
+        A category without an integer id and a string name, or an annotation whose
+        ``category_id`` is not one of the categories.
+    """
+    inst = _index(_read_annotations(path, ("images", "annotations", "categories")))
+    names = {}
+    for category in inst.dataset["categories"]:
+        if not (isinstance(category, dict) and type(category.get("id")) is int
+                and isinstance(category.get("name"), str)):
+            raise Image2VecError(f"instances file {path}: category {str(category)[:80]} needs an "
+                                 "integer id and a string name")
+        names[category["id"]] = category["name"]
+    categories = []
+    for image_id in image_ids:
+        anns = inst.imgToAnns.get(image_id, [])
+        unknown = next((a for a in anns if type(a.get("category_id")) is not int
+                        or a["category_id"] not in names), None)
+        if unknown is not None:
+            raise Image2VecError(f"instances file {path}: annotation {unknown.get('id')} of image "
+                                 f"{image_id!r} has category_id {unknown.get('category_id')!r}, "
+                                 "which is not one of its categories")
+        categories.append(tuple(sorted({a["category_id"] for a in anns})))
+    return names, categories
 
 
 def load_coco_split(root: str | os.PathLike, split: str = "train2017",
