@@ -2,22 +2,29 @@
 
 Every subcommand is a function ``_cmd_NAME(args) -> int`` registered in :func:`build_parser`.
 Bad input surfaces as a one-line ``image2vec: error: ...`` message and exit status 2, never a
-traceback.
+traceback. Ctrl-C and SIGTERM end with one line (status 130, 143) and remove temporary folders.
+
+The command line starts in a fraction of a second: this module imports nothing heavy, and each
+command imports what it needs (numpy, scikit-learn, torch) when it runs, so ``--help`` and usage
+errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import inspect
 import json
 import logging
+import os
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import numpy as np
 
 from image2vec import __version__
 from image2vec.errors import Image2VecError
@@ -65,12 +72,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise Image2VecError(str(exc)) from None
     store = Path(args.features) if args.features else out.with_name(out.name + ".features")
     data = _load_data(args, store, logits=reads_logits(system))
+    inputs = _checked_inputs(data.inputs_for(system), system, data.files,
+                             f"the features of feature store {store}")
     fit_params = {"words": list(data.vocabulary.words)}
     if data.categories is not None and "labels" in inspect.signature(system.fit).parameters:
         fit_params["labels"] = data.categories  # category labels of the common-space baselines
     start = time.perf_counter()
     try:
-        system.fit(data.inputs_for(system), data.targets, **fit_params)
+        system.fit(inputs, data.targets, **fit_params)
     except ValueError as exc:  # scikit-learn style parameter errors: one line, no traceback
         raise Image2VecError(str(exc)) from None
     seconds = time.perf_counter() - start
@@ -88,35 +97,95 @@ def _output_file(path: str) -> Path:
         raise Image2VecError(f"--out {out} is a folder: give a file name such as {out / 'model.npz'}")
     if not out.parent.is_dir():
         raise Image2VecError(f"the folder of --out {out} does not exist")
+    try:  # a read-only folder or file system is refused now, not after the training
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise Image2VecError(f"cannot write in the folder of --out {out}: {exc.strerror or exc}") from None
     return out
 
 
-def _extract(files: list[Path], system, metadata: dict, args: argparse.Namespace, on_bad_image: str):
+def _extract(files: list[Path], store: Path, system, metadata: dict, args: argparse.Namespace,
+             on_bad_image: str, keys: list | None = None):
     """What ``system`` reads (features, or class logits) for image files, and the files kept.
 
-    Extracted in a throw-away store with the model's extractor.
+    Extracted into (or read from) feature store ``store`` with the model's extractor.
     """
-    from image2vec.datasets import reads_logits
+    import numpy as np
+
     from image2vec.features import extract_features
 
-    logits = reads_logits(system)
-    with tempfile.TemporaryDirectory(prefix="image2vec-") as store:
-        feature_set = extract_features(files, store, extractor=metadata.get("extractor", "efficientnet-lite0"),
-                                       device=args.device, on_bad_image=on_bad_image, logits=logits,
-                                       progress=False)
-        inputs = feature_set.logits if logits else feature_set.features
-        return np.array(inputs), list(feature_set.files)
+    logits = getattr(system, "input_kind", "features") == "logits"
+    extractor = metadata.get("extractor", "efficientnet-lite0")
+    feature_set = extract_features(files, store, keys=keys, extractor=extractor, device=args.device,
+                                   on_bad_image=on_bad_image, logits=logits, progress=False)
+    inputs = np.array(feature_set.logits if logits else feature_set.features)
+    return _checked_inputs(inputs, system, feature_set.files, f"the {extractor} features"), list(feature_set.files)
+
+
+def _checked_inputs(inputs, system, files: list[str], source: str):
+    """``inputs`` (N x p) when ``system`` can read them, else a one-line error naming ``source``.
+
+    The width must be the model's ``n_features_in_`` (when fitted) and every value finite.
+    """
+    import numpy as np
+
+    expected = getattr(system, "n_features_in_", None)
+    if expected is not None and inputs.shape[1] != expected:
+        raise Image2VecError(f"{source} have {inputs.shape[1]} values per image but the model reads "
+                             f"{expected}: use the extractor the model was trained with")
+    finite = np.isfinite(inputs).all(axis=1)
+    if not finite.all():
+        raise Image2VecError(f"{source} hold NaN or infinite values for {int((~finite).sum())} "
+                             f"image(s) (first: {_shown(files[int(finite.argmin())])}); delete the "
+                             "feature store to extract them again")
+    return inputs
+
+
+def _shown(path: str) -> str:
+    """A file name printable on any terminal: bytes that are not UTF-8 as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _load_model(path: str):
-    from image2vec import systems
+    """(system, metadata) of a model file; an Image2Vec model loads without the baselines' torch."""
+    from image2vec.names import SavedSystems
+    from image2vec.persist import load_system
 
-    return systems.load(path)
+    system, metadata, _ = load_system(path, SavedSystems())
+    return system, metadata
+
+
+def _vocabulary_word(system, word: str) -> str:
+    """``word`` as the model's vocabulary spells it, looked up without regard to case.
+
+    Raises
+    ------
+    Image2VecError
+        An empty word, or an unknown one (with the closest vocabulary words, if any).
+    """
+    import difflib
+
+    word = word.strip()
+    if not word:
+        raise Image2VecError("the word is empty: give a word of the model's vocabulary")
+    vocabulary = [str(w) for w in system.words_]
+    spelled = {w.casefold(): w for w in reversed(vocabulary)}  # the first spelling wins
+    if word.casefold() in spelled:
+        return spelled[word.casefold()]
+    close = difflib.get_close_matches(word.casefold(), list(spelled), n=3, cutoff=0.5)
+    if close:
+        raise Image2VecError(f"unknown word {word!r}; did you mean: "
+                             f"{', '.join(spelled[c] for c in close)}?")
+    raise Image2VecError(f"unknown word {word!r}: it is not among the model's {len(vocabulary)} "
+                         "words, nor close to any")
 
 
 def _cmd_summarize(args: argparse.Namespace) -> int:
     system, metadata = _load_model(args.model)
-    features, files = _extract([Path(f) for f in args.images], system, metadata, args, args.on_bad_image)
+    with tempfile.TemporaryDirectory(prefix="image2vec-") as store:
+        features, files = _extract([Path(f) for f in args.images], Path(store), system, metadata,
+                                   args, args.on_bad_image)
     summary = system.summarize(features, args.k)
     rows = [{"image": f, "words": words, "scores": [round(float(s), 4) for s in scores[: len(words)]]}
             for f, words, scores in zip(files, summary.words, summary.scores)]
@@ -124,7 +193,7 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         for row in rows:
-            print(f"{row['image']}: {' + '.join(row['words']) or '(no word)'}")
+            print(f"{_shown(row['image'])}: {' + '.join(row['words']) or '(no word)'}")
     return 0
 
 
@@ -132,7 +201,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
     system, _ = _load_model(args.model)
     if not hasattr(system, "similar"):
         raise Image2VecError(f"{args.model} is a baseline without word vectors: similar needs an Image2Vec model")
-    if args.word:
+    if args.word is not None:
         _print_similar(system, args.word, args.n)
         return 0
     while True:  # interactive: one word per line, from a terminal or a pipe
@@ -148,6 +217,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
 
 def _print_similar(system, word: str, n: int) -> None:
+    word = _vocabulary_word(system, word)
     neighbours = system.similar(word, n)
     print(f"{word}: " + ", ".join(f"{w} ({c:.2f})" for w, c in neighbours))
 
@@ -156,20 +226,39 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     system, metadata = _load_model(args.model)
     if not hasattr(system, "retrieve"):
         raise Image2VecError(f"{args.model} is a baseline: retrieve needs an Image2Vec model")
+    words = [_vocabulary_word(system, word) for word in args.words]  # before any feature
     folder = Path(args.images)
     if not folder.is_dir():
-        raise Image2VecError(f"image folder {folder} does not exist")
+        raise Image2VecError(f"image folder {folder} does not exist or is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    for word in args.words:
-        system.word_index(word)  # an unknown word fails before any feature is computed
-    features, kept = _extract(files, system, metadata, args, on_bad_image="skip")
-    order, distances = system.retrieve(args.words, features, args.n)
-    print(f"images nearest to {' + '.join(args.words)}:")
+    store = Path(args.features) if args.features else _folder_cache(folder, metadata)
+    features, kept = _extract(files, store, system, metadata, args, on_bad_image="skip",
+                              keys=[_file_fingerprint(f) for f in files])
+    order, distances = system.retrieve(words, features, args.n)
+    print(f"images nearest to {' + '.join(words)}:")
     for rank, (i, distance) in enumerate(zip(order, distances), start=1):
-        print(f"{rank:3d}. {kept[i]}  (distance {distance:.3f})")
+        print(f"{rank:3d}. {_shown(kept[i])}  (distance {distance:.3f})")
     return 0
+
+
+def _folder_cache(folder: Path, metadata: dict) -> Path:
+    """The feature store that caches an image folder's features for one extractor.
+
+    Under :func:`image2vec.io.cache_dir`; the store's keys are the files' fingerprints, so it
+    answers again as long as no file is added, removed or changed, and is rebuilt otherwise.
+    """
+    from image2vec.io import cache_dir
+
+    key = json.dumps([str(folder.resolve()), metadata.get("extractor", "efficientnet-lite0")])
+    return cache_dir() / "folders" / hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:20]
+
+
+def _file_fingerprint(path: Path) -> list:
+    """[name, size, modification time in ns]: a file whose fingerprint is unchanged is unchanged."""
+    stat = path.stat()
+    return [path.name, stat.st_size, stat.st_mtime_ns]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -185,10 +274,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         store = Path(args.features) if args.features else Path(scratch)
         data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)),
                           logits=reads_logits(system))
-    result = evaluate(system, data.inputs_for(system), data.truth, k=args.k, queries=data.queries,
+        inputs = _checked_inputs(data.inputs_for(system), system, data.files,
+                                 f"the features of feature store {store}" if args.features
+                                 else f"the {args.extractor} features")
+    result = evaluate(system, inputs, data.truth, k=args.k, queries=data.queries,
                       labels=data.categories)
     if args.json:  # NaN (e.g. no word with both positive and negative images) as null
-        print(json.dumps({key: None if isinstance(value, float) and np.isnan(value) else value
+        print(json.dumps({key: None if isinstance(value, float) and value != value else value
                           for key, value in result.items()}))
     else:
         print(f"{args.model} on {result['n_images']} images, k={args.k}: "
@@ -317,14 +409,14 @@ def _add_data_options(parser: argparse.ArgumentParser, tags: bool) -> None:
 
 
 def _add_model_parsers(sub) -> None:
-    from image2vec.systems import SYSTEM_NAMES
+    from image2vec.names import SYSTEM_NAMES
 
     train = sub.add_parser("train", help="train a model (or a baseline) and save it",
                            description="Extract and cache features, build the vocabulary, train, "
                                        "and save the model as one .npz file.")
     _add_data_options(train, tags=True)
     train.add_argument("--instances", metavar="ANN.json", help="COCO instances file (categories)")
-    train.add_argument("--model", choices=SYSTEM_NAMES, default="learn-all", help="default: learn-all")
+    train.add_argument("--model", choices=SYSTEM_NAMES, default="reduced-rank", help="default: reduced-rank")
     # Model settings default to None: the system's own default, and an option that a system
     # does not take (--objective for prior) is refused rather than ignored.
     train.add_argument("--objective", choices=("l2", "ip"), help="Image2Vec models (default: l2)")
@@ -359,12 +451,17 @@ def _add_model_parsers(sub) -> None:
     similar = sub.add_parser("similar", help="visually similar words (interactive without WORD)")
     similar.add_argument("--model", required=True, metavar="MODEL.npz")
     similar.add_argument("-n", type=_positive_int, default=5, help="how many (default: 5)")
-    similar.add_argument("word", nargs="?", help="the word; omitted: read words from standard input")
+    similar.add_argument("word", nargs="?",
+                         help="the word (any case); omitted: read words from standard input")
     similar.set_defaults(func=_cmd_similar)
 
     retrieve = sub.add_parser("retrieve", help="rank images by a sum of words")
     retrieve.add_argument("--model", required=True, metavar="MODEL.npz")
     retrieve.add_argument("--images", required=True, metavar="DIR", help="folder of images to rank")
+    retrieve.add_argument("--features", metavar="STORE",
+                          help="feature store that caches the folder's features (default: one per "
+                               "folder under $IMAGE2VEC_CACHE, $XDG_CACHE_HOME/image2vec or "
+                               "~/.cache/image2vec)")
     retrieve.add_argument("-n", type=_positive_int, default=5, help="how many (default: 5)")
     retrieve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     retrieve.add_argument("words", nargs="+", metavar="WORD")
@@ -381,7 +478,23 @@ def _add_model_parsers(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    From its first line on, SIGINT (Ctrl-C) and SIGTERM raise an exception wherever the program
+    is (imports included), so that it ends with one line and status 130 or 143 after the open
+    with-blocks have removed their temporary folders.
+    """
+    with _signals_raise():
+        try:
+            return _run(argv)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            print(f"image2vec: {'terminated' if signum == signal.SIGTERM else 'interrupted'}",
+                  file=sys.stderr)
+            return 128 + signum
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
@@ -394,6 +507,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Image2VecError, OSError) as exc:  # OSError: a path that is a folder, a full disk, ...
         print(f"image2vec: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("image2vec: interrupted", file=sys.stderr)
-        return 130
+
+
+class _Signalled(KeyboardInterrupt):
+    """SIGINT or SIGTERM received (``signum``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_signalled(signum: int, frame) -> None:
+    raise _Signalled(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Signalled` inside the block (in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_signalled)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
