@@ -505,7 +505,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         return int(args.func(args))
     except (Image2VecError, OSError) as exc:  # OSError: a path that is a folder, a full disk, ...
-        print(f"image2vec: error: {exc}", file=sys.stderr)
+        print("image2vec: error: " + " ".join(str(exc).split("\n")), file=sys.stderr)
         return 2
 
 

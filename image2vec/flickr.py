@@ -8,16 +8,19 @@ in the vocabulary). Tags are noisy on purpose: many are not visual (camera model
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import unquote_plus
 
 from image2vec.errors import Image2VecError
-from image2vec.io import resolve_under
+from image2vec.io import open_regular, resolve_under
 
 __all__ = ["TaggedImages", "normalize_tags", "load_tag_tsv", "load_yfcc100m", "load_sample",
            "SAMPLE_TSV"]
@@ -79,11 +82,14 @@ def normalize_tags(tags: str | Iterable[str]) -> list[str]:
     return list(out)
 
 
-def _open_table(path: str | os.PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise Image2VecError(f"tag file {path} does not exist")
-    return open(path, encoding="utf-8", newline="")
+@contextlib.contextmanager
+def _open_table(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A tag file as UTF-8 text, read as it streams; a file that is not UTF-8 is a clear error."""
+    with io.TextIOWrapper(open_regular(path, "tag file"), encoding="utf-8", newline="") as fh:
+        try:
+            yield fh
+        except UnicodeDecodeError as exc:
+            raise Image2VecError(f"tag file {path} is not UTF-8 text ({exc.reason})") from None
 
 
 def load_tag_tsv(path: str | os.PathLike,

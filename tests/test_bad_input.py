@@ -583,6 +583,17 @@ def test_unknown_and_empty_words(model, capsys, word, message):
     one_error_line(capsys.readouterr().err, message)
 
 
+def test_a_message_of_several_lines_is_printed_as_one(monkeypatch, capsys):
+    from image2vec import cli
+
+    def fail(path):
+        raise Image2VecError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "_load_model", fail)
+    assert main(["similar", "--model", "m.npz", "dog"]) == 2
+    one_error_line(capsys.readouterr().err, "first line second line")
+
+
 def test_words_are_looked_up_without_regard_to_case(model, capsys):
     assert main(["similar", "--model", str(model), "-n", "2", "Red CAR"]) == 0
     assert capsys.readouterr().out.startswith("red car: ")

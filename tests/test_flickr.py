@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -97,6 +99,15 @@ def test_bad_tsv(tmp_path, content, message):
 def test_missing_tsv(tmp_path):
     with pytest.raises(Image2VecError, match="does not exist"):
         load_tag_tsv(tmp_path / "nope.tsv")
+
+
+def test_tsv_that_is_not_utf8_or_a_named_pipe(tmp_path):
+    (tmp_path / "latin1.tsv").write_bytes("caf\xe9.jpg\tcaf\xe9\n".encode("latin-1"))
+    with pytest.raises(Image2VecError, match="latin1.tsv is not UTF-8 text"):
+        load_tag_tsv(tmp_path / "latin1.tsv")
+    os.mkfifo(tmp_path / "pipe.tsv")  # refused at once, not waited on
+    with pytest.raises(Image2VecError, match="pipe.tsv is not a regular file"):
+        load_tag_tsv(tmp_path / "pipe.tsv")
 
 
 @pytest.mark.parametrize("wide", [True, False])
