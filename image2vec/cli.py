@@ -120,7 +120,8 @@ def _extract(files: list[Path], store: Path, system, metadata: dict, args: argpa
     feature_set = extract_features(files, store, keys=keys, extractor=extractor, device=args.device,
                                    on_bad_image=on_bad_image, logits=logits, progress=False)
     inputs = np.array(feature_set.logits if logits else feature_set.features)
-    return _checked_inputs(inputs, system, feature_set.files, f"the {extractor} features"), list(feature_set.files)
+    files = list(feature_set.files)
+    return _checked_inputs(inputs, system, files, f"the {extractor} features"), files
 
 
 def _checked_inputs(inputs, system, files: list[str], source: str):

@@ -83,6 +83,19 @@ def tiny() -> Extractor:
                      nn.Linear(3, 2), 3, Preprocessing(resize=16, crop=8))
 
 
+@pytest.fixture
+def interrupting(tiny) -> Extractor:
+    """The tiny extractor, interrupted (a user's Ctrl-C) at its first batch."""
+    class Interrupting(Extractor):
+        def __init__(self):
+            self.__dict__.update(tiny.__dict__)
+
+        def __call__(self, batch):
+            raise KeyboardInterrupt
+
+    return Interrupting()
+
+
 def rewrite_model(source: Path, target: Path, *, info: dict | None = None, arrays: dict | None = None,
                   members: dict | None = None) -> Path:
     """A copy of model file ``source`` with metadata entries, arrays or raw members replaced.
@@ -272,17 +285,11 @@ def test_case04_a_full_disk_is_one_clear_error_and_the_rerun_resumes(images, tin
     np.testing.assert_array_equal(again.features, clean.features)
 
 
-def test_case04_the_arrays_own_their_disk_blocks_before_any_row_is_written(images, tiny, tmp_path):
+def test_case04_the_arrays_own_their_disk_blocks_before_any_row_is_written(images, interrupting,
+                                                                         tmp_path):
     """A memory-mapped file with holes is written past the end of a full disk (a bus error)."""
-    class Interrupting(Extractor):
-        def __init__(self):
-            self.__dict__.update(tiny.__dict__)
-
-        def __call__(self, batch):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        extract_features(sorted(images.iterdir()) * 2000, tmp_path, extractor=Interrupting(),
+        extract_features(sorted(images.iterdir()) * 2000, tmp_path, extractor=interrupting,
                          progress=False)
     array = tmp_path / "partial" / "features.npy"
     assert array.stat().st_blocks * 512 >= array.stat().st_size > 8000 * 3 * 4
@@ -303,18 +310,11 @@ def test_case05_arrays_of_the_user_are_not_overwritten(images, tiny, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), np.arange(3.0))
 
 
-def test_case05_the_programs_own_partial_folder_is_replaced_and_removed(images, tiny, tmp_path):
+def test_case05_the_programs_own_partial_folder_is_replaced_and_removed(images, tiny, interrupting,
+                                                                       tmp_path):
     files = sorted(images.iterdir())
-
-    class Interrupting(Extractor):
-        def __init__(self):
-            self.__dict__.update(tiny.__dict__)
-
-        def __call__(self, batch):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        extract_features(files[:2], tmp_path, extractor=Interrupting(), progress=False)
+        extract_features(files[:2], tmp_path, extractor=interrupting, progress=False)
     assert (tmp_path / "partial" / store.MARKER).is_file()
     extract_features(files, tmp_path, extractor=tiny, progress=False)  # another request
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy", "index.json"]
