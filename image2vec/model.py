@@ -9,58 +9,83 @@ intercept (a mean-image term): it fits
 
 so the embedding r_n = W f'_n + (D xbar - W m) lives in word-sum space, r_n ~= D x_n, and its
 words are read back by non-negative OMP over D.
+
+The fit streams the features in row chunks (a memory-mapped feature store works): one pass for
+mu, one for the sufficient statistics of the preprocessed features; what is kept is
+O(p^2 + pV + V^2), never a dense N x p copy.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from image2vec.arrays import check_shapes, preprocess_features
 from image2vec.errors import Image2VecError
+from image2vec.names import MODELS
 from image2vec.summary import Summary, check_words
 from solvers import (
+    ObjectiveTerms,
     bcd,
     box_least_squares,
+    closed_form,
     incoherence_weights,
     omp_gram,
     sgd,
     sufficient_stats,
 )
 from solvers.backend import gpu_available, to_numpy
+from solvers.objective import column_means, iter_row_chunks
 
-MODELS = ("simple", "learn-all", "weak-tag")
 OBJECTIVES = ("l2", "ip")
 SOLVERS = ("bcd", "sgd")
 READOUTS = ("omp", "rank")
+#: Defaults of ``lam`` (the l2 ridge) and ``prior_weight`` (the OMP read-out's word-frequency
+#: prior) per model, chosen on the Flickr8k dev split (experiments/flickr8k.py).
+DEFAULT_LAM = {"reduced-rank": 5e-4, "learn-all": 1.0, "weak-tag": 1e-3, "simple": 1e-3}
+DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.1, "weak-tag": 0.1, "simple": 0.1}
+#: Rows of F read at a time.
+CHUNK_ROWS = 4096
 
 
 class Image2Vec(TransformerMixin, BaseEstimator):
-    """Learn word vectors D and an image map so that an image's embedding is the sum of its words.
+    """Learn word vectors D and an image map W so that an image's embedding is the sum of its words.
 
     Parameters
     ----------
-    model : {"simple", "learn-all", "weak-tag"}, default "learn-all"
-        ``simple``: W is a fixed Johnson-Lindenstrauss projection (entries N(0, 1/d), seeded by
-        ``random_state``), only D is learned. ``learn-all``: D and W are learned, W W^T = I.
+    model : {"reduced-rank", "learn-all", "weak-tag", "simple"}, default "reduced-rank"
+        ``reduced-rank``: D D^T = I (orthonormal rows) and a ridge on W; with ``l2`` this is
+        reduced-rank ridge regression of the words on the features, solved exactly.
+        ``learn-all``: W W^T = I on the (whitened) principal components of the features, D free.
         ``weak-tag``: learn-all plus per-image tag weights a_n in [0, 1] on the image's own
-        words, x_n -> a_n * x_n, for noisy tags.
+        words, x_n -> a_n * x_n, for noisy tags. ``simple``: W is a fixed Johnson-Lindenstrauss
+        projection (entries N(0, 1/d), seeded by ``random_state``), only D is learned.
     objective : {"l2", "ip"}, default "l2"
         ``l2``: minimise (1/2N) sum ||r_n - D x_n||^2 + (lam/2) ||D||_F^2
-        (+ (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2). ``ip``: maximise (1/N) sum r_n . D x_n
-        with ||d_v|| = 1.
+        (+ (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2); for ``reduced-rank``
+        (1/2N) sum ||x_n - D^T r_n||^2 + (lam/2) ||W||_F^2, the same fit plus the part of x_n
+        outside D's row space. ``ip``: maximise (1/N) sum r_n . D x_n with ||d_v|| = 1
+        (``reduced-rank``: D D^T = I and W W^T = I, partial least squares).
+        See :mod:`solvers.objective`.
     solver : {"bcd", "sgd"}, default "bcd"
-        Block coordinate descent on sufficient statistics, or minibatch SGD streaming rows.
+        Block coordinate descent on sufficient statistics, started from the exact minimiser
+        where one exists (:func:`solvers.closed_form`), or minibatch SGD streaming rows.
     dim : int, default 256
-        Embedding dimension d (at most the feature dimension p unless ``model="simple"``).
+        Embedding dimension d. Lowered, with a warning, to what the data allows: the number of
+        feature directions the map can use and, for ``reduced-rank``, the number of words.
     lam : float, optional
-        Ridge weight of the ``l2`` objective; default 1e-3 (``l2``) and 0 (``ip``, where it is
-        refused).
+        Ridge weight of the ``l2`` objective (on D, or on W for ``reduced-rank``); default
+        :data:`DEFAULT_LAM` of the model. Refused with ``ip``.
     gamma : float, default 0
-        Co-occurrence incoherence weight (``l2`` only).
+        Co-occurrence incoherence weight (``l2`` with learn-all, weak-tag or simple).
     k : int, default 3
         Summary length of :meth:`predict`.
     readout : {"omp", "rank"}, default "omp"
@@ -68,22 +93,38 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         min_{x >= 0, ||x||_0 <= k} ||r - D x||^2 + prior_weight ||x - xbar||^2 greedily
         (non-negative OMP over the atoms [d_v; sqrt(prior_weight) e_v], words ordered by
         coefficient, the estimate of x_nv); ``rank`` takes the k highest scores D^T r.
-    prior_weight : float, default 1.0
+    prior_weight : float, optional
         mu above: pulls the sparse code towards the training mean xbar, a word-frequency
-        prior; 0 gives plain non-negative OMP over D.
+        prior; 0 gives plain non-negative OMP over D. Default :data:`DEFAULT_PRIOR_WEIGHT`.
     normalize : bool, default True
         L2-normalise the centred features.
-    whiten : bool, default False
-        Learn W on whitened principal components of the features (needs dim <= the number of
-        directions the training images span). This makes the l2 W-step exact Procrustes and
-        removes the l2 objective's pull towards low-variance feature directions; on the
-        80-image COCO subset it scored lower (the whitened noise directions), so it is off.
-    max_iter : int, default 50
+    whiten : bool, default True
+        ``learn-all`` and ``weak-tag``: learn W on the whitened top ``n_components`` principal
+        components. Under W W^T = I the unwhitened l2 objective is minimised by the feature
+        directions of least residual variance (see :func:`solvers.closed_form`), the ones
+        where the images barely vary, and the word vectors collapse; whitening makes
+        tr(W A W^T) constant and the fit a canonical correlation analysis with a ridge on D.
+    n_components : int, default 512
+        Principal components the learned map of ``learn-all`` and ``weak-tag`` works on
+        (capped at the directions in which the training images vary).
+    metric : {"cosine", "euclidean"}, default "cosine"
+        Retrieval: rank images by the cosine between the centred embedding r_n - D xbar and the
+        centred query D (q - xbar), or by -||r_n - D q||.
+    max_iter : int, default 300
         BCD sweeps.
     tol : float, default 1e-6
-        BCD relative stopping tolerance.
-    n_epochs, batch_size, learning_rate
-        SGD settings.
+        BCD stops when a sweep lowers J by at most tol |J|; SGD counts a stall when an
+        epoch does.
+    max_steps : int, default 20000
+        SGD's budget of minibatch steps.
+    batch_size : int, default 256
+        SGD minibatch (capped at N).
+    learning_rate : float, default 0.5
+        SGD step relative to the Lipschitz estimate.
+    decay : float, default 5
+        SGD divides its step by ``decay`` when J stalls.
+    n_iter_no_change : int, default 2
+        SGD stalls in a row before the step decays (at the smallest step: before it stops).
     random_state : int, Generator or None
         Seeds the JL projection and SGD's row order.
     device : {"cpu", "cuda"}, default "cpu"
@@ -94,7 +135,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     dictionary_ : ndarray of shape (d, V)
         D, one word vector per column.
     image_map_ : ndarray of shape (d, p)
-        W.
+        W, in the coordinates of the preprocessed features.
     feature_mean_ : ndarray of shape (p,)
         mu, the training mean of the raw features.
     offset_ : ndarray of shape (d,)
@@ -103,17 +144,52 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         xbar, the training mean of the (weighted) targets.
     words_ : ndarray of shape (V,), str
         The vocabulary.
+    dim_ : int
+        The embedding dimension used (``dim`` or less).
+    lam_, prior_weight_ : float
+        The ridge and read-out prior used.
     classes_ : ndarray
         The labels, when ``fit`` got a 1-d label vector (then :meth:`predict` returns labels).
     tag_weights_ : scipy.sparse.csr_matrix of shape (N, V)
         a_n on the training images' words (``weak-tag``).
     objective_trace_ : list of (iteration, block, value)
-        The objective after every block (bcd) or epoch (sgd).
+        The objective after every block (bcd) or measurement (sgd).
+    n_iter_ : int
+        BCD sweeps or SGD steps run.
+    converged_ : bool
+        Whether the solver met its tolerance (else a ConvergenceWarning was issued).
+    fit_seconds_ : float
+        Wall time of the fit.
     """
+
+    _parameter_constraints: dict = {
+        "model": [StrOptions(set(MODELS))],
+        "objective": [StrOptions(set(OBJECTIVES))],
+        "solver": [StrOptions(set(SOLVERS))],
+        "dim": [Interval(Integral, 1, None, closed="left")],
+        "lam": [None, Interval(Real, 0, None, closed="left")],
+        "gamma": [Interval(Real, 0, None, closed="left")],
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "readout": [StrOptions(set(READOUTS))],
+        "prior_weight": [None, Interval(Real, 0, None, closed="left")],
+        "normalize": ["boolean"],
+        "whiten": ["boolean"],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "metric": [StrOptions({"cosine", "euclidean"})],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_steps": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "decay": [Interval(Real, 1, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "device": [StrOptions({"cpu", "cuda"})],
+    }
 
     def __init__(
         self,
-        model: str = "learn-all",
+        model: str = "reduced-rank",
         objective: str = "l2",
         solver: str = "bcd",
         dim: int = 256,
@@ -121,14 +197,18 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         gamma: float = 0.0,
         k: int = 3,
         readout: str = "omp",
-        prior_weight: float = 1.0,
+        prior_weight: float | None = None,
         normalize: bool = True,
-        whiten: bool = False,
-        max_iter: int = 50,
+        whiten: bool = True,
+        n_components: int = 512,
+        metric: str = "cosine",
+        max_iter: int = 300,
         tol: float = 1e-6,
-        n_epochs: int = 30,
+        max_steps: int = 20_000,
         batch_size: int = 256,
         learning_rate: float = 0.5,
+        decay: float = 5.0,
+        n_iter_no_change: int = 2,
         random_state: Any = None,
         device: str = "cpu",
     ):
@@ -143,15 +223,39 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.prior_weight = prior_weight
         self.normalize = normalize
         self.whiten = whiten
+        self.n_components = n_components
+        self.metric = metric
         self.max_iter = max_iter
         self.tol = tol
-        self.n_epochs = n_epochs
+        self.max_steps = max_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.decay = decay
+        self.n_iter_no_change = n_iter_no_change
         self.random_state = random_state
         self.device = device
 
     # ------------------------------------------------------------------ fitting
+
+    def check_params(self) -> None:
+        """Validate the hyper-parameters before any work (``fit`` does it first).
+
+        Every parameter is checked against :attr:`_parameter_constraints` (type, range, NaN),
+        then the combinations that make no sense are refused.
+
+        Raises
+        ------
+        ValueError
+            Naming the parameter: an unknown option, a value out of range or of the wrong type,
+            ``lam``/``gamma`` with ``objective="ip"``, ``gamma`` with ``reduced-rank``.
+        """
+        self._validate_params()
+        if self.objective == "ip" and (self.lam or self.gamma):
+            raise ValueError("lam and gamma apply to objective='l2' only: with 'ip' every word has "
+                             "norm 1, so there is no norm to penalise")
+        if self.gamma and self.model == "reduced-rank":
+            raise ValueError("gamma (co-occurrence incoherence) applies to the learn-all, weak-tag "
+                             "and simple models, not to reduced-rank (orthonormal word rows)")
 
     def fit(self, X: Any, y: Any, words: Any = None) -> "Image2Vec":
         """Learn D and W (and tag weights) from image features and word targets.
@@ -162,7 +266,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (N, p)
-            Image features F (dense).
+            Image features F (dense; a numpy memmap is read in row chunks).
         y : {array-like, sparse matrix} of shape (N, V), or array-like of shape (N,)
             Word targets x_nv >= 0 (e.g. the fraction of an image's captions containing word v),
             or one label per image (each label becomes a word).
@@ -173,82 +277,72 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        lam = self.check_params()
+        start = time.perf_counter()
+        self.check_params()
         F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
-                             multi_output=True, y_numeric=False)
+                             multi_output=True, y_numeric=False, copy=False)
         X = self._targets(X)
         self.words_ = check_words(words, X.shape[1], getattr(self, "classes_", None))
-        if self.model != "simple" and self.dim > F.shape[1]:
-            raise ValueError(
-                f"dim={self.dim} exceeds n_features={F.shape[1]}: model={self.model!r} needs "
-                "W W^T = I; lower dim or use model='simple'"
-            )
+        self.lam_ = float(DEFAULT_LAM[self.model] if self.lam is None else self.lam)
+        if self.objective == "ip":
+            self.lam_ = 0.0
+        self.prior_weight_ = float(DEFAULT_PRIOR_WEIGHT[self.model] if self.prior_weight is None
+                                   else self.prior_weight)
         xp = self._array_module()
-        self.feature_mean_ = F.mean(axis=0)
-        Fp = self._preprocess(F)
-        learn_w = self.model != "simple"
-        # A learned W works in principal-axis coordinates (whitened with ``whiten``).
-        basis = self._principal_basis(Fp) if learn_w else np.eye(Fp.shape[1])
-        Fw = Fp @ basis
-        W0 = self._initial_map(Fw.shape[1], xp)
-        if self.solver == "bcd":  # sgd streams the rows and needs no statistics but X^T X
-            stats = sufficient_stats(Fw, X).to(xp, np.float64)
-            cooccurrence = stats.C
-        else:
-            cooccurrence = xp.asarray((X.T @ X).toarray()) if self.gamma else None
-        weights = incoherence_weights(cooccurrence) if self.gamma else None
-        terms = dict(objective_kind=self.objective, lam=lam, gamma=self.gamma, cooccurrence=weights)
-        a_step = _TagWeights(Fw, X, self.objective, xp) if self.model == "weak-tag" else None
-        if self.solver == "bcd":
-            sample_step = None if a_step is None else (lambda D, W: a_step(D, W, stats_of=sufficient_stats).to(xp, np.float64).centered())
-            result = bcd(stats.centered(), W0, learn_w=learn_w, sample_step=sample_step,
-                         max_iter=self.max_iter, tol=self.tol, **terms)
-        else:
-            result = sgd(Fw, X, W0, learn_w=learn_w, center=True,
-                         sample_step=None if a_step is None else a_step, n_epochs=self.n_epochs,
-                         batch_size=self.batch_size, learning_rate=self.learning_rate,
-                         random_state=self.random_state, xp=xp, **terms)
+        self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
+        stats = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
+        basis = self._basis(stats.centered().A, stats.n)
+        centred = stats.centered() if basis is None else stats.centered().rotated(basis)
+        self.dim_ = self._data_dim(centred.A.shape[0], X.shape[1])
+        transform = self._preprocess if basis is None else (lambda chunk: self._preprocess(chunk) @ basis)
+        result, a_step = self._solve(F, X, centred, transform, xp)
         targets = X if a_step is None else a_step.weighted()
+        W = to_numpy(result.W)
         self.dictionary_ = to_numpy(result.D)
-        self.image_map_ = to_numpy(result.W) @ basis.T  # back to the features' coordinates
+        self.image_map_ = W if basis is None else W @ basis.T  # back to the features' coordinates
         self.target_mean_ = np.asarray(targets.mean(axis=0)).ravel()
-        self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ Fp.mean(axis=0)
+        self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ (stats.f_sum / stats.n)
         self.objective_trace_ = result.trace
         self.n_iter_ = result.n_iter
-        if self.readout == "omp":
-            self._readout_gram()  # cached here: predicting must not change the estimator
+        self.converged_ = result.converged
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
+        if self.readout == "omp":
+            self._readout_gram()  # cached here: predicting must not change the estimator
+        self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def check_params(self) -> float:
-        """Validate the hyper-parameters (``fit`` does it first); returns the effective lam.
-
-        Raises
-        ------
-        ValueError
-            An unknown model, objective, solver or read-out, a non-positive size, or a
-            combination that makes no sense (lam or gamma with ``objective="ip"``).
-        """
-        for name, value, allowed in (("model", self.model, MODELS), ("objective", self.objective, OBJECTIVES),
-                                     ("solver", self.solver, SOLVERS), ("readout", self.readout, READOUTS),
-                                     ("device", self.device, ("cpu", "cuda"))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name in ("dim", "k", "max_iter", "n_epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.objective == "ip" and (self.lam or self.gamma):
-            raise ValueError(
-                "lam and gamma apply to objective='l2' only: with 'ip' every word has norm 1, "
-                "so there is no norm to penalise"
-            )
-        lam = 1e-3 if self.lam is None and self.objective == "l2" else (self.lam or 0.0)
-        if lam < 0 or self.gamma < 0 or self.prior_weight < 0:
-            raise ValueError(f"lam, gamma and prior_weight must be >= 0, got lam={lam}, "
-                             f"gamma={self.gamma}, prior_weight={self.prior_weight}")
-        return float(lam)
+    def _solve(self, F, X, centred, transform, xp):
+        """Run the solver; returns (SolverResult, the weak-tag A-step or None)."""
+        weights = None
+        if self.gamma:
+            cooccurrence = (X.T @ X).tocsr() if self.solver == "sgd" else centred.C
+            weights = incoherence_weights(cooccurrence)
+            weights = weights if sp.issparse(weights) else xp.asarray(weights)
+        terms = ObjectiveTerms(self.objective, "words" if self.model == "reduced-rank" else "map",
+                               self.lam_, float(self.gamma), weights)
+        learn_w = self.model != "simple"
+        a_step = _TagWeights(F, X, transform, self.objective, xp) if self.model == "weak-tag" else None
+        stats = centred.to(xp, np.float64)
+        start = closed_form(stats, self.dim_, terms) if learn_w else None
+        W0 = start.W if learn_w else self._projection(centred.A.shape[0], xp)
+        if self.solver == "sgd":
+            sample_step = None if a_step is None else a_step
+            result = sgd(F, X, W0, terms, learn_w=learn_w, center=True, transform=transform,
+                         sample_step=sample_step, batch_size=self.batch_size,
+                         max_steps=self.max_steps, learning_rate=self.learning_rate,
+                         decay=self.decay, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
+                         random_state=self.random_state, xp=xp)
+        elif start is not None and start.converged and a_step is None:
+            result = start
+        else:
+            sample_step = None if a_step is None else (
+                lambda D, W: a_step(D, W, statistics=True).to(xp, np.float64).centered())
+            result = bcd(stats, W0, terms, D=None if start is None else start.D, learn_w=learn_w,
+                         sample_step=sample_step, max_iter=self.max_iter, tol=self.tol,
+                         spectral_bound=float(to_numpy(stats.A).diagonal().max()) if self._whitened()
+                         else None)
+        return result, a_step
 
     def _targets(self, X: Any) -> sp.csr_matrix:
         """X as CSR float64 (N x V); a 1-d label vector becomes one indicator column per label."""
@@ -273,43 +367,48 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return cupy
 
     def _preprocess(self, F: np.ndarray) -> np.ndarray:
-        """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``)."""
-        centred = np.asarray(F, dtype=np.float64) - self.feature_mean_
-        if self.normalize:
-            norms = np.linalg.norm(centred, axis=1, keepdims=True)
-            centred /= np.where(norms > 0, norms, 1)
-        return centred
+        """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``), float64."""
+        return preprocess_features(F, self.feature_mean_, self.normalize)
 
-    def _principal_basis(self, Fp: np.ndarray) -> np.ndarray:
-        r"""The coordinates a learned W works in: principal axes of the centred features.
+    def _whitened(self) -> bool:
+        return self.whiten and self.model in ("learn-all", "weak-tag")
 
-        With the centred scatter A = U diag(s) U^T (s decreasing), the basis is U (p x p, a
-        rotation: W's initial value, the identity rows, is then the top-d principal directions).
-        With ``whiten`` it is U_q diag(s_q / N)^{-1/2} over the q directions of non-zero
-        variance: the whitened features have scatter N I, so tr(W A_w W^T) = N d is constant on
-        {W W^T = I} and the l2 W-step is exactly orthogonal Procrustes. Without whitening the l2
-        objective can lower itself by turning W towards directions where the images barely vary
-        (r_n ~= 0, D ~= 0 fit them well); a strong ridge ``lam`` makes that drift likely.
+    def _basis(self, scatter: np.ndarray, n_rows: int) -> np.ndarray | None:
+        r"""The coordinates a learned W W^T = I map works in, or None (the features' own).
+
+        ``learn-all`` and ``weak-tag``: the principal axes of the centred scatter
+        A = U diag(s) U^T (s decreasing), the top ``n_components`` of those with non-zero
+        variance, whitened with ``whiten`` (U_q diag(s_q / N)^{-1/2}: the whitened features
+        have scatter N I). ``reduced-rank`` and ``simple``: None.
         """
-        centred = Fp - Fp.mean(axis=0)
-        values, vectors = np.linalg.eigh(centred.T @ centred)
+        if self.model not in ("learn-all", "weak-tag"):
+            return None
+        values, vectors = np.linalg.eigh(to_numpy(scatter))
         values, vectors = values[::-1], vectors[:, ::-1]
-        if not self.whiten:
-            return vectors
         rank = int((values > 1e-9 * max(values[0], 1e-300)).sum())
-        if self.dim > rank:
-            raise ValueError(
-                f"dim={self.dim} exceeds the {rank} directions in which the {len(Fp)} training "
-                "images vary, and whiten=True needs W W^T = I on them; lower dim or use more images"
-            )
-        return vectors[:, :rank] / np.sqrt(values[:rank] / len(Fp))
+        if rank == 0:
+            raise ValueError(f"the features of the n_samples={n_rows} training images do not vary: "
+                             f"model={self.model!r} needs at least 2 different images")
+        q = min(self.n_components, rank)
+        self.n_components_ = q
+        if not self.whiten:
+            return vectors[:, :q]
+        return vectors[:, :q] / np.sqrt(values[:q] / n_rows)
 
-    def _initial_map(self, n_features: int, xp):
-        """JL projection (simple) or the top-d principal axes (learned W, in principal coordinates)."""
+    def _data_dim(self, n_directions: int, n_words: int) -> int:
+        """``dim``, lowered with a warning to what the constraint allows on this data."""
+        limit = n_directions if self.model != "reduced-rank" else min(n_directions, n_words)
         if self.model == "simple":
-            rng = np.random.default_rng(self.random_state)
-            return xp.asarray(rng.standard_normal((self.dim, n_features)) / np.sqrt(self.dim))
-        return xp.eye(self.dim, n_features)
+            limit = self.dim
+        if self.dim > limit:
+            warnings.warn(f"dim={self.dim} exceeds the {limit} dimensions the {self.model} model "
+                          f"can use on this data; using dim={limit}", UserWarning, stacklevel=3)
+        return min(self.dim, limit)
+
+    def _projection(self, n_features: int, xp):
+        """The simple model's fixed JL projection, entries N(0, 1/d)."""
+        rng = np.random.default_rng(self.random_state)
+        return xp.asarray(rng.standard_normal((self.dim_, n_features)) / np.sqrt(self.dim_))
 
     # ------------------------------------------------------------------ using a model
 
@@ -342,7 +441,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
     def _readout_gram(self) -> tuple[float, np.ndarray]:
         """mu and the read-out's Gram matrix G = D^T D + mu I, cached per dictionary and mu."""
-        mu = float(self.prior_weight)
+        mu = float(self.prior_weight_)
         cached = getattr(self, "_gram_cache", None)
         if cached is None or cached[0] != mu or cached[1] is not self.dictionary_:
             gram = self.dictionary_.T @ self.dictionary_ + mu * np.eye(self.dictionary_.shape[1])
@@ -380,20 +479,30 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return [(str(self.words_[u]), float(cosine[u])) for u in order]
 
     def retrieve(self, words: list[str], F: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rank images by ||r_n - D x_query|| with x_query the indicator of ``words``.
+        """Rank images for the query "the sum of ``words``" (see ``metric``).
 
-        Returns the indices of the n nearest images and their distances.
+        Returns the indices of the n best images and their scores (cosine, or distance
+        ||r_n - D x_query|| with ``metric="euclidean"``), best first.
         """
         query = np.zeros((1, len(self.words_)))
         query[0, [self.word_index(w) for w in words]] = 1
-        distances = np.sqrt(np.maximum(-self.retrieval_scores(F, query)[0], 0))
-        order = np.argsort(distances, kind="stable")[:n]
-        return order, distances[order]
+        scores = self.retrieval_scores(F, query)[0]
+        order = np.argsort(-scores, kind="stable")[:n]
+        if self.metric == "euclidean":
+            return order, np.sqrt(np.maximum(-scores[order], 0))
+        return order, scores[order]
 
     def retrieval_scores(self, F: Any, queries: Any) -> np.ndarray:
-        """-||r_n - D q||^2 for every query indicator q (rows of ``queries``): shape (n_queries, N)."""
+        """Scores (n_queries, N) of the images for every query indicator q (rows of ``queries``).
+
+        ``metric="cosine"``: cos(r_n - D xbar, D (q - xbar)), the correlation of the centred
+        embedding with the centred word sum; ``"euclidean"``: -||r_n - D q||^2.
+        """
         embedded = self.transform(F)
         targets = np.asarray(sp.csr_matrix(queries) @ self.dictionary_.T)  # (n_queries, d): D q
+        if self.metric == "cosine":
+            centre = self.dictionary_ @ self.target_mean_
+            return _unit(targets - centre) @ _unit(embedded - centre).T
         return -((embedded**2).sum(axis=1)[None, :] - 2 * targets @ embedded.T
                  + (targets**2).sum(axis=1)[:, None])
 
@@ -407,11 +516,14 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def check_loaded(self) -> None:
         """Raise ValueError unless the fitted arrays of a loaded model fit together."""
         dim, n_words = self.dictionary_.shape
-        expected = {"image_map_": (dim, self.n_features_in_), "feature_mean_": (self.n_features_in_,),
-                    "offset_": (dim,), "target_mean_": (n_words,), "words_": (n_words,)}
-        for name, shape in expected.items():
-            if getattr(self, name).shape != shape:
-                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
+        check_shapes(self, {"image_map_": (dim, self.n_features_in_),
+                            "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
+                            "target_mean_": (n_words,), "words_": (n_words,)})
+
+
+def _unit(A: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(A, axis=1, keepdims=True)
+    return A / np.where(norms > 0, norms, 1)
 
 
 class _TagWeights:
@@ -421,15 +533,14 @@ class _TagWeights:
     squares over the image's words, with r_n the current embedding in word-sum space.
     ``ip``: the maximiser of (r_n - c) . D (a * x_n) over the box, a_nv = 1 where
     d_v . (r_n - c) > 0, else 0, with c the intercept (the centred objective ignores it).
+    Images are processed in chunks of rows of F, read through ``transform`` (the model's
+    preprocessing and basis), so the step never holds more than a chunk of features.
     """
 
-    def __init__(self, Fp: np.ndarray, X: sp.csr_matrix, objective: str, xp):
-        self.Fp, self.X, self.objective, self.xp = Fp, X.tocsr(), objective, xp
+    def __init__(self, F: Any, X: sp.csr_matrix, transform, objective: str, xp):
+        self.F, self.X, self.transform, self.objective, self.xp = F, X.tocsr(), transform, objective, xp
         self.weights = np.ones(self.X.nnz)
-        counts = np.diff(self.X.indptr)
-        self.slots = max(int(counts.max()), 1) if counts.size else 1
-        self.rows = np.repeat(np.arange(self.X.shape[0]), counts)
-        self.position = np.arange(self.X.nnz) - self.X.indptr[self.rows]
+        self.f_mean, _ = column_means(F, self.X, CHUNK_ROWS, transform=transform)
 
     def weighted(self) -> sp.csr_matrix:
         """X with each entry x_nv multiplied by a_nv."""
@@ -438,31 +549,46 @@ class _TagWeights:
     def weights_matrix(self) -> sp.csr_matrix:
         return sp.csr_matrix((self.weights, self.X.indices, self.X.indptr), shape=self.X.shape)
 
-    def __call__(self, D, W, stats_of=None):
-        """Update a; returns the re-weighted X, or its sufficient statistics via ``stats_of``."""
-        xp = self.xp
+    def __call__(self, D, W, statistics: bool = False):
+        """Update a; returns the re-weighted X, or its sufficient statistics."""
         D, W = to_numpy(D), to_numpy(W)
-        current = self.weighted()
-        xbar = np.asarray(current.mean(axis=0)).ravel()
+        xbar = np.asarray(self.weighted().mean(axis=0)).ravel()
         # r_n - c with c the intercept D xbar: the l2 step fits a with c fixed (then c = D xbar is
         # refitted), while the centred ip objective does not depend on c at all.
-        embedded = (self.Fp - self.Fp.mean(axis=0)) @ W.T
-        if self.objective == "l2":
-            embedded += D @ xbar
-        n, slots = self.X.shape[0], self.slots
-        # Padded per-image problems: atoms u = x_nv d_v on the image's words, zero padding.
-        atoms = np.zeros((n, slots, D.shape[0]))
-        atoms[self.rows, self.position] = self.X.data[:, None] * D[:, self.X.indices].T
-        if self.objective == "ip":
-            scores = np.einsum("nsd,nd->ns", atoms, embedded)
-            new = (scores > 0).astype(float)
-        else:
-            Q = xp.asarray(np.einsum("nsd,ntd->nst", atoms, atoms))
-            c = xp.asarray(np.einsum("nsd,nd->ns", atoms, embedded))
-            init = np.zeros((n, slots))
-            init[self.rows, self.position] = self.weights
-            # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.
-            new = to_numpy(box_least_squares(Q, c, init=xp.asarray(init), max_sweeps=20, tol=1e-6))
-        self.weights = new[self.rows, self.position]
+        shift = D @ xbar if self.objective == "l2" else 0
+        new = np.empty_like(self.weights)
+        start = 0
+        for f_chunk, x_chunk in iter_row_chunks(self.F, self.X, CHUNK_ROWS, transform=self.transform,
+                                                xp=np, dtype=np.float64):
+            rows = slice(start, start + len(f_chunk))
+            embedded = (f_chunk - self.f_mean) @ W.T + shift
+            block = self.X[rows]
+            entries = slice(self.X.indptr[rows.start], self.X.indptr[rows.stop])
+            new[entries] = self._chunk_weights(block, self.weights[entries], D, embedded)
+            start = rows.stop
+        self.weights = new
         weighted = self.weighted()
-        return weighted if stats_of is None else stats_of(self.Fp, weighted)
+        if not statistics:
+            return weighted
+        return sufficient_stats(self.F, weighted, transform=self.transform, chunk_size=CHUNK_ROWS)
+
+    def _chunk_weights(self, block: sp.csr_matrix, current: np.ndarray, D: np.ndarray,
+                       embedded: np.ndarray) -> np.ndarray:
+        """New a on the entries of one chunk of images (padded per-image problems)."""
+        counts = np.diff(block.indptr)
+        slots = max(int(counts.max()), 1) if counts.size else 1
+        rows = np.repeat(np.arange(block.shape[0]), counts)
+        position = np.arange(block.nnz) - block.indptr[rows]
+        # Atoms u = x_nv d_v on the image's words, zero padding.
+        atoms = np.zeros((block.shape[0], slots, D.shape[0]))
+        atoms[rows, position] = block.data[:, None] * D[:, block.indices].T
+        if self.objective == "ip":
+            return (np.einsum("nsd,nd->ns", atoms, embedded)[rows, position] > 0).astype(float)
+        xp = self.xp
+        Q = xp.asarray(np.einsum("nsd,ntd->nst", atoms, atoms))
+        c = xp.asarray(np.einsum("nsd,nd->ns", atoms, embedded))
+        init = np.zeros((block.shape[0], slots))
+        init[rows, position] = current
+        # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.
+        new = to_numpy(box_least_squares(Q, c, init=xp.asarray(init), max_sweeps=20, tol=1e-6))
+        return new[rows, position]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 #: The Image2Vec models (``--model NAME``), one estimator class with ``model=NAME``.
-MODELS = ("simple", "learn-all", "weak-tag")
+MODELS = ("reduced-rank", "learn-all", "weak-tag", "simple")
 #: The baselines, each its own class.
 BASELINES = ("prior", "knn", "cvs", "mcvs", "rvs", "imnet-glove", "cca", "ridge")
 #: Every name ``train --model`` accepts.

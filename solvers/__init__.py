@@ -1,16 +1,26 @@
 """Numerical solvers of image2vec, array-agnostic: numpy arrays on the CPU, CuPy on a GPU.
 
 - :func:`omp`: batched Orthogonal Matching Pursuit (Batch-OMP), optionally non-negative.
-- :func:`bcd`: block coordinate descent on the sufficient statistics of DESIGN.md section 3.
+- :func:`bcd`: block coordinate descent on the sufficient statistics of DESIGN.md section 3;
+  :func:`closed_form`: the exact minimiser where one exists (and BCD's start).
 - :func:`sgd`: minibatch stochastic gradient on the same objectives, streaming rows.
 - :func:`box_least_squares`: batched box-constrained least squares (the weak-tag A-step).
 - :func:`sufficient_stats_dask`: the sufficient statistics as a Dask tree reduction (``[dist]``).
 """
 
+from solvers.bcd import (
+    SolverResult,
+    bcd,
+    closed_form,
+    d_step,
+    polar,
+    random_orthonormal_rows,
+    w_step,
+)
 from solvers.boxls import box_least_squares
-from solvers.bcd import SolverResult, bcd, d_step, polar, random_orthonormal_rows, w_step
 from solvers.distributed import sufficient_stats_dask
 from solvers.objective import (
+    ObjectiveTerms,
     SufficientStats,
     incoherence_weights,
     objective,
@@ -20,6 +30,8 @@ from solvers.omp import SparseCode, nnls_gram, omp, omp_gram
 from solvers.sgd import sgd, streaming_objective
 
 __all__ = [
+    "ObjectiveTerms",
+    "closed_form",
     "SolverResult",
     "SparseCode",
     "SufficientStats",

@@ -2,40 +2,49 @@
 
 Blocks, in turn (notation of :mod:`solvers.objective`):
 
-- D-step, ``l2``: D = W B (C + N lam I)^{-1} by a Cholesky factorisation; with the incoherence
-  penalty (gamma > 0) exact minimisation column by column instead.
-- D-step, ``ip``: d_v = normalise((W B)_v), the maximiser of tr(W B D^T) over unit columns.
-- W-step, ``ip``: orthogonal Procrustes, W = U V^T from the SVD D B^T = U S V^T, the maximiser of
-  tr(W B D^T) over W W^T = I.
-- W-step, ``l2``: the term tr(W A W^T) is not constant on {W W^T = I} unless A is a multiple of I,
-  so Procrustes is applied to a majoriser: with s >= lambda_max(A), tr(W (A - s I) W^T) is concave
-  and lies below its tangent at the current W_0, so J(W) <= J(W_0) + const - (1/N) tr(W M^T) with
-  M = D B^T + W_0 (s I - A); W = polar(M) minimises the bound and never increases J. A few such
-  majorise-minimise steps make one W-step (one step is exact when A = s I).
+- D-step, ``l2``, constraint ``map``: D = W B (C + N lam I)^{-1} by a Cholesky factorisation;
+  with the incoherence penalty (gamma > 0) exact minimisation column by column instead.
+- D-step, ``ip``, constraint ``map``: d_v = normalise((W B)_v), the maximiser of tr(W B D^T) over
+  unit columns.
+- D-step, constraint ``words`` (both objectives): D = polar(W B), the maximiser of tr(W B D^T)
+  over D D^T = I (orthogonal Procrustes).
+- W-step, ``ip``: W = polar(D B^T), the maximiser of tr(W B D^T) over W W^T = I.
+- W-step, ``l2``, constraint ``words``: the ridge regression W = D B^T (A + N lam I)^{-1}.
+- W-step, ``l2``, constraint ``map``: the term tr(W A W^T) is not constant on {W W^T = I}
+  unless A is a multiple of I, so Procrustes is applied to a majoriser: with s >= lambda_max(A),
+  tr(W (A - s I) W^T) is concave and lies below its tangent at the current W_0, so
+  J(W) <= J(W_0) + const - (1/N) tr(W M^T) with M = D B^T + W_0 (s I - A); W = polar(M)
+  minimises the bound and never increases J. A few such majorise-minimise steps make one W-step
+  (one step is exact when A = s I, e.g. for whitened features).
 - Optional per-image block (``sample_step``, e.g. the weak-tag A-step): a callable that receives
   (D, W) and returns new sufficient statistics.
 
 The objective is recorded after every block; each block minimises J (or a majoriser of it) in its
-variables, so the recorded trace never increases.
+variables, so the recorded trace never increases. :func:`closed_form` gives the exact minimiser
+where one exists (every ``l2`` problem without incoherence, and ``ip`` under ``words``) and a
+good start elsewhere; BCD started there converges in a sweep or two.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from solvers.backend import column_norms, get_array_module, linalg_module
-from solvers.objective import SufficientStats, check_objective, objective
+from solvers.objective import ObjectiveTerms, SufficientStats, objective
 
 
 @dataclass
 class SolverResult:
     """D (d x V), W (d x p) and the objective trace of a solver run.
 
-    ``trace`` lists (iteration, block, J) after every block (bcd) or epoch (sgd).
+    ``trace`` lists (iteration, block, J) after every block (bcd) or epoch (sgd); ``seconds``
+    (sgd and the estimator) the wall time at each entry.
     """
 
     D: Any
@@ -53,16 +62,15 @@ class SolverResult:
 def bcd(
     stats: SufficientStats,
     W: Any,
+    terms: ObjectiveTerms = ObjectiveTerms(),
     *,
-    objective_kind: str = "l2",
-    lam: float = 0.0,
-    gamma: float = 0.0,
-    cooccurrence: Any = None,
+    D: Any = None,
     learn_w: bool = True,
     sample_step: Callable[[Any, Any], SufficientStats] | None = None,
-    max_iter: int = 50,
-    tol: float = 1e-7,
+    max_iter: int = 300,
+    tol: float = 1e-6,
     w_substeps: int = 5,
+    spectral_bound: float | None = None,
 ) -> SolverResult:
     r"""Minimise J(D, W) of :mod:`solvers.objective` by block coordinate descent.
 
@@ -71,101 +79,105 @@ def bcd(
     stats : SufficientStats
         A = F^T F, B = F^T X, C = X^T X and N, arrays of the backend to run on.
     W : array of shape (d, p)
-        Initial image map; orthonormal rows when ``learn_w``. With ``learn_w=False`` it stays
-        fixed (the ``simple`` model's random projection) and only D is learned.
-    objective_kind : {"l2", "ip"}
-    lam : float
-        Ridge weight on ||D||_F^2 (``l2``).
-    gamma : float
-        Weight of the co-occurrence incoherence penalty (``l2``); needs ``cooccurrence``.
-    cooccurrence : array of shape (V, V), optional
-        K, symmetric with a zero diagonal (see :func:`solvers.objective.incoherence_weights`).
+        Initial image map, feasible for ``terms.constraint`` (orthonormal rows for ``map``).
+        With ``learn_w=False`` it stays fixed (the ``simple`` model's random projection) and
+        only D is learned.
+    terms : ObjectiveTerms
+        The objective, its constraint and penalty weights.
+    D : array of shape (d, V), optional
+        Current word vectors (a warm start of the incoherent D-step).
     learn_w : bool
         Whether W is a block.
     sample_step : callable, optional
-        ``sample_step(D, W) -> SufficientStats``: an extra block after D and W each iteration.
+        ``sample_step(D, W) -> SufficientStats``: an extra block after D and W each sweep.
     max_iter : int
         Maximum number of sweeps over the blocks.
     tol : float
-        Stop when a sweep lowers J by less than ``tol * max(1, |J|)``.
+        Converged when a sweep lowers J by at most ``tol * |J|`` (relative decrease).
     w_substeps : int
-        Majorise-minimise steps per W-step of the ``l2`` objective.
+        Majorise-minimise steps per W-step of the ``l2`` objective under ``map``.
+    spectral_bound : float, optional
+        s >= lambda_max(A) for the majoriser; computed once when not given.
 
     Returns
     -------
     SolverResult
+        ``converged`` is False, with a :class:`sklearn.exceptions.ConvergenceWarning`, when
+        ``max_iter`` sweeps did not meet ``tol``.
     """
-    check_objective(objective_kind)
-    if objective_kind == "ip" and (lam or gamma):
-        raise ValueError("lam and gamma apply to the l2 objective only (ip has unit-norm words)")
-    if gamma and cooccurrence is None:
-        raise ValueError("gamma > 0 needs the cooccurrence matrix K")
+    _check_positive_int("max_iter", max_iter)
+    _check_positive_int("w_substeps", w_substeps)
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     xp = get_array_module(stats.A, W)
-    terms = dict(kind=objective_kind, lam=lam, gamma=gamma, cooccurrence=cooccurrence)
     W = xp.asarray(W, dtype=stats.A.dtype)
-    spectral_bound = _largest_eigenvalue(stats.A) if learn_w and objective_kind == "l2" else None
-    result = SolverResult(D=None, W=W)
+    majorised = learn_w and terms.kind == "l2" and not terms.words_orthonormal
+    if majorised and spectral_bound is None:
+        spectral_bound = largest_eigenvalue(stats.A)
+    result = SolverResult(D=D, W=W)
     previous = np.inf
     for iteration in range(1, max_iter + 1):
-        result.D = d_step(stats, result.W, objective_kind=objective_kind, lam=lam, gamma=gamma,
-                          cooccurrence=cooccurrence, D=result.D)
-        result.trace.append((iteration, "D", objective(stats, result.D, result.W, **terms)))
+        result.D = d_step(stats, result.W, terms, D=result.D)
+        result.trace.append((iteration, "D", objective(stats, result.D, result.W, terms)))
         if learn_w:
-            result.W = w_step(stats, result.D, result.W, objective_kind=objective_kind,
-                              spectral_bound=spectral_bound, substeps=w_substeps)
-            result.trace.append((iteration, "W", objective(stats, result.D, result.W, **terms)))
+            result.W = w_step(stats, result.D, result.W, terms, spectral_bound=spectral_bound,
+                              substeps=w_substeps)
+            result.trace.append((iteration, "W", objective(stats, result.D, result.W, terms)))
         if sample_step is not None:
             stats = sample_step(result.D, result.W)
-            result.trace.append((iteration, "sample", objective(stats, result.D, result.W, **terms)))
+            result.trace.append((iteration, "sample", objective(stats, result.D, result.W, terms)))
         result.n_iter = iteration
         current = result.objective
-        if not (learn_w or sample_step is not None) or previous - current <= tol * max(1.0, abs(current)):
+        exact_in_one_step = not (learn_w or sample_step is not None)
+        if exact_in_one_step or (iteration > 1 and previous - current <= tol * abs(previous)):
             result.converged = True
             break
         previous = current
+    if not result.converged:
+        warnings.warn(f"bcd did not converge in max_iter={max_iter} sweeps (last relative decrease "
+                      f"above tol={tol:g}); raise max_iter or tol", ConvergenceWarning, stacklevel=2)
     return result
 
 
-def d_step(
-    stats: SufficientStats,
-    W: Any,
-    *,
-    objective_kind: str = "l2",
-    lam: float = 0.0,
-    gamma: float = 0.0,
-    cooccurrence: Any = None,
-    D: Any = None,
-) -> Any:
+def d_step(stats: SufficientStats, W: Any, terms: ObjectiveTerms = ObjectiveTerms(), *,
+           D: Any = None) -> Any:
     """The exact minimiser of J over D for fixed W (see the module docstring).
 
-    With ``gamma > 0`` the penalty couples the columns; one sweep of exact column minimisations
-    starting from ``D`` (or from the gamma = 0 solution) is made instead.
+    With ``terms.gamma > 0`` the penalty couples the columns; one sweep of exact column
+    minimisations starting from ``D`` (or from the gamma = 0 solution) is made instead.
     """
-    xp = get_array_module(stats.A, W)
     target = W @ stats.B  # (d, V): sum_n r_n x_n^T
-    if objective_kind == "ip":
+    if terms.words_orthonormal:
+        return polar(target)
+    if terms.kind == "ip":
         return target / column_norms(target)
-    if gamma and D is not None:
-        return _incoherent_column_sweep(stats, target, D, lam, gamma, cooccurrence)
-    n_words = stats.C.shape[0]
-    system = stats.C + stats.n * lam * xp.eye(n_words, dtype=stats.C.dtype)
+    if terms.gamma and D is not None:
+        return _incoherent_column_sweep(stats, target, D, terms)
+    solution = _ridge_solve(stats.C, stats.n * terms.lam, target)
+    if not terms.gamma:
+        return solution
+    return _incoherent_column_sweep(stats, target, solution, terms)
+
+
+def _ridge_solve(gram: Any, ridge: float, rhs: Any) -> Any:
+    """rhs (gram + ridge I)^{-1} for a symmetric PSD gram, by Cholesky (pinv when singular)."""
+    xp = get_array_module(gram, rhs)
+    system = gram + ridge * xp.eye(gram.shape[0], dtype=gram.dtype)
     linalg = linalg_module(xp)
     try:
-        # system = L L^T, and D system = W B  <=>  L L^T D^T = (W B)^T.
+        # system = L L^T, and S system = rhs  <=>  L L^T S^T = rhs^T.
         lower = xp.linalg.cholesky(system)
-        half = linalg.solve_triangular(lower, target.T, lower=True)
+        half = linalg.solve_triangular(lower, rhs.T, lower=True)
         solution = linalg.solve_triangular(lower.T, half, lower=False).T
         if not bool(xp.isfinite(solution).all()):
             raise np.linalg.LinAlgError("not positive definite")
     except np.linalg.LinAlgError:
-        # lam = 0 with a word that never occurs: C is singular; take the minimum-norm minimiser.
-        solution = target @ xp.linalg.pinv(system)
-    if not gamma:
-        return solution
-    return _incoherent_column_sweep(stats, target, solution, lam, gamma, cooccurrence)
+        # No ridge and a word that never occurs (or a constant feature): take the minimum norm.
+        solution = rhs @ xp.linalg.pinv(system)
+    return solution
 
 
-def _incoherent_column_sweep(stats, target, D, lam, gamma, weights):
+def _incoherent_column_sweep(stats, target, D, terms):
     r"""One sweep of exact minimisations of J over each column d_v with the others fixed.
 
     With the others fixed, J is quadratic in d_v:
@@ -175,13 +187,15 @@ def _incoherent_column_sweep(stats, target, D, lam, gamma, weights):
     D = D.copy()
     dim = D.shape[0]
     eye = xp.eye(dim, dtype=D.dtype)
-    n = stats.n
+    n, weights = stats.n, terms.weights
     for v in range(D.shape[1]):
         others = stats.C[:, v].copy()
         others[v] = 0
         rhs = (target[:, v] - D @ others) / n
-        coupling = (D * weights[:, v]) @ D.T
-        lhs = (stats.C[v, v] / n + lam) * eye + 2 * gamma * coupling
+        column = weights[:, [v]]
+        column = xp.asarray(column.toarray()[:, 0]) if hasattr(column, "toarray") else column[:, 0]
+        coupling = (D * column) @ D.T
+        lhs = (stats.C[v, v] / n + terms.lam) * eye + 2 * terms.gamma * coupling
         D[:, v] = xp.linalg.solve(lhs, rhs)
     return D
 
@@ -190,30 +204,123 @@ def w_step(
     stats: SufficientStats,
     D: Any,
     W: Any,
+    terms: ObjectiveTerms = ObjectiveTerms(),
     *,
-    objective_kind: str = "l2",
     spectral_bound: float | None = None,
     substeps: int = 5,
 ) -> Any:
-    """Update W over {W W^T = I} by (majorised) orthogonal Procrustes; see the module docstring."""
+    """Update W for fixed D (see the module docstring): Procrustes, ridge, or majorised Procrustes."""
     cross = D @ stats.B.T  # (d, p): D B^T
-    if objective_kind == "ip":
+    if terms.kind == "ip":
         return polar(cross)
+    if terms.words_orthonormal:
+        return _ridge_solve(stats.A, stats.n * terms.lam, cross)
     if spectral_bound is None:
-        spectral_bound = _largest_eigenvalue(stats.A)
+        spectral_bound = largest_eigenvalue(stats.A)
     for _ in range(substeps):
         W = polar(cross + spectral_bound * W - W @ stats.A)
     return W
 
 
-def polar(M: Any) -> Any:
-    """The matrix with orthonormal rows nearest to M (d x p, d <= p): U V^T from M = U S V^T."""
+def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = ObjectiveTerms()) -> SolverResult:
+    r"""The exact minimiser of J where it has one; otherwise a start for :func:`bcd`.
+
+    - ``l2``, ``map`` (W W^T = I), without incoherence: for fixed W the best D is
+      W B S with S = (C + N lam I)^{-1}, and J(W B S, W) = (1/2N) tr(W (A - B S B^T) W^T), so the
+      minimiser is W = the d eigenvectors of smallest eigenvalue of the residual scatter
+      A - B S B^T (the feature directions that the words explain best, or that barely vary).
+    - ``l2``, ``words`` (D D^T = I): reduced-rank ridge regression. With A + N lam I = L L^T and
+      K = L^{-1} B = U S V^T, D = V_d^T (the top d right singular vectors) and
+      W = D B^T (A + N lam I)^{-1} (Mukherjee and Zhu 2011).
+    - ``ip``, ``words`` (W W^T = I, D D^T = I): partial least squares, W = U_d^T and D = V_d^T
+      from B = U S V^T.
+    - ``ip``, ``map`` (unit columns of D) and ``l2`` with incoherence have no closed form: W is
+      the top d left singular vectors of B (``ip``) or the incoherence-free minimiser (``l2``),
+      and ``converged`` is False: run :func:`bcd` from there.
+
+    Parameters
+    ----------
+    stats : SufficientStats
+        Statistics of centred data.
+    dim : int
+        d, at most p (and, for ``words``, at most V).
+    terms : ObjectiveTerms
+
+    Returns
+    -------
+    SolverResult
+        D, W, one trace entry, ``n_iter`` 1 and ``converged`` True for an exact minimiser.
+    """
+    xp = get_array_module(stats.A)
+    p, n_words = stats.B.shape
+    if dim > p or (terms.constraint == "words" and dim > n_words):
+        raise ValueError(f"dim={dim} exceeds what the constraint allows (p={p}, V={n_words})")
+    exact = not terms.gamma and (terms.kind == "l2" or terms.words_orthonormal)
+    if terms.kind == "ip":
+        left, _, right = _top_singular_pairs(stats.B, dim)
+        W = left.T
+        D = right.T if terms.words_orthonormal else d_step(stats, W, terms)
+    elif not terms.words_orthonormal:  # W W^T = I
+        S_BT = _ridge_solve(stats.C, stats.n * terms.lam, stats.B)  # B S (p x V)
+        residual = stats.A - S_BT @ stats.B.T
+        values, vectors = xp.linalg.eigh((residual + residual.T) / 2)
+        W = vectors[:, :dim].T
+        D = W @ S_BT
+    else:  # D D^T = I: reduced-rank ridge
+        _, _, right = _top_singular_pairs(_whitened(stats.A, stats.n * terms.lam, stats.B), dim)
+        D = right.T
+        W = w_step(stats, D, None, terms)
+    result = SolverResult(D=D, W=W, n_iter=1, converged=exact)
+    result.trace.append((1, "exact" if exact else "start", objective(stats, D, W, terms)))
+    return result
+
+
+def _whitened(gram: Any, ridge: float, M: Any) -> Any:
+    """L^{-1} M with gram + ridge I = L L^T (Cholesky; the eigendecomposition's pseudo-inverse
+    square root, on the range, when the matrix is singular)."""
+    xp = get_array_module(gram, M)
+    system = gram + ridge * xp.eye(gram.shape[0], dtype=gram.dtype)
+    try:
+        lower = xp.linalg.cholesky(system)
+        result = linalg_module(xp).solve_triangular(lower, M, lower=True)
+        if bool(xp.isfinite(result).all()):
+            return result
+    except np.linalg.LinAlgError:
+        pass
+    values, vectors = xp.linalg.eigh(system)
+    keep = values > 1e-12 * float(values[-1])
+    return (vectors[:, keep] / xp.sqrt(values[keep])).T @ M
+
+
+def _top_singular_pairs(M: Any, dim: int) -> tuple[Any, Any, Any]:
+    """The top ``dim`` singular triplets (U_d, s_d, V_d) of M (m x n), from the smaller Gram."""
     xp = get_array_module(M)
+    transpose = M.shape[0] > M.shape[1]
+    small = M.T @ M if transpose else M @ M.T
+    values, vectors = xp.linalg.eigh((small + small.T) / 2)
+    values, vectors = values[::-1][:dim], vectors[:, ::-1][:, :dim]
+    singular = xp.sqrt(xp.maximum(values, 0))
+    other = (M @ vectors if transpose else M.T @ vectors) / xp.where(singular > 0, singular, 1)
+    return (other, singular, vectors) if transpose else (vectors, singular, other)
+
+
+def polar(M: Any) -> Any:
+    """The matrix with orthonormal rows nearest to M (d x p, d <= p): U V^T from M = U S V^T.
+
+    Computed from the d x d Gram matrix, polar(M) = (M M^T)^{-1/2} M, when M is well
+    conditioned (one Newton-Schulz step restores orthonormality to rounding), else by an SVD.
+    """
+    xp = get_array_module(M)
+    values, vectors = xp.linalg.eigh(M @ M.T)
+    if float(values[0]) > 1e-8 * float(values[-1]) > 0:
+        P = (vectors / xp.sqrt(values)) @ (vectors.T @ M)
+        return 1.5 * P - 0.5 * (P @ P.T) @ P
     u, _, vt = xp.linalg.svd(M, full_matrices=False)
     return u @ vt
 
 
-def _largest_eigenvalue(A: Any) -> float:
+def largest_eigenvalue(A: Any) -> float:
+    """lambda_max of a symmetric matrix."""
     xp = get_array_module(A)
     return float(xp.linalg.eigvalsh(A)[-1])
 
@@ -225,3 +332,8 @@ def random_orthonormal_rows(dim: int, n_features: int, random_state: Any = None,
     rng = np.random.default_rng(random_state)
     q, r = np.linalg.qr(rng.standard_normal((n_features, dim)))
     return xp.asarray((q * np.sign(np.diagonal(r))).T)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -3,18 +3,28 @@
 Notation: F is N x p (rows are image features f_n), X is N x V (rows are word targets x_n),
 D is d x V (columns are word vectors d_v), W is d x p (the image map, r_n = W f_n).
 
-- ``l2``: J(D, W) = (1/2N) sum_n ||W f_n - D x_n||^2 + (lam/2) ||D||_F^2
-  + (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2, minimised.
-- ``ip``: J(D, W) = -(1/N) sum_n (W f_n) . (D x_n) subject to ||d_v|| = 1, minimised (the inner
-  product is maximised).
+Two objectives, each under one of two constraints (:class:`ObjectiveTerms`):
 
-Both depend on the data only through A = F^T F, B = F^T X, C = X^T X and N:
-sum_n ||W f_n - D x_n||^2 = tr(W A W^T) - 2 tr(W B D^T) + tr(D C D^T).
+- ``l2``, ``constraint="map"`` (W W^T = I, the seed's models):
+  J(D, W) = (1/2N) sum_n ||W f_n - D x_n||^2 + (lam/2) ||D||_F^2
+  + (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2.
+- ``l2``, ``constraint="words"`` (D D^T = I, the reduced-rank model):
+  J(D, W) = (1/2N) sum_n ||x_n - D^T W f_n||^2 + (lam/2) ||W||_F^2. With D D^T = I,
+  ||x - D^T r||^2 = ||r - D x||^2 + ||(I - D^T D) x||^2: the same word-sum fit r ~= D x, plus
+  the part of x that D's rows do not span, so D must cover the words instead of shrinking them.
+- ``ip``: J(D, W) = -(1/N) sum_n (W f_n) . (D x_n), minimised (the inner product is maximised),
+  with W W^T = I and unit columns ||d_v|| = 1 (``"map"``), or W W^T = I and D D^T = I
+  (``"words"``, partial least squares).
+
+All depend on the data only through A = F^T F, B = F^T X, C = X^T X and N:
+sum_n ||W f_n - D x_n||^2 = tr(W A W^T) - 2 tr(W B D^T) + tr(D C D^T), and under D D^T = I
+sum_n ||x_n - D^T W f_n||^2 = tr(W A W^T) - 2 tr(W B D^T) + tr(C).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,6 +34,62 @@ import scipy.sparse as sp
 from solvers.backend import get_array_module, normalised_gram, to_numpy
 
 OBJECTIVES = ("l2", "ip")
+CONSTRAINTS = ("map", "words")
+
+
+@dataclass(frozen=True)
+class ObjectiveTerms:
+    """What J is made of: the objective, the constraint and the penalty weights.
+
+    One small frozen value travels through :func:`objective`, :func:`solvers.bcd`,
+    :func:`solvers.d_step`, :func:`solvers.sgd` and :func:`solvers.streaming_objective`.
+
+    Parameters
+    ----------
+    kind : {"l2", "ip"}
+    constraint : {"map", "words"}
+        ``"map"``: W W^T = I (and unit word columns for ``ip``), ridge ``lam`` on D.
+        ``"words"``: D D^T = I (and W W^T = I for ``ip``), ridge ``lam`` on W.
+    lam : float
+        Ridge weight (``l2`` only).
+    gamma : float
+        Co-occurrence incoherence weight (``l2`` with ``constraint="map"``); needs ``weights``.
+    weights : array or sparse matrix of shape (V, V), optional
+        K, symmetric with a zero diagonal (:func:`incoherence_weights`).
+
+    Raises
+    ------
+    ValueError
+        An unknown kind or constraint, a negative or non-finite weight, ``lam`` or ``gamma`` with
+        ``ip``, ``gamma`` without ``weights`` or with ``constraint="words"``.
+    """
+
+    kind: str = "l2"
+    constraint: str = "map"
+    lam: float = 0.0
+    gamma: float = 0.0
+    weights: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.kind!r}")
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {self.constraint!r}")
+        for name in ("lam", "gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.kind == "ip" and (self.lam or self.gamma):
+            raise ValueError("lam and gamma apply to the l2 objective only (ip has unit-norm words)")
+        if self.gamma and self.constraint == "words":
+            raise ValueError("gamma (incoherence) applies to constraint='map' only")
+        if self.gamma and self.weights is None:
+            raise ValueError("gamma > 0 needs the cooccurrence weights K")
+
+    @property
+    def words_orthonormal(self) -> bool:
+        """Whether D has orthonormal rows (``"words"``); else W does and the ridge is on D."""
+        return self.constraint == "words"
 
 
 @dataclass(frozen=True)
@@ -74,16 +140,31 @@ class SufficientStats:
             xp.zeros_like(self.x_sum),
         )
 
+    def rotated(self, basis: Any) -> "SufficientStats":
+        """Statistics of the features in new coordinates, f -> basis^T f (basis is p x q)."""
+        return SufficientStats(basis.T @ self.A @ basis, basis.T @ self.B, self.C, self.n,
+                               self.f_sum @ basis, self.x_sum)
+
 
 def iter_row_chunks(
-    F: Any, X: Any, chunk_size: int, order: Any = None, xp: Any = None, offsets: tuple | None = None
+    F: Any,
+    X: Any,
+    chunk_size: int,
+    order: Any = None,
+    xp: Any = None,
+    f_offset: Any = None,
+    transform: Callable[[Any], Any] | None = None,
+    dtype: Any = None,
 ) -> Iterator[tuple[Any, Any]]:
-    """Yield (F_chunk, X_chunk) row blocks as dense float arrays of module ``xp``.
+    """Yield (F_chunk, X_chunk) row blocks: F dense float arrays of module ``xp``.
 
     F may be any array-like indexable by rows (a numpy memmap included); X a SciPy sparse matrix
-    or a dense array. ``order`` (a permutation of row indices) streams rows in that order, each
-    chunk's rows sorted for sequential reads. ``xp`` defaults to F's array module. ``offsets``
-    (f_mean, x_mean) are subtracted from every row (centred data without a dense copy of X).
+    or a dense array. A sparse X stays sparse (CSR) on numpy, so a large vocabulary costs its
+    non-zeros only; on another backend its chunks are made dense. ``order`` (a permutation of
+    row indices) streams rows in that order, each chunk's rows sorted for sequential reads.
+    ``xp`` defaults to F's array module. ``transform`` maps every F chunk (e.g. preprocessing
+    into another coordinate system), then ``f_offset`` is subtracted from its rows. ``dtype`` is
+    the F chunks' dtype (default F's float type) and that of dense X chunks.
     """
     n = F.shape[0]
     xp = xp or get_array_module(F)
@@ -92,25 +173,44 @@ def iter_row_chunks(
             order[start : start + chunk_size]
         )
         f_chunk = xp.asarray(F[rows])
+        if dtype is not None or f_chunk.dtype.kind != "f":
+            f_chunk = f_chunk.astype(dtype or xp.float64)
+        if transform is not None:
+            f_chunk = transform(f_chunk)
+        if f_offset is not None:
+            f_chunk = f_chunk - f_offset
         x_chunk = X[rows]
-        x_chunk = x_chunk.toarray() if sp.issparse(x_chunk) else x_chunk
-        x_chunk = xp.asarray(x_chunk, dtype=f_chunk.dtype)
-        if offsets is not None:
-            f_chunk, x_chunk = f_chunk - offsets[0], x_chunk - offsets[1]
+        if sp.issparse(x_chunk) and xp is np:
+            x_chunk = sp.csr_matrix(x_chunk, dtype=f_chunk.dtype)
+        else:
+            x_chunk = xp.asarray(x_chunk.toarray() if sp.issparse(x_chunk) else x_chunk, dtype=f_chunk.dtype)
         yield f_chunk, x_chunk
 
 
-def column_means(F: Any, X: Any, chunk_size: int = 4096, xp: Any = None) -> tuple[Any, Any]:
-    """(mean of the rows of F, mean of the rows of X) in one streaming pass."""
+def column_sums(M: Any) -> Any:
+    """The column sums of a dense or SciPy sparse matrix, as a 1-d array."""
+    total = M.sum(axis=0)
+    return np.asarray(total).ravel() if sp.issparse(M) else total
+
+
+def column_means(F: Any, X: Any, chunk_size: int = 4096, xp: Any = None,
+                 transform: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+    """(mean of the rows of F, mean of the rows of X) in one streaming pass, in float64."""
     f_sum = x_sum = 0
-    for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, xp=xp):
+    for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, xp=xp, transform=transform,
+                                            dtype=np.float64):
         f_sum = f_sum + f_chunk.sum(axis=0)
-        x_sum = x_sum + x_chunk.sum(axis=0)
+        x_sum = x_sum + column_sums(x_chunk)
     return f_sum / F.shape[0], x_sum / F.shape[0]
 
 
-def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096) -> SufficientStats:
+def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096,
+                     transform: Callable[[Any], Any] | None = None) -> SufficientStats:
     """Accumulate A = F^T F, B = F^T X, C = X^T X and the sums in one streaming pass.
+
+    Every chunk is converted to float64 before its products are formed, so float32 features
+    with a large mean lose nothing in :meth:`SufficientStats.centered`. A sparse X enters by its
+    non-zeros (B = (X^T F)^T, C = X^T X as sparse products).
 
     Parameters
     ----------
@@ -120,17 +220,25 @@ def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096) -> SufficientSta
         Word targets.
     chunk_size : int
         Rows per chunk.
+    transform : callable, optional
+        Applied to every float64 chunk of F first (the statistics are those of transform(F)).
+
+    Returns
+    -------
+    SufficientStats
+        float64 arrays of F's array module.
     """
     check_rows(F, X)
     stats = None
-    for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size):
+    for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, transform=transform, dtype=np.float64):
+        sparse = sp.issparse(x_chunk)
         part = SufficientStats(
             f_chunk.T @ f_chunk,
-            f_chunk.T @ x_chunk,
-            x_chunk.T @ x_chunk,
+            (x_chunk.T @ f_chunk).T if sparse else f_chunk.T @ x_chunk,
+            (x_chunk.T @ x_chunk).toarray() if sparse else x_chunk.T @ x_chunk,
             f_chunk.shape[0],
             f_chunk.sum(axis=0),
-            x_chunk.sum(axis=0),
+            column_sums(x_chunk),
         )
         stats = part if stats is None else stats + part
     return stats
@@ -146,47 +254,71 @@ def check_rows(F: Any, X: Any) -> None:
         raise ValueError("F and X have no rows")
 
 
-def objective(
-    stats: SufficientStats,
-    D: Any,
-    W: Any,
-    *,
-    kind: str = "l2",
-    lam: float = 0.0,
-    gamma: float = 0.0,
-    cooccurrence: Any = None,
-) -> float:
+def objective(stats: SufficientStats, D: Any, W: Any, terms: ObjectiveTerms) -> float:
     """J(D, W) of the module docstring from the sufficient statistics."""
-    if kind == "ip":
-        return -float((W * (D @ stats.B.T)).sum()) / stats.n
-    data = (
-        float((W * (W @ stats.A)).sum())
-        - 2 * float((W * (D @ stats.B.T)).sum())
-        + float((D * (D @ stats.C)).sum())
-    )
-    return data / (2 * stats.n) + penalty(D, lam=lam, gamma=gamma, cooccurrence=cooccurrence)
+    cross = float((W * (D @ stats.B.T)).sum())  # tr(W B D^T)
+    if terms.kind == "ip":
+        return -cross / stats.n
+    words = float(stats.C.trace()) if terms.words_orthonormal else float((D * (D @ stats.C)).sum())
+    data = float((W * (W @ stats.A)).sum()) - 2 * cross + words
+    return data / (2 * stats.n) + penalty(D, W, terms)
 
 
-def penalty(D: Any, *, lam: float = 0.0, gamma: float = 0.0, cooccurrence: Any = None) -> float:
-    """(lam/2) ||D||_F^2 + (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2 (K has a zero diagonal)."""
-    value = 0.5 * lam * float((D * D).sum())
-    if gamma and cooccurrence is not None:
-        gram = D.T @ D
-        value += 0.5 * gamma * float((cooccurrence * gram * gram).sum())
+def penalty(D: Any, W: Any, terms: ObjectiveTerms) -> float:
+    """The ridge (lam/2) ||D||_F^2 (or ||W||_F^2) plus (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2."""
+    ridged = W if terms.words_orthonormal else D
+    value = 0.5 * terms.lam * float((ridged * ridged).sum())
+    if terms.gamma:
+        u, v, k, products = _coherences(D, terms.weights)
+        value += 0.5 * terms.gamma * float((k * products * products).sum())
     return value
 
 
-def check_objective(kind: str) -> None:
-    if kind not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {kind!r}")
+def incoherence_gradient(D: Any, terms: ObjectiveTerms) -> Any:
+    """The gradient of the incoherence term, 2 gamma D (K o D^T D), from K's non-zeros only."""
+    xp = get_array_module(D)
+    u, v, k, products = _coherences(D, terms.weights)
+    scaled = k * products  # K_uv (d_u . d_v) on the non-zeros of K
+    grad = xp.zeros_like(D)
+    if xp is np:
+        np.add.at(grad.T, u, (scaled[:, None] * D[:, v].T))
+    else:  # pragma: no cover - CuPy
+        import cupyx
+
+        cupyx.scatter_add(grad.T, u, scaled[:, None] * D[:, v].T)
+    return 2 * terms.gamma * grad
+
+
+def _coherences(D: Any, weights: Any) -> tuple[Any, Any, Any, Any]:
+    """(u, v, K_uv, d_u . d_v) over the non-zeros of K (dense or SciPy sparse)."""
+    xp = get_array_module(D)
+    if sp.issparse(weights):
+        coo = weights.tocoo()
+        u, v, k = (xp.asarray(a) for a in (coo.row, coo.col, coo.data))
+    else:
+        u, v = xp.nonzero(weights)
+        k = weights[u, v]
+    products = (D[:, u] * D[:, v]).sum(axis=0)
+    return u, v, k.astype(D.dtype, copy=False), products
 
 
 def incoherence_weights(C: Any) -> Any:
     """K: co-occurrence counts normalised to [0, 1], K_uv = C_uv / sqrt(C_uu C_vv), zero diagonal.
 
     K_uv is the cosine between the indicator columns of words u and v: 1 for words that always
-    appear together, 0 for words that never do.
+    appear together, 0 for words that never do. A SciPy sparse C (e.g. X^T X of sparse targets)
+    gives a sparse K with C's pattern, so no dense V x V matrix is formed.
     """
+    if sp.issparse(C):
+        C = sp.csr_matrix(C, dtype=np.float64)
+        scales = np.sqrt(np.maximum(C.diagonal(), 0))
+        scales[scales == 0] = 1
+        inverse = sp.diags(1 / scales)
+        weights = (inverse @ C @ inverse).tolil()
+        weights.setdiag(0)
+        weights = weights.tocsr()
+        weights.eliminate_zeros()
+        return weights
     xp = get_array_module(C)
     weights, _ = normalised_gram(C)
     return weights - xp.diag(xp.diagonal(weights))

@@ -1,12 +1,17 @@
-"""BCD and SGD against closed forms, SciPy references and planted solutions."""
+"""BCD, the closed forms and SGD against closed forms, SciPy/NumPy references and planted solutions."""
+
+import warnings
 
 import numpy as np
 import pytest
 import scipy.linalg
 import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
 
 from solvers import (
+    ObjectiveTerms,
     bcd,
+    closed_form,
     d_step,
     incoherence_weights,
     objective,
@@ -18,6 +23,9 @@ from solvers import (
     w_step,
 )
 from solvers.backend import to_numpy
+
+L2 = ObjectiveTerms("l2")
+IP = ObjectiveTerms("ip")
 
 
 def planted(n=1500, p=30, d=6, n_words=20, noise=0.0, seed=0):
@@ -37,6 +45,10 @@ def on(xp, stats):
     return stats.to(xp)
 
 
+def values_of(result):
+    return np.array([value for _, _, value in result.trace])
+
+
 def test_sufficient_stats_stream_equals_dense_products():
     F, X, _, _ = planted(n=301)
     stats = sufficient_stats(F, X, chunk_size=64)
@@ -54,15 +66,39 @@ def test_sufficient_stats_from_a_memmap(tmp_path):
     np.testing.assert_allclose(sufficient_stats(mapped, X, chunk_size=50).B, F.T @ X.toarray())
 
 
+def test_float32_statistics_of_features_with_a_large_mean_stay_accurate():
+    """float32 features whose mean is 100x their spread: the centred scatter is exact to float64."""
+    rng = np.random.default_rng(0)
+    F = (100.0 + rng.standard_normal((20_000, 8))).astype(np.float32)
+    X = sp.random(20_000, 3, density=0.3, random_state=1, format="csr")
+    centred = sufficient_stats(F, X, chunk_size=4096).centered()
+    exact = F.astype(np.float64) - F.astype(np.float64).mean(axis=0)
+    reference = exact.T @ exact
+    assert centred.A.dtype == np.float64
+    assert np.abs(centred.A - reference).max() / np.abs(reference).max() < 1e-10
+
+
 def test_objective_from_stats_equals_direct_sum(xp):
     F, X, _, _ = planted(n=400, noise=0.3)
     rng = np.random.default_rng(3)
     D, W = rng.standard_normal((6, 20)), random_orthonormal_rows(6, 30, 4)
     stats = on(xp, sufficient_stats(F, X))
     direct = 0.5 * ((F @ W.T - X @ D.T) ** 2).sum() / 400 + 0.5 * 0.1 * (D**2).sum()
-    value = objective(stats, xp.asarray(D), xp.asarray(W), kind="l2", lam=0.1)
-    assert value == pytest.approx(direct, rel=1e-10)
-    assert streaming_objective(F, X, xp.asarray(D), xp.asarray(W), lam=0.1, chunk_size=77) == pytest.approx(direct, rel=1e-10)
+    terms = ObjectiveTerms("l2", lam=0.1)
+    assert objective(stats, xp.asarray(D), xp.asarray(W), terms) == pytest.approx(direct, rel=1e-10)
+    assert streaming_objective(F, X, xp.asarray(D), xp.asarray(W), terms, chunk_size=77) == pytest.approx(direct, rel=1e-10)
+
+
+def test_words_objective_is_the_decoding_residual(xp):
+    """Under D D^T = I, J = (1/2N) sum ||x_n - D^T W f_n||^2 + (lam/2) ||W||^2, from the statistics."""
+    F, X, _, _ = planted(n=400, noise=0.3)
+    rng = np.random.default_rng(5)
+    D, W = random_orthonormal_rows(6, 20, 6), rng.standard_normal((6, 30))
+    terms = ObjectiveTerms("l2", "words", lam=0.2)
+    direct = 0.5 * ((X.toarray() - F @ W.T @ D) ** 2).sum() / 400 + 0.5 * 0.2 * (W**2).sum()
+    stats = on(xp, sufficient_stats(F, X))
+    assert objective(stats, xp.asarray(D), xp.asarray(W), terms) == pytest.approx(direct, rel=1e-10)
+    assert streaming_objective(F, X, xp.asarray(D), xp.asarray(W), terms) == pytest.approx(direct, rel=1e-10)
 
 
 def test_l2_d_step_is_the_closed_form(xp):
@@ -71,7 +107,7 @@ def test_l2_d_step_is_the_closed_form(xp):
     W = random_orthonormal_rows(6, 30, 5)
     lam = 0.05
     reference = scipy.linalg.solve(stats.C + stats.n * lam * np.eye(20), (W @ stats.B).T, assume_a="pos").T
-    D = to_numpy(d_step(on(xp, stats), xp.asarray(W), lam=lam))
+    D = to_numpy(d_step(on(xp, stats), xp.asarray(W), ObjectiveTerms("l2", lam=lam)))
     np.testing.assert_allclose(D, reference, rtol=1e-9, atol=1e-12)
 
 
@@ -86,26 +122,36 @@ def test_ip_steps_are_the_closed_forms(xp):
     F, X, _, _ = planted(noise=0.2)
     stats = sufficient_stats(F, X)
     W = random_orthonormal_rows(6, 30, 6)
-    D = to_numpy(d_step(on(xp, stats), xp.asarray(W), objective_kind="ip"))
+    D = to_numpy(d_step(on(xp, stats), xp.asarray(W), IP))
     target = W @ stats.B
     np.testing.assert_allclose(D, target / np.linalg.norm(target, axis=0), rtol=1e-12)
-    W_new = to_numpy(w_step(on(xp, stats), xp.asarray(D), xp.asarray(W), objective_kind="ip"))
+    W_new = to_numpy(w_step(on(xp, stats), xp.asarray(D), xp.asarray(W), IP))
     reference = scipy.linalg.polar((D @ stats.B.T).T)[0].T  # Procrustes by SciPy's polar factor
     np.testing.assert_allclose(W_new, reference, atol=1e-10)
     np.testing.assert_allclose(W_new @ W_new.T, np.eye(6), atol=1e-12)
 
 
-def test_polar_is_scipys_polar_factor(xp):
-    M = np.random.default_rng(7).standard_normal((5, 12))
+@pytest.mark.parametrize("shape", [(5, 12), (6, 400)])
+def test_polar_is_scipys_polar_factor(xp, shape):
+    M = np.random.default_rng(7).standard_normal(shape)
     np.testing.assert_allclose(to_numpy(polar(xp.asarray(M))), scipy.linalg.polar(M.T)[0].T, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind, lam", [("l2", 0.0), ("l2", 0.01), ("ip", 0.0)])
-def test_bcd_trace_never_increases(xp, kind, lam):
+def test_polar_of_a_rank_deficient_matrix_still_has_orthonormal_rows():
+    M = np.random.default_rng(8).standard_normal((4, 20))
+    M[3] = M[2]  # singular: the Gram route cannot invert it, the SVD route takes over
+    P = polar(M)
+    np.testing.assert_allclose(P @ P.T, np.eye(4), atol=1e-12)
+
+
+@pytest.mark.parametrize("terms", [L2, ObjectiveTerms("l2", lam=0.01), IP, ObjectiveTerms("l2", "words", lam=0.01)])
+def test_bcd_trace_never_increases(xp, terms):
     F, X, _, _ = planted(noise=0.5)
-    result = bcd(on(xp, sufficient_stats(F, X)), xp.asarray(random_orthonormal_rows(6, 30, 8)),
-                 objective_kind=kind, lam=lam, max_iter=60)
-    values = np.array([value for _, _, value in result.trace])
+    W0 = random_orthonormal_rows(6, 30, 8)
+    if terms.words_orthonormal:
+        W0 = W0 * 0.1  # any W is feasible; D D^T = I comes from the first D-step
+    result = bcd(on(xp, sufficient_stats(F, X)), xp.asarray(W0), terms, max_iter=60, w_substeps=2)
+    values = values_of(result)
     assert len(values) > 4
     assert (np.diff(values) <= 1e-12 * np.abs(values[:-1]).max()).all()
     assert values[-1] < values[0]
@@ -125,14 +171,72 @@ def test_bcd_recovers_planted_w_and_d_up_to_rotation(xp):
     np.testing.assert_allclose(D, rotation @ d_true, atol=1e-4)
 
 
+def test_l2_closed_form_is_the_minimum_bcd_reaches(xp):
+    """The residual-scatter eigenvectors give a J that BCD from random starts never beats."""
+    F, X, _, _ = planted(n=800, p=12, d=3, n_words=8, noise=1.0)
+    stats = on(xp, sufficient_stats(F, X).centered())
+    terms = ObjectiveTerms("l2", lam=0.01)
+    exact = closed_form(stats, 3, terms)
+    assert exact.converged
+    np.testing.assert_allclose(to_numpy(exact.W @ exact.W.T), np.eye(3), atol=1e-10)
+    for seed in range(3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            descent = bcd(stats, xp.asarray(random_orthonormal_rows(3, 12, seed)), terms, max_iter=3000, tol=1e-15)
+        assert descent.objective >= exact.objective - 1e-9 * abs(exact.objective)
+        assert descent.objective <= exact.objective + 1e-4 * abs(exact.objective)
+    # Started at the minimiser, BCD stops after two sweeps that change nothing.
+    again = bcd(stats, exact.W, terms, D=exact.D)
+    assert again.converged and again.n_iter == 2
+    assert again.objective == pytest.approx(exact.objective, rel=1e-10)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.05])
+def test_reduced_rank_closed_form_is_reduced_rank_ridge(lam):
+    """D^T W equals the rank-d reduced-rank ridge solution built from NumPy's SVD of augmented data."""
+    F, X, _, _ = planted(n=500, p=15, d=4, n_words=10, noise=0.5)
+    Xd = X.toarray()
+    n, p = F.shape
+    stats = sufficient_stats(F, X)
+    result = closed_form(stats, 4, ObjectiveTerms("l2", "words", lam=lam))
+    # Mukherjee and Zhu 2011: B_ridge on augmented rows [F; sqrt(N lam) I], then project onto
+    # the top right singular vectors of the augmented fitted values.
+    augmented = np.vstack([F, np.sqrt(n * lam) * np.eye(p)])
+    ridge = np.linalg.lstsq(augmented, np.vstack([Xd, np.zeros((p, 10))]), rcond=None)[0]
+    _, _, vt = np.linalg.svd(augmented @ ridge, full_matrices=False)
+    reference = ridge @ vt[:4].T @ vt[:4]
+    D, W = result.D, result.W
+    np.testing.assert_allclose(D @ D.T, np.eye(4), atol=1e-10)
+    np.testing.assert_allclose(W.T @ D, reference, atol=1e-8)
+    assert result.converged
+
+
+def test_pls_closed_form_is_the_top_singular_pair_of_the_cross_covariance():
+    F, X, _, _ = planted(n=500, p=15, d=4, n_words=10, noise=0.5)
+    stats = sufficient_stats(F, X)
+    result = closed_form(stats, 3, ObjectiveTerms("ip", "words"))
+    u, s, vt = np.linalg.svd(stats.B)
+    np.testing.assert_allclose(result.W.T @ result.W, u[:, :3] @ u[:, :3].T, atol=1e-9)
+    np.testing.assert_allclose(result.D.T @ result.D, vt[:3].T @ vt[:3], atol=1e-9)
+    assert result.objective == pytest.approx(-s[:3].sum() / stats.n, rel=1e-10)
+
+
 def test_fixed_w_is_one_exact_d_step(xp):
     F, X, _, _ = planted(noise=0.3)
     stats = sufficient_stats(F, X)
     projection = np.random.default_rng(3).standard_normal((6, 30)) / np.sqrt(6)
-    result = bcd(on(xp, stats), xp.asarray(projection), learn_w=False, lam=0.01)
+    terms = ObjectiveTerms("l2", lam=0.01)
+    result = bcd(on(xp, stats), xp.asarray(projection), terms, learn_w=False)
     assert result.converged and result.n_iter == 1
     np.testing.assert_array_equal(to_numpy(result.W), projection)
-    np.testing.assert_allclose(to_numpy(result.D), to_numpy(d_step(stats, projection, lam=0.01)))
+    np.testing.assert_allclose(to_numpy(result.D), to_numpy(d_step(stats, projection, terms)))
+
+
+def test_bcd_that_runs_out_of_sweeps_says_so():
+    F, X, _, _ = planted(noise=0.5)
+    with pytest.warns(ConvergenceWarning, match="did not converge in max_iter=2"):
+        result = bcd(sufficient_stats(F, X), random_orthonormal_rows(6, 30, 1), L2, max_iter=2)
+    assert not result.converged and result.n_iter == 2
 
 
 def test_incoherence_penalty_separates_cooccurring_words(xp):
@@ -144,9 +248,12 @@ def test_incoherence_penalty_separates_cooccurring_words(xp):
     weights = incoherence_weights(stats.C)
     assert weights[0, 1] == pytest.approx(1.0) and weights[0, 0] == 0
     W = random_orthonormal_rows(6, 30, 2)
-    plain = bcd(on(xp, stats), xp.asarray(W), lam=0.01, max_iter=20)
-    penalised = bcd(on(xp, stats), xp.asarray(W), lam=0.01, gamma=1.0, cooccurrence=xp.asarray(weights), max_iter=20)
-    values = np.array([value for _, _, value in penalised.trace])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain = bcd(on(xp, stats), xp.asarray(W), ObjectiveTerms("l2", lam=0.01), max_iter=20)
+        penalised = bcd(on(xp, stats), xp.asarray(W), ObjectiveTerms("l2", lam=0.01, gamma=1.0, weights=xp.asarray(weights)),
+                        max_iter=20)
+    values = values_of(penalised)
     assert (np.diff(values) <= 1e-12 * np.abs(values).max()).all()
 
     def cosine(D):
@@ -156,34 +263,87 @@ def test_incoherence_penalty_separates_cooccurring_words(xp):
     assert cosine(penalised.D) < cosine(plain.D) - 0.1
 
 
+def test_sparse_incoherence_weights_equal_the_dense_ones():
+    _, X, _, _ = planted(n=300, n_words=12)
+    cooccurrence = (X.T @ X).tocsr()
+    np.testing.assert_allclose(incoherence_weights(cooccurrence).toarray(), incoherence_weights(cooccurrence.toarray()),
+                               atol=1e-12)
+    D = np.random.default_rng(1).standard_normal((4, 12))
+    dense = ObjectiveTerms("l2", gamma=0.7, weights=incoherence_weights(cooccurrence.toarray()))
+    sparse = ObjectiveTerms("l2", gamma=0.7, weights=incoherence_weights(cooccurrence))
+    W = np.zeros((4, 30))
+    from solvers.objective import incoherence_gradient, penalty
+    assert penalty(D, W, sparse) == pytest.approx(penalty(D, W, dense), rel=1e-12)
+    gram = D.T @ D
+    np.testing.assert_allclose(incoherence_gradient(D, sparse), 2 * 0.7 * D @ (dense.weights * gram), atol=1e-12)
+
+
 def test_incoherent_column_update_is_stationary():
     F, X, _, _ = planted(noise=0.5, n_words=8)
     stats = sufficient_stats(F, X)
-    weights = incoherence_weights(stats.C)
+    terms = ObjectiveTerms("l2", lam=0.01, gamma=2.0, weights=incoherence_weights(stats.C))
     W = random_orthonormal_rows(6, 30, 2)
-    D = d_step(stats, W, lam=0.01, gamma=2.0, cooccurrence=weights)
+    D = d_step(stats, W, terms)
     last = D.shape[1] - 1  # the last column was minimised with all others at their final values
     step = 1e-6
     for axis in range(D.shape[0]):
         bumped = [D.copy(), D.copy()]
         bumped[0][axis, last] += step
         bumped[1][axis, last] -= step
-        up, down = (objective(stats, b, W, lam=0.01, gamma=2.0, cooccurrence=weights) for b in bumped)
+        up, down = (objective(stats, b, W, terms) for b in bumped)
         assert abs(up - down) / (2 * step) < 1e-6
 
 
-@pytest.mark.parametrize("kind, lam", [("l2", 1e-3), ("ip", 0.0)])
-def test_sgd_ends_within_one_percent_of_bcd(xp, kind, lam):
-    F, X, _, _ = planted(n=3000, p=40, d=8, n_words=30, noise=0.5)
-    W0 = random_orthonormal_rows(8, 40, 5)
-    best = bcd(on(xp, sufficient_stats(F, X)), xp.asarray(W0), objective_kind=kind, lam=lam, max_iter=2000, tol=1e-13)
-    result = sgd(F, X, xp.asarray(W0), objective_kind=kind, lam=lam, n_epochs=60, decay=10 * 3000 / 128,
-                 batch_size=128, random_state=0, xp=xp)
+def converged_bcd(F, X, terms, dim, xp=np):
+    stats = on(xp, sufficient_stats(F, X))
+    start = closed_form(stats, dim, terms)
+    if start.converged:
+        return start
+    return bcd(stats, start.W, terms, D=start.D, max_iter=5000, tol=1e-13)
+
+
+@pytest.mark.parametrize("n", [64, 1000, pytest.param(20_000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("terms", [ObjectiveTerms("l2", lam=1e-3), IP, ObjectiveTerms("l2", "words", lam=1e-3)],
+                         ids=["l2-map", "ip-map", "l2-words"])
+def test_sgd_at_its_defaults_ends_within_one_percent_of_converged_bcd(n, terms):
+    F, X, _, _ = planted(n=n, p=30, d=6, n_words=20, noise=0.5)
+    best = converged_bcd(F, X, terms, 6)
+    W0 = random_orthonormal_rows(6, 30, 5)
+    result = sgd(F, X, W0, terms, random_state=0)
+    assert result.converged
     assert abs(result.objective - best.objective) <= 0.01 * abs(best.objective)
-    W = to_numpy(result.W)
-    np.testing.assert_allclose(W @ W.T, np.eye(8), atol=1e-10)
-    if kind == "ip":
-        np.testing.assert_allclose(np.linalg.norm(to_numpy(result.D), axis=0), 1, rtol=1e-10)
+    W, D = to_numpy(result.W), to_numpy(result.D)
+    if not terms.words_orthonormal or terms.kind == "ip":
+        np.testing.assert_allclose(W @ W.T, np.eye(6), atol=1e-10)
+    if terms.words_orthonormal:
+        np.testing.assert_allclose(D @ D.T, np.eye(6), atol=1e-10)
+    elif terms.kind == "ip":
+        np.testing.assert_allclose(np.linalg.norm(D, axis=0), 1, rtol=1e-10)
+
+
+def test_sgd_on_numpy_and_cupy_agree(xp):
+    F, X, _, _ = planted(n=500, noise=0.5)
+    W0 = random_orthonormal_rows(6, 30, 1)
+    expected = sgd(F, X, W0, max_steps=40, random_state=3)
+    got = sgd(F, X, xp.asarray(W0), max_steps=40, random_state=3, xp=xp)
+    np.testing.assert_allclose(to_numpy(got.W), expected.W, atol=1e-8)
+
+
+def test_sgd_does_no_vocabulary_squared_work(monkeypatch):
+    """A vocabulary of 100,000 words: the step sizes come from b x b or p x p Gram matrices only."""
+    rng = np.random.default_rng(0)
+    n, n_words = 300, 100_000
+    X = sp.random(n, n_words, density=5 / n_words, random_state=1, format="csr")
+    F = rng.standard_normal((n, 20))
+    seen = []
+    original = np.linalg.eigvalsh
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda a: seen.append(a.shape) or original(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = sgd(F, X, random_orthonormal_rows(4, 20, 0), ObjectiveTerms("l2", lam=1e-3, gamma=0.1,
+                     weights=incoherence_weights((X.T @ X).tocsr())), batch_size=64, max_steps=20, random_state=0)
+    assert seen and max(max(shape) for shape in seen) <= 64
+    assert result.D.shape == (4, n_words) and np.isfinite(result.D).all()
 
 
 def test_sgd_streams_a_memmap_and_is_seeded(tmp_path):
@@ -191,21 +351,48 @@ def test_sgd_streams_a_memmap_and_is_seeded(tmp_path):
     np.save(tmp_path / "F.npy", F)
     mapped = np.load(tmp_path / "F.npy", mmap_mode="r", allow_pickle=False)
     W0 = random_orthonormal_rows(6, 30, 1)
-    first = sgd(mapped, X, W0, n_epochs=3, random_state=4)
-    again = sgd(F, X, W0, n_epochs=3, random_state=4)
-    other = sgd(F, X, W0, n_epochs=3, random_state=5)
+    first = sgd(mapped, X, W0, max_steps=5, random_state=4)
+    again = sgd(F, X, W0, max_steps=5, random_state=4)
+    other = sgd(F, X, W0, max_steps=5, random_state=5)
     np.testing.assert_array_equal(first.D, again.D)
     assert not np.array_equal(first.D, other.D)
-    assert [epoch for epoch, _, _ in first.trace] == [1, 2, 3]
+    assert first.n_iter == 5
+
+
+def test_sgd_caps_the_minibatch_at_the_number_of_images():
+    F, X, _, _ = planted(n=40)
+    result = sgd(F, X, random_orthonormal_rows(6, 30, 1), batch_size=256, max_steps=3, random_state=0)
+    assert result.n_iter == 3 and [step for step, _, _ in result.trace] == [3]
+
+
+def test_sgd_that_runs_out_of_steps_says_so():
+    F, X, _, _ = planted(n=200, noise=0.5)
+    with pytest.warns(ConvergenceWarning, match="max_steps=3"):
+        result = sgd(F, X, random_orthonormal_rows(6, 30, 1), max_steps=3, random_state=0)
+    assert not result.converged
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
         (lambda F, X, W: sgd(F, X[:-1], W), "F has 200 rows but X has 199"),
-        (lambda F, X, W: sgd(F, X, W, objective_kind="cosine"), "objective must be one of"),
-        (lambda F, X, W: bcd(sufficient_stats(F, X), W, objective_kind="ip", lam=0.1), "apply to the l2 objective only"),
-        (lambda F, X, W: bcd(sufficient_stats(F, X), W, gamma=1.0), "needs the cooccurrence matrix"),
+        (lambda F, X, W: ObjectiveTerms("cosine"), "objective must be one of"),
+        (lambda F, X, W: ObjectiveTerms("l2", "both"), "constraint must be one of"),
+        (lambda F, X, W: ObjectiveTerms("ip", lam=0.1), "apply to the l2 objective only"),
+        (lambda F, X, W: ObjectiveTerms("l2", gamma=1.0), "needs the cooccurrence"),
+        (lambda F, X, W: ObjectiveTerms("l2", "words", gamma=1.0, weights=np.eye(2)), "constraint='map' only"),
+        (lambda F, X, W: ObjectiveTerms("l2", lam=float("nan")), "lam must be a finite number"),
+        (lambda F, X, W: ObjectiveTerms("l2", lam=-1.0), "lam must be a finite number"),
+        (lambda F, X, W: ObjectiveTerms("l2", gamma=float("nan"), weights=np.eye(2)), "gamma must be"),
+        (lambda F, X, W: sgd(F, X, W, learning_rate=-1), "learning_rate must be"),
+        (lambda F, X, W: sgd(F, X, W, learning_rate=float("nan")), "learning_rate must be"),
+        (lambda F, X, W: sgd(F, X, W, batch_size=0), "batch_size must be"),
+        (lambda F, X, W: sgd(F, X, W, max_steps=0), "max_steps must be"),
+        (lambda F, X, W: sgd(F, X, W, decay=1.0), "decay must be"),
+        (lambda F, X, W: sgd(F, X, W, tol="small"), "tol must be"),
+        (lambda F, X, W: sgd(F, X, W, n_iter_no_change=2.5), "n_iter_no_change must be"),
+        (lambda F, X, W: bcd(sufficient_stats(F, X), W, max_iter=0), "max_iter must be"),
+        (lambda F, X, W: bcd(sufficient_stats(F, X), W, tol=float("nan")), "tol must be"),
         (lambda F, X, W: random_orthonormal_rows(40, 30), "cannot exceed the feature dimension"),
     ],
 )
@@ -230,7 +417,8 @@ def test_centered_stats_equal_stats_of_centered_data():
 def test_centred_sgd_approaches_bcd_on_centred_statistics():
     F, X, _, _ = planted(n=2000, noise=0.5)
     F = F + 3.0  # a large mean that only an intercept model can ignore
-    W0 = random_orthonormal_rows(6, 30, 5)
-    best = bcd(sufficient_stats(F, X).centered(), W0, lam=1e-3, max_iter=2000, tol=1e-13)
-    result = sgd(F, X, W0, lam=1e-3, center=True, n_epochs=60, decay=10 * 2000 / 128, batch_size=128, random_state=0)
+    terms = ObjectiveTerms("l2", lam=1e-3)
+    best = closed_form(sufficient_stats(F, X).centered(), 6, terms)
+    result = sgd(F, X, random_orthonormal_rows(6, 30, 5), terms, center=True, random_state=0)
     assert abs(result.objective - best.objective) <= 0.01 * abs(best.objective)
+

@@ -2,13 +2,16 @@
 
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
 
 import solvers.distributed
 from solvers import (
+    ObjectiveTerms,
     bcd,
     random_orthonormal_rows,
     sufficient_stats,
@@ -62,9 +65,12 @@ def test_dask_reduction_equals_the_numpy_stream(da, dtype, rtol, x_kind):
 def test_bcd_from_the_dask_statistics_equals_bcd_from_numpy(da, kind, lam):
     F, X = random_data(n=500, p=20)
     W0 = random_orthonormal_rows(5, 20, 3)
-    reference = bcd(sufficient_stats(F, X), W0, objective_kind=kind, lam=lam, max_iter=40)
-    stats = sufficient_stats_dask(da.from_array(F, chunks=(120, -1)), X)
-    result = bcd(stats, W0, objective_kind=kind, lam=lam, max_iter=40)
+    terms = ObjectiveTerms(kind, lam=lam)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reference = bcd(sufficient_stats(F, X), W0, terms, max_iter=40)
+        stats = sufficient_stats_dask(da.from_array(F, chunks=(120, -1)), X)
+        result = bcd(stats, W0, terms, max_iter=40)
     assert reference.trace[-1][2] < reference.trace[0][2]  # the fit moved away from W0
     assert result.n_iter == reference.n_iter
     np.testing.assert_allclose(result.W, reference.W, atol=1e-9)
