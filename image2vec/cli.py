@@ -115,6 +115,7 @@ def _extract(files: list[Path], store: Path, system, metadata: dict, args: argpa
 
     from image2vec.features import extract_features
 
+    # datasets.reads_logits, without importing the datasets (NLTK: a second) for a cached retrieve
     logits = getattr(system, "input_kind", "features") == "logits"
     extractor = metadata.get("extractor", "efficientnet-lite0")
     feature_set = extract_features(files, store, keys=keys, extractor=extractor, device=args.device,

@@ -218,7 +218,7 @@ def test_case03_a_header_that_claims_7_tib_is_refused(model, tmp_path):
 
 @pytest.mark.parametrize("n_features, arrays, message", [
     (1000, {}, "image_map_ has shape (4, 1280), expected (4, 1000)"),
-    (None, {"feature_mean_": np.zeros(7, np.float32)}, "feature_mean_ has shape (7,), expected (1280,)"),
+    (None, {"feature_mean_": 7}, "feature_mean_ has shape (7,), expected (1280,)"),
     (None, {"dictionary_": np.nan}, "dictionary_ contains NaN or infinite values"),
     (None, {"feature_mean_": np.nan}, "feature_mean_ contains NaN or infinite values"),
     (None, {"offset_": np.inf}, "offset_ contains NaN or infinite values"),
@@ -226,9 +226,11 @@ def test_case03_a_header_that_claims_7_tib_is_refused(model, tmp_path):
 def test_case08_mismatched_or_non_finite_model_arrays(model, tmp_path, n_features, arrays, message):
     document = json.loads(str(np.load(model)["__info__"]))
     changed = {}
-    for name, value in arrays.items():
-        changed[name] = value if isinstance(value, np.ndarray) else np.load(model)[name].copy()
-        if not isinstance(value, np.ndarray):
+    for name, value in arrays.items():  # an int: that many zeros; a float: one entry replaced
+        changed[name] = np.load(model)[name].copy()
+        if isinstance(value, int):
+            changed[name] = np.zeros(value, changed[name].dtype)
+        else:
             changed[name].flat[1] = value
     info = None if n_features is None else {"values": {**document["values"], "n_features_in_": n_features}}
     path = rewrite_model(model, tmp_path / "changed.npz", info=info, arrays=changed)
@@ -245,7 +247,7 @@ def test_case11_a_numpy_array_file_as_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("abc", "refuses: "), (-5, "prior_weight must be >= 0"), ("huge", "dim must be"),
+    ("abc", "prior_weight"), (-5, "prior_weight"), ("huge", "dim"),
 ])
 def test_case12_loaded_parameters_are_validated_like_constructor_ones(model, tmp_path, value, message):
     document = json.loads(str(np.load(model)["__info__"]))
