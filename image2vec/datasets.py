@@ -66,6 +66,11 @@ class WordData:
     category_names : list of str or None
     logits : ndarray of shape (N, 1000) or None
         ImageNet class logits of the images, when asked for (the imnet-glove baseline).
+    captions : csr_matrix of shape (M, V) or None
+        Every caption of every image (its vocabulary words, binary), for the image-sentence
+        retrieval protocol; None for tags.
+    caption_images : ndarray of shape (M,) or None
+        The image (row of F) of each caption.
     """
 
     keys: list
@@ -79,6 +84,8 @@ class WordData:
     categories: sp.csr_matrix | None = None
     category_names: list[str] | None = None
     logits: np.ndarray | None = None
+    captions: sp.csr_matrix | None = None
+    caption_images: np.ndarray | None = None
 
     def inputs_for(self, system: Any) -> np.ndarray:
         """What ``system`` reads for these images: the class logits or the features F.
@@ -167,7 +174,9 @@ def load_caption_data(
         queries=targets(first_captions, vocabulary, binary=True), vocabulary=vocabulary,
         extractor=feature_set.index["extractor"], categories=categories,
         category_names=data.category_names,
-        logits=_array_or_none(feature_set.logits))
+        logits=_array_or_none(feature_set.logits),
+        captions=targets([[caption] for doc in documents for caption in doc], vocabulary, binary=True),
+        caption_images=np.repeat(np.arange(len(documents)), [len(doc) for doc in documents]))
 
 
 def load_tag_data(

@@ -24,6 +24,7 @@ image n's captions):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,171 @@ def cross_validate(
                               queries=None if queries is None else queries[test]))
     mean = {key: float(np.nanmean([fold[key] for fold in folds])) for key in folds[0] if key != "k"}
     return {"k": k, **mean, "n_images": int(F.shape[0]), "folds": folds}
+
+
+# --------------------------------------------------------------- benchmark scores with intervals
+
+SUMMARY_LENGTHS = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Everything a benchmark reports of one system, kept per image so it can be resampled.
+
+    Attributes
+    ----------
+    hits, chosen, true : ndarray of shape (len(ks), N)
+        Per image and summary length k: summary words in the truth, summary words, truth words.
+    ks : tuple of int
+        The summary lengths.
+    word_scores : ndarray of shape (N, V)
+        The system's word scores (for mAP over words).
+    truth : ndarray of shape (N, V), bool
+    search_ranks : ndarray of shape (M,)
+        Image search: for each caption, how many other images score at least as high as its own
+        image (0 = first); ties count against the system.
+    caption_images : ndarray of shape (M,)
+        The image of each caption.
+    annotation_ranks : ndarray of shape (N,)
+        Image annotation: for each image, how many captions of other images score at least as
+        high as its best own caption.
+    """
+
+    hits: np.ndarray
+    chosen: np.ndarray
+    true: np.ndarray
+    ks: tuple
+    word_scores: np.ndarray
+    truth: np.ndarray
+    search_ranks: np.ndarray
+    caption_images: np.ndarray
+    annotation_ranks: np.ndarray
+
+
+def image_scores(system: Any, F: np.ndarray, truth: Any, captions: Any, caption_images: np.ndarray,
+                 ks: Sequence[int] = SUMMARY_LENGTHS) -> ImageScores:
+    """Score one fitted system on N images with M captions (the standard sentence protocol).
+
+    Summaries of each length k are compared with the truth; every caption (a bag of its
+    vocabulary words) ranks the N images (image search) and every image ranks the M captions
+    (image annotation), both through :func:`query_scores` (``retrieval_scores`` where the system
+    has one, e.g. Image2Vec's cosine between r_n and D x_caption).
+    """
+    truth = (sp.csr_matrix(truth) > 0).toarray()
+    counts = []
+    for k in ks:
+        indices = system.summarize(F, k).indices
+        chosen = indices >= 0
+        hit = np.zeros(indices.shape, dtype=bool)
+        rows = np.broadcast_to(np.arange(len(indices))[:, None], indices.shape)
+        hit[chosen] = truth[rows[chosen], indices[chosen]]
+        counts.append((hit.sum(axis=1), chosen.sum(axis=1)))
+    hits, chosen = (np.array(part, dtype=np.float64) for part in zip(*counts))
+    scores = query_scores(system, F, captions)  # (M, N)
+    caption_images = np.asarray(caption_images)
+    own = scores[np.arange(len(scores)), caption_images]
+    search = (scores >= own[:, None]).sum(axis=1) - 1
+    annotation = np.empty(len(F), dtype=np.int64)
+    for image in range(len(F)):
+        mine = caption_images == image
+        best = scores[mine, image].max()
+        annotation[image] = int((scores[~mine, image] >= best).sum())
+    return ImageScores(hits, chosen, np.broadcast_to(truth.sum(axis=1), hits.shape).astype(np.float64),
+                       tuple(ks), system.decision_function(F), truth, search, caption_images, annotation)
+
+
+def score_metrics(scores: ImageScores, weights: np.ndarray | None = None, *,
+                  map_weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The benchmark metrics, for each row of ``weights`` (multiplicities of the images).
+
+    ``weights`` (B, N) counts how often each image is drawn (None: once each, B = 1), so the
+    same code gives the figures and their bootstrap replicates. ``map_weights`` (default
+    ``weights``) may be a smaller set of rows for the costlier mAP over words.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (B,)
+        ``P@k``, ``R@k``, ``F1@k`` for every k, ``mAP``, ``search R@1/5/10``, ``search medr``,
+        ``annotation R@1/5/10``, ``annotation medr`` (median ranks 1-based).
+    """
+    n = len(scores.annotation_ranks)
+    weights = np.ones((1, n)) if weights is None else np.atleast_2d(weights).astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    for i, k in enumerate(scores.ks):
+        hits, chosen, true = (weights @ part[i] for part in (scores.hits, scores.chosen, scores.true))
+        precision = np.divide(hits, chosen, out=np.zeros_like(hits), where=chosen > 0)
+        recall = np.divide(hits, true, out=np.zeros_like(hits), where=true > 0)
+        total = precision + recall
+        out[f"P@{k}"], out[f"R@{k}"] = precision, recall
+        out[f"F1@{k}"] = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+    out["mAP"] = _weighted_map(scores.word_scores, scores.truth, weights if map_weights is None
+                               else np.atleast_2d(map_weights).astype(np.float64))
+    query_weights = weights[:, scores.caption_images]
+    for name, ranks, w in (("search", scores.search_ranks, query_weights),
+                           ("annotation", scores.annotation_ranks, weights)):
+        for K in RECALL_AT:
+            out[f"{name} R@{K}"] = 100 * (w @ (ranks < K)) / w.sum(axis=1)
+        out[f"{name} medr"] = _weighted_median(ranks + 1, w)
+    return out
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The lower weighted median of ``values`` for each row of ``weights``."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[:, order], axis=1)
+    position = (cumulative < cumulative[:, -1:] / 2).sum(axis=1)
+    return values[order][np.minimum(position, len(values) - 1)].astype(np.float64)
+
+
+def _weighted_map(word_scores: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean over words of the average precision of ranking the images by the word's score.
+
+    Images count with their multiplicity in each row of ``weights``; tied scores form one
+    threshold (as scikit-learn's ``average_precision_score``). Words without a positive or
+    without a negative image in a replicate are left out of its mean.
+    """
+    total = np.zeros(len(weights))
+    counted = np.zeros(len(weights))
+    for v in range(truth.shape[1]):
+        relevant = truth[:, v]
+        if not relevant.any() or relevant.all():
+            continue
+        order = np.argsort(-word_scores[:, v], kind="stable")
+        sorted_scores, rel = word_scores[order, v], relevant[order]
+        ends = np.searchsorted(-sorted_scores, -sorted_scores, side="right") - 1  # end of each tie
+        w = weights[:, order]
+        cum_w = np.cumsum(w, axis=1)[:, ends]
+        cum_rel = np.cumsum(w * rel, axis=1)[:, ends]
+        positives = (w * rel).sum(axis=1)
+        negatives = (w * ~rel).sum(axis=1)
+        precision = np.divide(cum_rel, cum_w, out=np.zeros_like(cum_rel), where=cum_w > 0)
+        ap = np.divide((w * rel * precision).sum(axis=1), positives, out=np.zeros_like(positives),
+                       where=positives > 0)
+        usable = (positives > 0) & (negatives > 0)
+        total += np.where(usable, ap, 0)
+        counted += usable
+    return np.divide(total, counted, out=np.full_like(total, np.nan), where=counted > 0)
+
+
+def bootstrap_weights(n: int, n_boot: int = 1000, random_state: int = 0) -> np.ndarray:
+    """(n_boot, n) multiplicities of n images drawn with replacement, n times per replicate."""
+    rng = np.random.default_rng(random_state)
+    return rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)
+
+
+def with_intervals(estimates: dict[str, np.ndarray], replicates: dict[str, np.ndarray],
+                   level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+    """(estimate, low, high): the bias-corrected percentile bootstrap interval of every metric.
+
+    Resampling images with replacement biases ranking metrics (a drawn-twice relevant image
+    raises mAP), so the replicates are shifted by their bias, mean(replicates) - estimate,
+    before the percentiles are taken; for the unbiased ratios (precision, recall) the shift is
+    negligible.
+    """
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for name, estimate in estimates.items():
+        value = float(estimate[0])
+        draws = replicates[name] - (np.nanmean(replicates[name]) - value)
+        out[name] = (value, *map(float, np.nanpercentile(draws, [tail, 100 - tail])))
+    return out

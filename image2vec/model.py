@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
@@ -146,8 +147,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         The vocabulary.
     dim_ : int
         The embedding dimension used (``dim`` or less).
-    lam_, prior_weight_ : float
-        The ridge and read-out prior used.
+    lam_ : float
+        The ridge weight used.
     classes_ : ndarray
         The labels, when ``fit`` got a 1-d label vector (then :meth:`predict` returns labels).
     tag_weights_ : scipy.sparse.csr_matrix of shape (N, V)
@@ -278,30 +279,14 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self
         """
         start = time.perf_counter()
-        self.check_params()
-        F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
-                             multi_output=True, y_numeric=False, copy=False)
-        X = self._targets(X)
-        self.words_ = check_words(words, X.shape[1], getattr(self, "classes_", None))
-        self.lam_ = float(DEFAULT_LAM[self.model] if self.lam is None else self.lam)
-        if self.objective == "ip":
-            self.lam_ = 0.0
-        self.prior_weight_ = float(DEFAULT_PRIOR_WEIGHT[self.model] if self.prior_weight is None
-                                   else self.prior_weight)
-        xp = self._array_module()
-        self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
-        stats = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
-        basis = self._basis(stats.centered().A, stats.n)
-        centred = stats.centered() if basis is None else stats.centered().rotated(basis)
-        self.dim_ = self._data_dim(centred.A.shape[0], X.shape[1])
-        transform = self._preprocess if basis is None else (lambda chunk: self._preprocess(chunk) @ basis)
-        result, a_step = self._solve(F, X, centred, transform, xp)
-        targets = X if a_step is None else a_step.weighted()
+        problem = self.prepare(X, y, words)
+        result, a_step = self._solve(problem)
+        targets = problem.targets if a_step is None else a_step.weighted()
         W = to_numpy(result.W)
         self.dictionary_ = to_numpy(result.D)
-        self.image_map_ = W if basis is None else W @ basis.T  # back to the features' coordinates
+        self.image_map_ = W if problem.basis is None else W @ problem.basis.T  # the features' coordinates
         self.target_mean_ = np.asarray(targets.mean(axis=0)).ravel()
-        self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ (stats.f_sum / stats.n)
+        self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ problem.feature_centre
         self.objective_trace_ = result.trace
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
@@ -312,36 +297,79 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _solve(self, F, X, centred, transform, xp):
-        """Run the solver; returns (SolverResult, the weak-tag A-step or None)."""
+    def prepare(self, X: Any, y: Any, words: Any = None) -> "FitProblem":
+        """The problem that :meth:`fit` solves: validated data, statistics, objective, start.
+
+        Runs the first half of :meth:`fit` (parameter and data validation, the pass for mu, the
+        pass for the sufficient statistics, the principal basis, the effective ``dim_``) and
+        sets the fitted attributes it determines (``feature_mean_``, ``words_``, ``lam_``,
+        ``dim_``, ``n_features_in_``). Useful to time or compare the solvers on exactly the
+        problem the estimator would solve.
+
+        Returns
+        -------
+        FitProblem
+        """
+        self.check_params()
+        F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
+                             multi_output=True, y_numeric=False, copy=False)
+        X = self._targets(X)
+        self.words_ = check_words(words, X.shape[1], getattr(self, "classes_", None))
+        self.lam_ = 0.0 if self.objective == "ip" else float(
+            DEFAULT_LAM[self.model] if self.lam is None else self.lam)
+        xp = self._array_module()
+        self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
+        raw = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
+        basis = self._basis(raw.centered().A, raw.n)
+        centred = raw.centered() if basis is None else raw.centered().rotated(basis)
+        self.dim_ = self._data_dim(centred.A.shape[0], X.shape[1])
+        transform = self._preprocess if basis is None else (lambda chunk: self._preprocess(chunk) @ basis)
         weights = None
         if self.gamma:
-            cooccurrence = (X.T @ X).tocsr() if self.solver == "sgd" else centred.C
-            weights = incoherence_weights(cooccurrence)
+            weights = incoherence_weights((X.T @ X).tocsr() if self.solver == "sgd" else centred.C)
             weights = weights if sp.issparse(weights) else xp.asarray(weights)
         terms = ObjectiveTerms(self.objective, "words" if self.model == "reduced-rank" else "map",
                                self.lam_, float(self.gamma), weights)
+        return FitProblem(F, X, centred.to(xp, np.float64), terms, self.dim_, transform, basis,
+                          raw.f_sum / raw.n, self._cold_start(centred.A.shape[0], xp), xp)
+
+    def _cold_start(self, width: int, xp) -> Any:
+        """W where a solver without a closed-form start begins.
+
+        ``simple``: the fixed JL projection, entries N(0, 1/d). A W W^T = I map: the top ``dim``
+        principal axes (identity rows in the basis). ``reduced-rank``: W = 0 (the first D-step
+        or SGD's random orthonormal words take it from there).
+        """
+        if self.model == "simple":
+            rng = np.random.default_rng(self.random_state)
+            return xp.asarray(rng.standard_normal((self.dim_, width)) / np.sqrt(self.dim_))
+        if self.model == "reduced-rank":
+            return xp.zeros((self.dim_, width))
+        return xp.eye(self.dim_, width)
+
+    def _solve(self, problem: "FitProblem"):
+        """Run the solver on ``problem``; returns (SolverResult, the weak-tag A-step or None)."""
         learn_w = self.model != "simple"
-        a_step = _TagWeights(F, X, transform, self.objective, xp) if self.model == "weak-tag" else None
-        stats = centred.to(xp, np.float64)
-        start = closed_form(stats, self.dim_, terms) if learn_w else None
-        W0 = start.W if learn_w else self._projection(centred.A.shape[0], xp)
+        a_step = (_TagWeights(problem.F, problem.targets, problem.transform, self.objective, problem.xp)
+                  if self.model == "weak-tag" else None)
         if self.solver == "sgd":
-            sample_step = None if a_step is None else a_step
-            result = sgd(F, X, W0, terms, learn_w=learn_w, center=True, transform=transform,
-                         sample_step=sample_step, batch_size=self.batch_size,
-                         max_steps=self.max_steps, learning_rate=self.learning_rate,
-                         decay=self.decay, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
-                         random_state=self.random_state, xp=xp)
-        elif start is not None and start.converged and a_step is None:
-            result = start
-        else:
-            sample_step = None if a_step is None else (
-                lambda D, W: a_step(D, W, statistics=True).to(xp, np.float64).centered())
-            result = bcd(stats, W0, terms, D=None if start is None else start.D, learn_w=learn_w,
-                         sample_step=sample_step, max_iter=self.max_iter, tol=self.tol,
-                         spectral_bound=float(to_numpy(stats.A).diagonal().max()) if self._whitened()
-                         else None)
+            result = sgd(problem.F, problem.targets, problem.start, problem.terms, learn_w=learn_w,
+                         center=True, transform=problem.transform, sample_step=a_step,
+                         batch_size=self.batch_size, max_steps=self.max_steps,
+                         learning_rate=self.learning_rate, decay=self.decay, tol=self.tol,
+                         n_iter_no_change=self.n_iter_no_change, random_state=self.random_state,
+                         xp=problem.xp)
+            return result, a_step
+        exact = closed_form(problem.stats, problem.dim, problem.terms) if learn_w else None
+        if exact is not None and exact.converged and a_step is None:
+            return exact, None
+        sample_step = None if a_step is None else (
+            lambda D, W: a_step(D, W, statistics=True).to(problem.xp, np.float64).centered())
+        # In principal coordinates A is diagonal: its largest entry bounds the majoriser.
+        bound = None if problem.basis is None else float(to_numpy(problem.stats.A).diagonal().max())
+        result = bcd(problem.stats, problem.start if exact is None else exact.W, problem.terms,
+                     D=None if exact is None else exact.D, learn_w=learn_w, sample_step=sample_step,
+                     max_iter=self.max_iter, tol=self.tol, spectral_bound=bound)
         return result, a_step
 
     def _targets(self, X: Any) -> sp.csr_matrix:
@@ -369,9 +397,6 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def _preprocess(self, F: np.ndarray) -> np.ndarray:
         """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``), float64."""
         return preprocess_features(F, self.feature_mean_, self.normalize)
-
-    def _whitened(self) -> bool:
-        return self.whiten and self.model in ("learn-all", "weak-tag")
 
     def _basis(self, scatter: np.ndarray, n_rows: int) -> np.ndarray | None:
         r"""The coordinates a learned W W^T = I map works in, or None (the features' own).
@@ -405,11 +430,6 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                           f"can use on this data; using dim={limit}", UserWarning, stacklevel=3)
         return min(self.dim, limit)
 
-    def _projection(self, n_features: int, xp):
-        """The simple model's fixed JL projection, entries N(0, 1/d)."""
-        rng = np.random.default_rng(self.random_state)
-        return xp.asarray(rng.standard_normal((self.dim_, n_features)) / np.sqrt(self.dim_))
-
     # ------------------------------------------------------------------ using a model
 
     def transform(self, F: Any) -> np.ndarray:
@@ -440,8 +460,12 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return Summary.from_ranking(code.indices, code.coefs, self.words_)
 
     def _readout_gram(self) -> tuple[float, np.ndarray]:
-        """mu and the read-out's Gram matrix G = D^T D + mu I, cached per dictionary and mu."""
-        mu = float(self.prior_weight_)
+        """mu and the read-out's Gram matrix G = D^T D + mu I, cached per dictionary and mu.
+
+        mu is ``prior_weight``, or the model's default; read-out settings can change after the
+        fit (``set_params``) without refitting.
+        """
+        mu = float(DEFAULT_PRIOR_WEIGHT[self.model] if self.prior_weight is None else self.prior_weight)
         cached = getattr(self, "_gram_cache", None)
         if cached is None or cached[0] != mu or cached[1] is not self.dictionary_:
             gram = self.dictionary_.T @ self.dictionary_ + mu * np.eye(self.dictionary_.shape[1])
@@ -524,6 +548,43 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 def _unit(A: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(A, axis=1, keepdims=True)
     return A / np.where(norms > 0, norms, 1)
+
+
+@dataclass(frozen=True)
+class FitProblem:
+    """What a fit solves (see :meth:`Image2Vec.prepare`).
+
+    Attributes
+    ----------
+    F : array of shape (N, p)
+        The raw features as given (a memmap stays one).
+    targets : csr_matrix of shape (N, V)
+    stats : SufficientStats
+        Centred statistics of the preprocessed features in the map's coordinates.
+    terms : ObjectiveTerms
+    dim : int
+    transform : callable
+        Raw feature rows -> the map's coordinates (preprocessing, then the basis).
+    basis : ndarray of shape (p, q) or None
+        The principal (whitened) basis of a W W^T = I map, else None.
+    feature_centre : ndarray
+        m, the mean of the preprocessed features (in the features' own coordinates).
+    start : array of shape (d, q)
+        The cold start of a solver (see ``Image2Vec._cold_start``).
+    xp : module
+        numpy or cupy.
+    """
+
+    F: Any
+    targets: sp.csr_matrix
+    stats: Any
+    terms: ObjectiveTerms
+    dim: int
+    transform: Any
+    basis: np.ndarray | None
+    feature_centre: np.ndarray
+    start: Any
+    xp: Any
 
 
 class _TagWeights:

@@ -27,6 +27,7 @@ good start elsewhere; BCD started there converges in a sweep or two.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ from solvers.objective import ObjectiveTerms, SufficientStats, objective
 class SolverResult:
     """D (d x V), W (d x p) and the objective trace of a solver run.
 
-    ``trace`` lists (iteration, block, J) after every block (bcd) or epoch (sgd); ``seconds``
-    (sgd and the estimator) the wall time at each entry.
+    ``trace`` lists (iteration, block, J) after every block (bcd) or measurement (sgd), and
+    ``seconds`` the wall time since the solver started at each entry.
     """
 
     D: Any
@@ -52,6 +53,13 @@ class SolverResult:
     trace: list[tuple[int, str, float]] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
+    seconds: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def record(self, iteration: int, block: str, value: float) -> None:
+        """Append (iteration, block, J) to the trace, with the time since the start."""
+        self.trace.append((iteration, block, value))
+        self.seconds.append(time.perf_counter() - self.started)
 
     @property
     def objective(self) -> float:
@@ -118,14 +126,14 @@ def bcd(
     previous = np.inf
     for iteration in range(1, max_iter + 1):
         result.D = d_step(stats, result.W, terms, D=result.D)
-        result.trace.append((iteration, "D", objective(stats, result.D, result.W, terms)))
+        result.record(iteration, "D", objective(stats, result.D, result.W, terms))
         if learn_w:
             result.W = w_step(stats, result.D, result.W, terms, spectral_bound=spectral_bound,
                               substeps=w_substeps)
-            result.trace.append((iteration, "W", objective(stats, result.D, result.W, terms)))
+            result.record(iteration, "W", objective(stats, result.D, result.W, terms))
         if sample_step is not None:
             stats = sample_step(result.D, result.W)
-            result.trace.append((iteration, "sample", objective(stats, result.D, result.W, terms)))
+            result.record(iteration, "sample", objective(stats, result.D, result.W, terms))
         result.n_iter = iteration
         current = result.objective
         exact_in_one_step = not (learn_w or sample_step is not None)
@@ -251,6 +259,7 @@ def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = Object
     SolverResult
         D, W, one trace entry, ``n_iter`` 1 and ``converged`` True for an exact minimiser.
     """
+    result = SolverResult(D=None, W=None)
     xp = get_array_module(stats.A)
     p, n_words = stats.B.shape
     if dim > p or (terms.constraint == "words" and dim > n_words):
@@ -270,8 +279,8 @@ def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = Object
         _, _, right = _top_singular_pairs(_whitened(stats.A, stats.n * terms.lam, stats.B), dim)
         D = right.T
         W = w_step(stats, D, None, terms)
-    result = SolverResult(D=D, W=W, n_iter=1, converged=exact)
-    result.trace.append((1, "exact" if exact else "start", objective(stats, D, W, terms)))
+    result.D, result.W, result.n_iter, result.converged = D, W, 1, exact
+    result.record(1, "exact" if exact else "start", objective(stats, D, W, terms))
     return result
 
 

@@ -13,7 +13,8 @@ After each step the iterate is projected back onto the constraints: a factor wit
 rows onto the nearest such matrix (its polar factor), and for ``ip`` under ``map`` each column of
 D onto the unit sphere. Steps are eta / L per block, L a Lipschitz estimate taken on the first
 minibatch (for ``ip``, which is linear, the relative gradient size), so the defaults work across
-data scales; the minibatch is capped at N.
+data scales; the estimates are taken again after every measurement of J (under D D^T = I the
+curvature in D is that of the embeddings, which grow from W = 0). The minibatch is capped at N.
 
 Schedule and stopping, in steps: eta stays at ``learning_rate`` while J keeps falling. J is
 measured exactly by a streaming pass after every epoch, or every ``MIN_STEPS_PER_CHECK`` steps
@@ -144,24 +145,24 @@ def sgd(
         for _ in range(min(steps_per_check, max_steps - step)):
             f_batch, x_batch = next(stream)
             grad_d, grad_w = _gradients(f_batch, x_batch, D, W, terms)
-            if scales is None:
+            if scales is None:  # taken again after every measurement: W moves, and L_D with it
                 scales = _step_scales(f_batch, x_batch, D, W, grad_d, grad_w, terms)
             D = _project_words(D - (eta / scales[0]) * grad_d, terms)
             if learn_w:
                 W = W - (eta / scales[1]) * grad_w
                 W = polar(W) if terms.kind == "ip" or not terms.words_orthonormal else W
             step += 1
-        result.D, result.W, result.n_iter = D, W, step
+        result.D, result.W, result.n_iter, scales = D, W, step, None
         value = streaming_objective(F, X, D, W, terms, offsets=offsets, chunk_size=chunk_size,
                                     transform=transform)
-        result.trace.append((step, "steps", value))
+        result.record(step, "steps", value)
         if sample_step is not None:
             X = sample_step(D, W)
             offsets = _offsets(F, X, xp, transform, dtype) if center else None
             stream = minibatches()
             value = streaming_objective(F, X, D, W, terms, offsets=offsets, chunk_size=chunk_size,
                                         transform=transform)
-            result.trace.append((step, "sample", value))
+            result.record(step, "sample", value)
         if best - value > tol * abs(best) or best == math.inf:
             best, stalls = min(best, value), 0
             continue

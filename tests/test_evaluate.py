@@ -61,7 +61,7 @@ def test_evaluate_uses_summaries_and_scores_of_any_system():
 def test_image2vec_retrieval_scores_are_negative_squared_distances():
     rng = np.random.default_rng(0)
     F, X = rng.standard_normal((60, 10)), (rng.random((60, 6)) < 0.3).astype(float)
-    model = Image2Vec(dim=4).fit(F, X)
+    model = Image2Vec(dim=4, metric="euclidean").fit(F, X)
     Q = np.eye(6)[:3]
     expected = -((model.transform(F)[None] - (Q @ model.dictionary_.T)[:, None]) ** 2).sum(axis=2)
     np.testing.assert_allclose(query_scores(model, F, Q), expected, atol=1e-10)

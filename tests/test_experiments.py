@@ -227,4 +227,4 @@ def test_system_names_expand():
     labels = [spec.label for spec in common.parse_systems(["learn-all", "knn", "learn-all/l2/bcd"])]
     assert labels == ["learn-all/l2/bcd", "learn-all/l2/sgd", "learn-all/ip/bcd", "learn-all/ip/sgd", "knn"]
     every = common.parse_systems(["all"])
-    assert len(every) == 12 + len(common.systems.BASELINES)
+    assert len(every) == 16 + len(common.systems.BASELINES)

@@ -1,0 +1,572 @@
+"""The Flickr8k benchmark: every system trained on train (6,000 images), scored on dev (1,000).
+
+Flickr8k (Hodosh, Young and Hockenmaier 2013): 8,091 Flickr photos with 5 captions each; the
+official train and dev splits are read from the original token file and split lists. The
+vocabulary (nouns and adjectives of the captions, ``min_count`` 5) comes from train only.
+Settings are chosen on dev by a small search; the official test split is not used.
+
+Every system of the registry is scored by one harness (:func:`image2vec.evaluate.image_scores`):
+
+- summaries: precision, recall and F1 of k-word summaries (k = 1..5) against the vocabulary
+  words of the image's 5 captions, micro-averaged, and mAP over words;
+- the standard sentence protocol: image search (each of the 5,000 dev captions, as the bag of
+  its vocabulary words, ranks the 1,000 dev images) and image annotation (each image ranks the
+  5,000 captions), recall at 1, 5, 10 (in %) and median rank. Image2Vec scores a caption as the
+  sum of its word vectors, D x, against the image embedding r (cosine of the centred vectors);
+  ridge and cca by cosine in their own spaces; the others by the sum of the caption words'
+  standardised word scores;
+- 95% percentile bootstrap intervals over dev images (the captions of an image go with it) for
+  every figure, and paired bootstrap differences for the questions the README answers.
+
+Writes into OUT (resumable: finished fits are kept in ``systems/`` and ``search/``):
+
+- ``search.csv``, ``chosen.json``: the settings tried on dev and the ones kept;
+- ``results.csv``, ``results.md``: every system with its intervals, fit time and peak memory;
+- ``differences.md``: paired differences (l2 - ip, bcd - sgd, Image2Vec - knn, - cca, - ridge,
+  OMP - ranking);
+- ``retrieval.md``: image search and annotation beside the published Flickr8k test figures;
+- ``f1_at_k.png``, ``l2_vs_ip.png``, ``objective_vs_time.png``, ``word_norms.png``,
+  ``similar.md``, ``run.json`` (the command, wall time and peak memory of the whole run).
+
+    python experiments/flickr8k.py experiments/results/flickr8k              # everything
+    python experiments/flickr8k.py out/f8k --systems reduced-rank knn --no-search
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+from scipy.stats import spearmanr
+
+from image2vec.datasets import WordData, load_caption_data
+from image2vec.evaluate import (
+    ImageScores,
+    bootstrap_weights,
+    image_scores,
+    score_metrics,
+    with_intervals,
+)
+from image2vec.io import shared_data_dir
+from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
+
+OUTPUTS = ("search.csv", "chosen.json", "results.csv", "results.md", "differences.md",
+           "retrieval.md", "f1_at_k.png", "l2_vs_ip.png", "objective_vs_time.png",
+           "word_norms.png", "similar.md", "run.json", "systems/", "search/")
+#: Published Flickr8k test figures (R@1, R@5, R@10, median rank), other features, same protocol.
+PUBLISHED = {
+    "DeViSE (Frome et al. 2013)": ((6.7, 21.9, 32.7, 25), (4.5, 18.1, 29.2, 26)),
+    "BRNN (Karpathy & Fei-Fei 2015)": ((16.5, 40.6, 54.2, 7.6), (11.8, 32.1, 44.7, 12.4)),
+    "Kiros et al. 2014 (VGG)": ((18.0, 40.9, 55.0, 8), (12.5, 37.0, 51.5, 10)),
+    "Klein et al. 2015 mean vector + CCA (VGG)": ((22.6, 48.8, 61.2, 6), (19.1, 45.3, 60.4, 7)),
+}
+PROBES = ("yellow", "red", "dog", "beach", "snow", "ball", "water", "grass", "child", "bike")
+#: The settings searched on dev, per system name; every combination is fitted once, and the
+#: read-out settings (``readout``, ``prior_weight``) are tried on each fit without refitting.
+SEARCH = {
+    "reduced-rank/l2": {"fit": {"lam": [1e-4, 3e-4, 1e-3, 3e-3], "dim": [128, 256, 512]},
+                        "readout": [("omp", 0.0), ("omp", 0.1), ("rank", None)]},
+    "reduced-rank/ip": {"fit": {"dim": [64, 128, 256]},
+                        "readout": [("omp", 0.0), ("omp", 0.1), ("omp", 1.0), ("rank", None)]},
+    "learn-all/l2": {"fit": {"lam": [0.1, 1.0, 10.0], "n_components": [256, 512, 1024]},
+                     "readout": [("omp", 0.03), ("omp", 0.1), ("omp", 0.3), ("rank", None)]},
+    "learn-all/ip": {"fit": {"whiten": [False, True]},
+                     "readout": [("omp", 0.3), ("omp", 1.0), ("omp", 3.0), ("omp", 10.0), ("rank", None)]},
+    "simple/l2": {"fit": {"lam": [1e-4, 1e-3, 1e-2]},
+                  "readout": [("omp", 0.1), ("omp", 1.0), ("rank", None)]},
+    "simple/ip": {"fit": {}, "readout": [("omp", 0.3), ("omp", 1.0), ("omp", 3.0), ("rank", None)]},
+    "ridge": {"fit": {"alpha": [0.3, 1.0, 3.0, 10.0]}},
+    "cca": {"fit": {"reg": [0.01, 0.1, 0.3], "power": [0.5, 1.0, 2.0]}, "criterion": "search R@10"},
+}
+#: weak-tag shares learn-all's settings (its extra block has no setting of its own).
+SHARED_SETTINGS = {"weak-tag/l2": "learn-all/l2", "weak-tag/ip": "learn-all/ip"}
+READOUT_PARAMS = ("readout", "prior_weight")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="flickr8k.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_output_argument(parser)
+    parser.add_argument("--flickr8k", type=Path, default=shared_data_dir() / "flickr8k",
+                        help="Flickr8k folder: Flicker8k_Dataset/ and Flickr8k_text/ "
+                        "(default: the shared data folder's flickr8k)")
+    parser.add_argument("--features", type=Path, metavar="STORE",
+                        help="feature store folder (default: OUT/features)")
+    parser.add_argument("--systems", nargs="+", default=["all"], metavar="SYSTEM",
+                        help="MODEL[/OBJECTIVE[/SOLVER]], baseline names or all (default: all)")
+    parser.add_argument("--no-search", action="store_true",
+                        help="use each system's defaults (or an earlier run's chosen.json)")
+    parser.add_argument("--boot", type=common.positive_int, default=1000,
+                        help="bootstrap replicates (default: 1000; mAP uses a fifth of them)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------ resources
+
+
+class PeakMemory:
+    """The peak resident memory (MB) above the level at entry, sampled every 5 ms."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.start = self.peak = _rss_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+        self.extra = self.peak - self.start
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def load_splits(args: argparse.Namespace, out: common.OutputFolder) -> tuple[WordData, WordData]:
+    """Flickr8k train and dev (dev with train's vocabulary), features and logits in stores."""
+    text = args.flickr8k / "Flickr8k_text" / "Flickr8k.token.txt"
+    images = args.flickr8k / "Flicker8k_Dataset"
+    for path, what in ((text, "Flickr8k token file"), (images, "Flickr8k image folder")):
+        if not path.exists():
+            raise common.ExperimentError(f"{what} {path} does not exist (see the README: Data)")
+    store = args.features if args.features is not None else out.folder("features")
+    train = load_caption_data(text, images, split="train", store=store / "train", logits=True)
+    dev = load_caption_data(text, images, split="dev", store=store / "dev", logits=True,
+                            vocabulary=train.vocabulary)
+    return train, dev
+
+
+# --------------------------------------------------------------------------------------- systems
+
+
+@dataclass
+class Fit:
+    """One fitted system's dev scores and costs."""
+
+    label: str
+    settings: dict
+    scores: ImageScores
+    fit_seconds: float
+    peak_mb: float
+    extra: dict = field(default_factory=dict)
+
+
+def spec_of(label: str) -> common.SystemSpec:
+    parts = label.split("/")
+    return common.SystemSpec(*parts) if parts[0] in MODELS else common.SystemSpec(label)
+
+
+def settings_key(label: str, settings: dict) -> str:
+    return hashlib.sha256(json.dumps([label, settings], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def fit_and_score(label: str, settings: dict, train: WordData, dev: WordData, seed: int,
+                  readouts: Sequence[tuple] = ()) -> tuple[Any, Fit, list[Fit]]:
+    """Fit one system on train; its dev scores (and those of other read-outs of the same fit)."""
+    spec = spec_of(label)
+    fit_settings = {key: value for key, value in settings.items() if key not in READOUT_PARAMS}
+    system = spec.make(fit_settings.get("dim", 256), seed,
+                       **{key: value for key, value in fit_settings.items() if key != "dim"})
+    with warnings.catch_warnings(), PeakMemory() as memory:
+        warnings.simplefilter("ignore")  # dims lowered, solvers stopped: recorded below
+        start = time.perf_counter()
+        system.fit(spec.inputs(train), train.targets, words=list(train.vocabulary.words))
+        seconds = time.perf_counter() - start
+    extra = {"converged": bool(getattr(system, "converged_", True)),
+             "n_iter": int(getattr(system, "n_iter_", 0))}
+
+    def scored(readout_settings: dict) -> Fit:
+        if readout_settings:
+            system.set_params(**readout_settings)
+        scores = image_scores(system, spec.inputs(dev), dev.truth, dev.captions, dev.caption_images)
+        return Fit(label, {**fit_settings, **readout_settings}, scores, seconds, memory.extra, extra)
+
+    main = scored({key: settings[key] for key in READOUT_PARAMS if key in settings})
+    others = [scored({"readout": readout, "prior_weight": prior}) for readout, prior in readouts]
+    return system, main, others
+
+
+def save_fit(out: common.OutputFolder, folder: str, fit: Fit) -> None:
+    name = f"{folder}/{fit.label.replace('/', '_')}-{settings_key(fit.label, fit.settings)}"
+    arrays = {key: value for key, value in asdict(fit.scores).items() if key != "ks"}
+    buffer = __import__("io").BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    out.write_bytes(name + ".npz", buffer.getvalue())
+    out.write_json(name + ".json", {"label": fit.label, "settings": fit.settings, "ks": list(fit.scores.ks),
+                                    "fit_seconds": fit.fit_seconds, "peak_mb": fit.peak_mb, **fit.extra})
+
+
+def load_fit(out: common.OutputFolder, folder: str, label: str, settings: dict) -> Fit | None:
+    name = out.root / folder / f"{label.replace('/', '_')}-{settings_key(label, settings)}"
+    if not (name.with_suffix(".json").is_file() and name.with_suffix(".npz").is_file()):
+        return None
+    meta = json.loads(name.with_suffix(".json").read_text())
+    with np.load(name.with_suffix(".npz"), allow_pickle=False) as data:
+        scores = ImageScores(ks=tuple(meta["ks"]), **{key: data[key] for key in data.files})
+    extra = {key: meta[key] for key in ("converged", "n_iter") if key in meta}
+    return Fit(label, meta["settings"], scores, meta["fit_seconds"], meta["peak_mb"], extra)
+
+
+def criterion_of(label: str) -> str:
+    return SEARCH.get(label, {}).get("criterion", "P@3")
+
+
+def search(labels: Sequence[str], train: WordData, dev: WordData, out: common.OutputFolder,
+           seed: int) -> tuple[dict[str, dict], list[dict]]:
+    """The settings of best dev P@3 (cca: image-search R@10) per searched system."""
+    chosen, rows = {}, []
+    for label in labels:
+        grid = SEARCH.get(label)
+        if grid is None:
+            continue
+        keys = list(grid["fit"])
+        combos = [dict(zip(keys, values)) for values in np.array(np.meshgrid(
+            *[np.arange(len(grid["fit"][k])) for k in keys], indexing="ij")).reshape(len(keys), -1).T] \
+            if keys else [{}]
+        combos = [{k: grid["fit"][k][int(i)] for k, i in combo.items()} for combo in combos]
+        readouts = grid.get("readout", [])
+        best = None
+        for combo in combos:
+            variants = [{**combo, "readout": r, "prior_weight": p} for r, p in readouts] or [combo]
+            fits = [load_fit(out, "search", label, v) for v in variants]
+            if any(f is None for f in fits):
+                _, first, rest = fit_and_score(label, variants[0], train, dev, seed,
+                                               readouts=readouts[1:])
+                fits = [first, *rest]
+                for f in fits:
+                    save_fit(out, "search", f)
+            for f in fits:
+                value = float(score_metrics(f.scores)[criterion_of(label)][0])
+                rows.append({"system": label, "settings": json.dumps(f.settings), "criterion": criterion_of(label),
+                             "value": value, "fit_seconds": f.fit_seconds})
+                if best is None or value > best[0]:
+                    best = (value, f.settings)
+        chosen[label] = best[1]
+        print(f"search {label}: {best[1]} ({criterion_of(label)} {best[0]:.3f})", flush=True)
+    return chosen, rows
+
+
+def settings_for(label: str, chosen: dict) -> dict:
+    """The chosen settings of a system (solver variants and weak-tag share their family's)."""
+    family = "/".join(label.split("/")[:2])
+    family = SHARED_SETTINGS.get(family, family)
+    return dict(chosen.get(family, {}))
+
+
+# -------------------------------------------------------------------------------------- analysis
+
+
+def intervals(fits: dict[str, Fit], weights: np.ndarray, map_weights: np.ndarray) -> dict[str, dict]:
+    return {label: with_intervals(score_metrics(fit.scores),
+                                  score_metrics(fit.scores, weights, map_weights=map_weights))
+            for label, fit in fits.items()}
+
+
+def paired(a: Fit, b: Fit, weights: np.ndarray, map_weights: np.ndarray) -> dict[str, tuple]:
+    """Differences a - b of every metric with their paired bootstrap intervals."""
+    est = {k: score_metrics(a.scores)[k] - score_metrics(b.scores)[k] for k in score_metrics(a.scores)}
+    ra, rb = (score_metrics(f.scores, weights, map_weights=map_weights) for f in (a, b))
+    return with_intervals(est, {k: ra[k] - rb[k] for k in ra})
+
+
+def fmt(triple: tuple, places: int = 3) -> str:
+    value, low, high = triple
+    return f"{value:.{places}f} [{low:.{places}f}, {high:.{places}f}]"
+
+
+def digits(metric: str) -> int:
+    """Decimal places: retrieval figures are percentages and ranks, the others fractions."""
+    return 1 if metric.startswith(("search", "annotation")) else 3
+
+
+def write_results(out, fits, cis, chosen, data_line) -> None:
+    columns = ["P@3", "R@3", "F1@3", "F1@1", "F1@5", "mAP", "search R@10", "annotation R@10"]
+    rows, csv_rows = [], []
+    order = sorted(fits, key=lambda label: -cis[label]["P@3"][0])
+    for label in order:
+        ci, fit = cis[label], fits[label]
+        rows.append({"system": label, **{c: fmt(ci[c], digits(c)) for c in columns},
+                     "fit (s)": f"{fit.fit_seconds:.1f}", "peak (MB)": f"{fit.peak_mb:.0f}",
+                     "converged": str(fit.extra.get("converged", ""))})
+        csv_rows.append({"system": label, "settings": json.dumps(settings_for(label, chosen)),
+                         **{f"{m} {part}": ci[m][i] for m in ci for i, part in enumerate(("value", "low", "high"))},
+                         "fit_seconds": fit.fit_seconds, "peak_mb": fit.peak_mb, **fit.extra})
+    out.write_csv("results.csv", csv_rows, list(csv_rows[0]))
+    table = common.markdown_table(rows, [(c, c) for c in ("system", *columns, "fit (s)", "peak (MB)", "converged")])
+    out.write_text("results.md", f"# Flickr8k dev: every system\n\n{data_line}\n\nFigures with 95% bootstrap "
+                   "intervals over the 1,000 dev images; retrieval in %. Sorted by P@3.\n\n" + table)
+
+
+def write_retrieval(out, cis) -> None:
+    lines = ["# Flickr8k sentence retrieval\n",
+             "Image annotation (image -> its captions) and image search (caption -> its image), "
+             "R@K in %, median rank. Ours: dev split (1,000 images, 5,000 captions), 95% bootstrap "
+             "intervals. Published: the official test split (1,000 images) with other image "
+             "features (CNNs of their time) and full sentences; same protocol.\n",
+             "| system | annotation R@1 | R@5 | R@10 | med r | search R@1 | R@5 | R@10 | med r |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label in sorted(cis, key=lambda label: -cis[label]["search R@10"][0]):
+        ci = cis[label]
+        cells = [fmt(ci[f"{side} {m}"], 1) for side in ("annotation", "search")
+                 for m in ("R@1", "R@5", "R@10", "medr")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for name, (annotation, search_) in PUBLISHED.items():
+        lines.append(f"| *{name}, test* | " + " | ".join(str(v) for v in (*annotation, *search_)) + " |")
+    out.write_text("retrieval.md", "\n".join(lines) + "\n")
+
+
+QUESTIONS = [
+    ("l2 - ip", [(f"{m}/l2/{s}", f"{m}/ip/{s}") for m in MODELS for s in SOLVERS]),
+    ("bcd - sgd", [(f"{m}/{o}/bcd", f"{m}/{o}/sgd") for m in MODELS for o in OBJECTIVES]),
+    ("Image2Vec - knn", [("reduced-rank/l2/bcd", "knn"), ("learn-all/l2/bcd", "knn")]),
+    ("Image2Vec - cca", [("reduced-rank/l2/bcd", "cca"), ("learn-all/l2/bcd", "cca")]),
+    ("Image2Vec - ridge", [("reduced-rank/l2/bcd", "ridge"), ("learn-all/l2/bcd", "ridge")]),
+    ("Image2Vec - prior", [("reduced-rank/l2/bcd", "prior")]),
+]
+
+
+def write_differences(out, fits, readout_pairs, weights, map_weights) -> dict:
+    metrics = ["P@3", "F1@3", "mAP", "search R@10", "annotation R@10"]
+    lines = ["# Paired differences on Flickr8k dev\n",
+             "a - b with 95% paired bootstrap intervals over the dev images (the same resamples "
+             "for both systems); an interval that excludes 0 is a difference the dev split can "
+             "tell apart.\n", "| question | a | b | " + " | ".join(metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    record = {}
+    pairs = [(q, a, b) for q, candidates in QUESTIONS for a, b in candidates if a in fits and b in fits]
+    lookup = dict(fits)
+    for omp, rank in readout_pairs:
+        lookup[f"{omp.label} omp"], lookup[f"{rank.label} rank"] = omp, rank
+        pairs.append(("OMP - ranking", f"{omp.label} omp", f"{rank.label} rank"))
+    for question, a, b in pairs:
+        diff = paired(lookup[a], lookup[b], weights, map_weights)
+        record[f"{a} - {b}"] = {m: diff[m] for m in metrics}
+        lines.append(f"| {question} | {a} | {b} | " + " | ".join(
+            fmt(diff[m], digits(m)) for m in metrics) + " |")
+    out.write_text("differences.md", "\n".join(lines) + "\n")
+    return record
+
+
+def plot_f1(out, cis) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in sorted(cis, key=lambda label: -cis[label]["F1@3"][0]):
+        ks = [1, 2, 3, 4, 5]
+        ax.plot(ks, [cis[label][f"F1@{k}"][0] for k in ks], marker="o", ms=3,
+                lw=2.5 if label.startswith("reduced-rank/l2/bcd") else 1, label=label)
+    ax.set_xlabel("summary length k")
+    ax.set_ylabel("F1@k (dev)")
+    ax.set_title("Flickr8k dev: F1 of k-word summaries")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    out.save_figure("f1_at_k.png", fig)
+
+
+def plot_l2_vs_ip(out, cis) -> None:
+    import matplotlib.pyplot as plt
+
+    pairs = [(m, s) for m in MODELS for s in SOLVERS if f"{m}/l2/{s}" in cis and f"{m}/ip/{s}" in cis]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, metric in zip(axes, ("P@3", "search R@10")):
+        x = np.arange(len(pairs))
+        for shift, objective in ((-0.18, "l2"), (0.18, "ip")):
+            values = [cis[f"{m}/{objective}/{s}"][metric] for m, s in pairs]
+            ax.bar(x + shift, [v[0] for v in values], 0.36, label=objective,
+                   yerr=np.array([[v[0] - v[1], v[2] - v[0]] for v in values]).T, capsize=2)
+        ax.set_xticks(x, [f"{m}\n{s}" for m, s in pairs], fontsize=7)
+        ax.set_title(f"{metric} (dev, 95% CI)")
+        ax.legend()
+    fig.tight_layout()
+    out.save_figure("l2_vs_ip.png", fig)
+
+
+def objective_vs_time(out, train: WordData, seed: int) -> list[dict]:
+    """The default fit's problems on train solved three ways: closed form, BCD sweeps, SGD.
+
+    BCD sweeps start from the cold start (the principal axes, or W = 0 for reduced-rank) as SGD
+    does; the closed form is where the estimator's BCD starts. Times exclude the statistics pass
+    that BCD and the closed form need (SGD streams the rows instead).
+    """
+    import matplotlib.pyplot as plt
+
+    from solvers import bcd, closed_form, sgd
+
+    rows = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, model in zip(axes, ("reduced-rank", "learn-all")):
+        problem = Image2Vec(model=model, random_state=seed).prepare(train.features, train.targets)
+        exact = closed_form(problem.stats, problem.dim, problem.terms)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sweeps = bcd(problem.stats, problem.start, problem.terms, max_iter=300, tol=1e-9)
+            stochastic = sgd(problem.F, problem.targets, problem.start, problem.terms, center=True,
+                             transform=problem.transform, random_state=seed)
+        best = min(exact.objective, sweeps.objective, stochastic.objective)
+        for name, result in (("closed form", exact), ("bcd sweeps", sweeps), ("sgd", stochastic)):
+            gap = [max(value - best, 1e-12) / abs(best) for _, _, value in result.trace]
+            ax.loglog(np.array(result.seconds) + 1e-3, gap, marker="o" if name == "closed form" else ".",
+                      ms=8 if name == "closed form" else 3, label=f"{name} ({result.seconds[-1]:.1f} s)")
+            rows += [{"model": model, "solver": name, "seconds": t, "objective": v}
+                     for t, (_, _, v) in zip(result.seconds, result.trace)]
+        ax.set_xlabel("seconds (statistics pass excluded)")
+        ax.set_ylabel("(J - J_best) / |J_best|")
+        ax.set_title(f"{model}, l2, Flickr8k train")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.save_figure("objective_vs_time.png", fig)
+    return rows
+
+
+def word_norms(out, systems_by_label: dict, dev: WordData, fits: dict, seed: int) -> dict:
+    """Word norm against visualness (knn's per-word ROC AUC on dev), Spearman rho with its CI."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score
+
+    knn = fits["knn"].scores
+    usable = [v for v in range(knn.truth.shape[1]) if 0 < knn.truth[:, v].sum() < len(knn.truth)]
+    visual = np.array([roc_auc_score(knn.truth[:, v], knn.word_scores[:, v]) for v in usable])
+    rng = np.random.default_rng(seed)
+    report = {}
+    labels = [label for label in ("learn-all/l2/bcd", "reduced-rank/l2/bcd", "learn-all/ip/bcd")
+              if label in systems_by_label]
+    fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.6), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        norms = np.linalg.norm(systems_by_label[label].dictionary_, axis=0)[usable]
+        rho = spearmanr(norms, visual).statistic
+        draws = [spearmanr(norms[idx], visual[idx]).statistic
+                 for idx in (rng.integers(0, len(usable), len(usable)) for _ in range(1000))]
+        low, high = np.nanpercentile(draws, [2.5, 97.5])
+        report[label] = {"rho": float(rho), "low": float(low), "high": float(high), "n_words": len(usable)}
+        ax.scatter(visual, norms, s=4, alpha=0.5)
+        ax.set_xlabel("visualness: knn ROC AUC of the word on dev")
+        ax.set_ylabel("||d_v||")
+        ax.set_title(f"{label}\nSpearman {rho:.2f} [{low:.2f}, {high:.2f}]", fontsize=9)
+    fig.tight_layout()
+    out.save_figure("word_norms.png", fig)
+    return report
+
+
+def similar_table(out, systems_by_label: dict, words: Sequence[str]) -> None:
+    from image2vec.baselines.imnet_glove import load_glove
+
+    glove = load_glove()
+    known = [w for w in words if w in glove.index]
+    vectors = np.array([glove.vectors[glove.index[w]] for w in known])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    columns = [label for label in ("reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd")
+               if label in systems_by_label]
+    lines = ["# The 5 nearest words of 10 probe words\n",
+             "Cosine between word vectors (columns of D) of the models trained on Flickr8k train, "
+             "and between GloVe 6B 50d vectors over the same vocabulary.\n",
+             "| word | " + " | ".join(columns) + " | GloVe |", "|---|" + "---|" * (len(columns) + 1)]
+    for probe in PROBES:
+        cells = []
+        for label in columns:
+            model = systems_by_label[label]
+            cells.append(", ".join(w for w, _ in model.similar(probe, 5)) if probe in model.words_ else "-")
+        if probe in known:
+            cosine = vectors @ vectors[known.index(probe)]
+            order = [known[i] for i in np.argsort(-cosine) if known[i] != probe][:5]
+            cells.append(", ".join(order))
+        else:
+            cells.append("-")
+        lines.append(f"| {probe} | " + " | ".join(cells) + " |")
+    out.write_text("similar.md", "\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def experiment(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    out = common.OutputFolder(args.out, OUTPUTS)
+    labels = [spec.label if spec.is_model else spec.name for spec in common.parse_systems(args.systems)]
+    labels = [label for label in labels if label.count("/") == 2 or label.split("/")[0] not in MODELS]
+    train, dev = load_splits(args, out)
+    data_line = (f"Flickr8k: train {len(train.keys):,} images, dev {len(dev.keys):,} images and "
+                 f"{dev.captions.shape[0]:,} captions; vocabulary {len(train.vocabulary):,} words "
+                 f"(min_count {train.vocabulary.info.get('min_count')}, from train); features "
+                 f"{train.extractor} ({train.features.shape[1]}-d).")
+    print(data_line, flush=True)
+    families = sorted({"/".join(label.split("/")[:2]) for label in labels})
+    previous = out.root / "chosen.json"
+    if args.no_search:
+        chosen = json.loads(previous.read_text()) if previous.is_file() else {}
+        rows = []
+    else:
+        searched = sorted({SHARED_SETTINGS.get(family, family) for family in families})
+        chosen, rows = search(searched, train, dev, out, args.seed)
+        out.write_csv("search.csv", rows, ["system", "settings", "criterion", "value", "fit_seconds"])
+        out.write_json("chosen.json", chosen)
+    fits: dict[str, Fit] = {}
+    fitted: dict[str, Any] = {}
+    readout_pairs = []
+    for label in labels:
+        settings = settings_for(label, chosen)
+        cached = load_fit(out, "systems", label, settings)
+        needs_model = label in ("reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd")
+        if cached is not None and not needs_model:
+            fits[label] = cached
+            continue
+        # The default model is also read out both ways: sparse (OMP) and by ranking D^T r.
+        prior = settings.get("prior_weight") or 0.0
+        both = [("omp", prior), ("rank", None)] if label == "reduced-rank/l2/bcd" else []
+        system, fit, others = fit_and_score(label, settings, train, dev, args.seed, readouts=both)
+        fits[label], fitted[label] = fit, system
+        save_fit(out, "systems", fit)
+        if others:
+            readout_pairs.append(tuple(others))
+        print(f"{label}: P@3 {score_metrics(fit.scores)['P@3'][0]:.3f}, fit {fit.fit_seconds:.1f} s, "
+              f"peak +{fit.peak_mb:.0f} MB", flush=True)
+    weights = bootstrap_weights(len(dev.keys), args.boot, args.seed)
+    map_weights = weights[: max(1, args.boot // 5)]
+    cis = intervals(fits, weights, map_weights)
+    write_results(out, fits, cis, chosen, data_line)
+    write_retrieval(out, cis)
+    differences = write_differences(out, fits, readout_pairs, weights, map_weights)
+    plot_f1(out, cis)
+    plot_l2_vs_ip(out, cis)
+    traces = objective_vs_time(out, train, args.seed)
+    norms = word_norms(out, fitted, dev, fits, args.seed) if "knn" in fits else {}
+    similar_table(out, fitted, list(train.vocabulary.words))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.write_json("run.json", {
+        "command": args.command, "date": time.strftime("%Y-%m-%d"), "wall_seconds": time.perf_counter() - started,
+        "peak_rss_mb": usage.ru_maxrss / 1024, "data": data_line, "chosen": chosen,
+        "word_norms_vs_visualness": norms, "differences": differences,
+        "objective_traces": traces})
+    print(f"done in {time.perf_counter() - started:.0f} s; peak RSS {usage.ru_maxrss / 1024:.0f} MB")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.run(experiment, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
