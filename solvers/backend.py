@@ -57,6 +57,27 @@ def gpu_available() -> bool:
         return False
 
 
+def gather_rows(source: Any, indices: Any, out: Any) -> Any:
+    """Rows ``source[indices]`` written into the preallocated ``out`` (no temporary array).
+
+    numpy's ``take`` buffers ``out`` in its default bounds-checking mode, so the indices (valid
+    by contract) are taken in ``clip`` mode; CuPy's ``take`` has no mode and writes directly.
+
+    Parameters
+    ----------
+    source : array of shape (m, n)
+    indices : integer array of shape (b,), entries in [0, m)
+    out : array of shape (b, n), C-contiguous
+
+    Returns
+    -------
+    out
+    """
+    if isinstance(source, np.ndarray):
+        return np.take(source, indices, axis=0, out=out, mode="clip")
+    return source.take(indices, axis=0, out=out)
+
+
 def float_dtype(xp: ModuleType, *arrays: Any) -> Any:
     """float32 when every array is float32, else float64 (integers are promoted to float64)."""
     if arrays and all(getattr(a, "dtype", None) == xp.float32 for a in arrays):

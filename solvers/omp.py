@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from solvers.backend import column_norms, float_dtype, get_array_module, normalised_gram
+from solvers.backend import column_norms, float_dtype, gather_rows, get_array_module, normalised_gram
 
 # Elements of the (signals x atoms) working arrays of one block: about the L2/L3 cache of a
 # CPU core, and a memory bound on a GPU.
-_CPU_BLOCK_ELEMENTS = 2**21
+_CPU_BLOCK_ELEMENTS = 2**20
 _GPU_BLOCK_ELEMENTS = 2**29
 
 
@@ -96,7 +96,7 @@ def omp(
         Precomputed G = D^T D.
     batch_size : int, optional
         Signals processed together; by default as many as keep the working arrays near
-        2^21 elements on the CPU (cache-sized) and 2^29 on a GPU.
+        2^20 elements on the CPU (cache-sized) and 2^29 on a GPU.
     n_jobs : int, default 1
         Threads that code blocks of signals in parallel (numpy backend).
 
@@ -197,7 +197,7 @@ def _batch_omp(xp, gram, corr0, y_sq, norms, k, tol, nonneg, batch_size, n_jobs)
 def _default_batch_size(xp, n_atoms: int, k: int) -> int:
     """Signals per block: cache-sized on the CPU, as large as memory allows on a GPU."""
     elements = _CPU_BLOCK_ELEMENTS if xp is np else _GPU_BLOCK_ELEMENTS
-    return max(1, elements // (n_atoms * (k + 3)))
+    return max(1, elements // (n_atoms * (k + 2)))  # c, G_{S,:} and the correlations
 
 
 def _check_inputs(xp, D, Y, gram):
@@ -241,19 +241,36 @@ def _check_k(n_nonzero_coefs, tol, dim, n_atoms) -> int:
 
 
 def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
-    """Batch-OMP on one block of signals over unit-norm atoms; returns (indices, coefs)."""
+    r"""Batch-OMP on one block of signals over unit-norm atoms; returns (indices, coefs).
+
+    With c = D^T y and S the support, the step keeps, per signal:
+
+    - L^{-1}, the inverse Cholesky factor of G_SS (L L^T = G_SS). Adding atom v:
+      w = L^{-1} G_{S,v}, l = sqrt(1 - w.w), and L^{-1} gains the row [-w^T L^{-1}, 1] / l;
+      l ~= 0 means d_v is a combination of the chosen atoms and the signal stops.
+    - z = L^{-1} c_S (one new entry per step, z_j = (c_v - w.z) / l) and the least-squares
+      coefficients x_S = L^{-T} z; non-negative OMP keeps them where they are all >= 0 (then
+      they are the NNLS solution too) and solves NNLS(G_SS, c_S) for the other signals.
+    - the rows G_{S,:} stacked under c, so that the correlations with the residual,
+      c - G_{:,S} x_S = [1, -x_S] @ [c; G_{S,:}], are one batched product per step.
+
+    Steps a signal skipped keep identity rows in L^{-1} and G_SS and zero coefficients.
+    """
     b, n_atoms = corr0.shape
     dtype = corr0.dtype
     eps = float(np.finfo(dtype).eps)
     rows = xp.arange(b)
     indices = xp.full((b, k), -1, dtype=xp.int64)
     coefs = xp.zeros((b, k), dtype=dtype)
-    # Cholesky factor of G_SS per signal. Steps a signal skipped keep identity rows and zero
-    # right-hand sides, so the triangular solves stay finite and give 0 coefficients there.
-    chol = xp.broadcast_to(xp.eye(k, dtype=dtype), (b, k, k)).copy()
-    z = xp.zeros((b, k), dtype=dtype)  # forward-substitution part: chol z = corr0_S
-    gram_rows = xp.empty((b, k, n_atoms), dtype=dtype)  # G_{S,:} per signal
-    corr = corr0.copy()  # D^T (y - D x), kept current
+    inv_chol = xp.broadcast_to(xp.eye(k, dtype=dtype), (b, k, k)).copy()
+    gram_ss = inv_chol.copy()
+    z = xp.zeros((b, k), dtype=dtype)
+    target = xp.zeros((b, k), dtype=dtype)  # c_S
+    stacked = xp.empty((k + 1, b, n_atoms), dtype=dtype)  # [c; G_{S_1,:}; G_{S_2,:}; ...]
+    stacked[0] = corr0
+    weights = xp.zeros((b, 1, k + 1), dtype=dtype)  # [1, -x_S]
+    weights[:, 0, 0] = 1
+    corr = stacked[0]  # D^T (y - D x); a buffer of its own from the first product on
     active = y_sq > 0  # tol is checked after each added atom, as in scikit-learn
     noise_floor = 8 * eps * xp.sqrt(y_sq)
 
@@ -261,56 +278,42 @@ def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
         if j:  # chosen atoms are out of the race (their correlation is ~0 already)
             corr[rows[:, None], indices[:, :j]] = 0
         new = xp.argmax(corr, axis=1)
-        best = corr[rows, new]
         if not nonneg:
             low = xp.argmin(corr, axis=1)
-            flip = -corr[rows, low] > best
-            new = xp.where(flip, low, new)
-            best = xp.where(flip, -corr[rows, low], best)
+            new = xp.where(-corr[rows, low] > corr[rows, new], low, new)
+        best = corr[rows, new] if nonneg else xp.abs(corr[rows, new])
         active &= best > noise_floor
-        # Grow the Cholesky factor: chol_j w = G_{S,new}, new diagonal sqrt(1 - w.w).
-        gram_rows[:, j] = gram[new]
-        w = _forward_substitution(chol[:, :j, :j], _take_rows(gram_rows[:, j], indices[:, :j]))
+        gather_rows(gram, new, out=stacked[j + 1])
+        g = stacked[j + 1][rows[:, None], xp.maximum(indices[:, :j], 0)]  # G_{S,v}
+        w = (inv_chol[:, :j, :j] @ g[..., None])[..., 0]
         pivot = 1 - (w * w).sum(axis=1)
         active &= pivot > 100 * eps
         if not bool(active.any()):
             break
-        sel = xp.nonzero(active)[0]
-        indices[sel, j] = new[sel]
-        chol[sel, j, :j] = w[sel]
-        chol[sel, j, j] = xp.sqrt(pivot[sel])
-        support = indices[:, : j + 1]
-        target = xp.where(support >= 0, _take_rows(corr0, support), 0)
-        if nonneg:
-            gamma = nnls_gram(_take_cols(gram_rows[:, : j + 1], support), target, init=coefs[:, : j + 1])
-        else:
-            z[sel, j] = (target[sel, j] - (w[sel] * z[sel, :j]).sum(axis=1)) / chol[sel, j, j]
-            gamma = _back_substitution(chol[:, : j + 1, : j + 1], z[:, : j + 1])
+        inv_diag = xp.where(active, 1 / xp.sqrt(xp.where(active, pivot, 1)), 1)  # 1 / l
+        indices[:, j] = xp.where(active, new, -1)
+        g *= active[:, None]
+        gram_ss[:, j, :j] = g
+        gram_ss[:, :j, j] = g
+        inv_chol[:, j, :j] = (w[:, None, :] @ inv_chol[:, :j, :j])[:, 0] * (-inv_diag * active)[:, None]
+        inv_chol[:, j, j] = inv_diag
+        target[:, j] = stacked[0][rows, new] * active
+        z[:, j] = (target[:, j] - (w * z[:, :j]).sum(axis=1)) * inv_diag * active
+        gamma = (z[:, None, : j + 1] @ inv_chol[:, : j + 1, : j + 1])[:, 0]  # (L^{-T} z)^T
+        if nonneg:  # the least-squares fit where it is >= 0, else the NNLS one
+            refit = xp.nonzero((gamma < 0).any(axis=1))[0]
+            if refit.size:
+                gamma[refit] = nnls_gram(gram_ss[refit, : j + 1, : j + 1], target[refit, : j + 1],
+                                         init=coefs[refit, : j + 1])
         coefs[:, : j + 1] = gamma
-        # corr = D^T y - G_{:,S} x_S, as a batched (1 x s) @ (s x V) product; rows of skipped
-        # steps hold stale G rows but meet a zero coefficient.
-        corr = corr0 - (gamma[:, None, :] @ gram_rows[:, : j + 1])[:, 0, :]
+        weights[:, 0, 1 : j + 2] = -gamma
+        if not j:
+            corr = xp.empty_like(corr0)
+        xp.matmul(weights[:, :, : j + 2], stacked[: j + 2].transpose(1, 0, 2), out=corr[:, None, :])
         if tol is not None:
-            gram_ss = _take_cols(gram_rows[:, : j + 1], support)
-            fit_sq = (gamma[:, None, :] @ gram_ss @ gamma[:, :, None])[:, 0, 0]
-            res_sq = y_sq - 2 * (gamma * target).sum(axis=1) + fit_sq
-            active &= res_sq > tol
+            fit_sq = (gamma[:, None, :] @ gram_ss[:, : j + 1, : j + 1] @ gamma[:, :, None])[:, 0, 0]
+            active &= y_sq - 2 * (gamma * target[:, : j + 1]).sum(axis=1) + fit_sq > tol
     return indices, coefs
-
-
-def _take_rows(values, idx):
-    """values[n, idx[n, j]] for every signal n and step j; idx -1 maps to anything finite."""
-    xp = get_array_module(values)
-    return xp.take_along_axis(values, xp.maximum(idx, 0), axis=1)
-
-
-def _take_cols(gram_rows, idx):
-    """G_SS from the gathered rows G_{S,:}: shape (b, s, s); -1 entries become identity."""
-    xp = get_array_module(gram_rows)
-    s = idx.shape[1]
-    safe = xp.maximum(idx, 0)
-    sub = xp.take_along_axis(gram_rows, xp.broadcast_to(safe[:, None, :], (idx.shape[0], s, s)), 2)
-    return _identity_outside(sub, idx >= 0)
 
 
 def _identity_outside(matrices, mask):
@@ -318,24 +321,6 @@ def _identity_outside(matrices, mask):
     xp = get_array_module(matrices)
     both = mask[:, :, None] & mask[:, None, :]
     return xp.where(both, matrices, xp.eye(mask.shape[1], dtype=matrices.dtype))
-
-
-def _forward_substitution(lower, rhs):
-    """Solve lower @ x = rhs for a stack of lower-triangular matrices, shape (b, s, s)."""
-    xp = get_array_module(lower)
-    x = xp.zeros_like(rhs)
-    for i in range(rhs.shape[1]):
-        x[:, i] = (rhs[:, i] - (lower[:, i, :i] * x[:, :i]).sum(axis=1)) / lower[:, i, i]
-    return x
-
-
-def _back_substitution(lower, rhs):
-    """Solve lower^T @ x = rhs for a stack of lower-triangular matrices, shape (b, s, s)."""
-    xp = get_array_module(lower)
-    x = xp.zeros_like(rhs)
-    for i in range(rhs.shape[1] - 1, -1, -1):
-        x[:, i] = (rhs[:, i] - (lower[:, i + 1 :, i] * x[:, i + 1 :]).sum(axis=1)) / lower[:, i, i]
-    return x
 
 
 def nnls_gram(gram_ss: Any, target: Any, init: Any = None, max_iter: int | None = None) -> Any:

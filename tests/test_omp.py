@@ -63,6 +63,7 @@ def test_matches_sklearn_with_tol(xp, tol):
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
     residual = ((Y - ours @ D.T) ** 2).sum(axis=1)
     assert (residual <= tol + 1e-9).all()
+    assert (to_numpy(code.coefs)[to_numpy(code.indices) < 0] == 0).all()  # stopped: zero padding
     assert len(set(to_numpy(code.n_nonzero).tolist())) > 1  # supports really differ in size
 
 
@@ -117,15 +118,23 @@ def test_recovers_planted_sparse_signals(xp):
     np.testing.assert_allclose(to_numpy(code.toarray()), X, atol=1e-10)
 
 
-def test_nonneg_matches_nnls_and_is_nonnegative(xp):
+@pytest.mark.parametrize("d, n_atoms, n, common", [(30, 100, 80, 0.0), (6, 20, 300, 1.0)])
+def test_nonneg_matches_nnls_and_is_nonnegative(xp, d, n_atoms, n, common):
+    """Atoms with a common component (common > 0) make least squares on the support go
+    negative for some signals: those take the NNLS branch, the others the least-squares one."""
     rng = np.random.default_rng(2)
-    D = unit_dictionary(rng, 30, 100)
-    Y = rng.standard_normal((80, 30))
+    atoms = rng.standard_normal((d, n_atoms)) + common * rng.standard_normal((d, 1))
+    D = atoms / np.linalg.norm(atoms, axis=0)
+    Y = rng.standard_normal((n, d))
     code = omp(xp.asarray(D), xp.asarray(Y), 6, nonneg=True)
     indices, coefs = to_numpy(code.indices), to_numpy(code.coefs)
     assert (coefs >= 0).all()
+    if common:
+        assert 10 < ((coefs == 0) & (indices >= 0)).any(axis=1).sum() < n / 2  # NNLS bounds active
     for row in range(Y.shape[0]):
         support = indices[row][indices[row] >= 0]
+        if not support.size:  # scipy's nnls cannot take an empty matrix
+            continue
         reference, _ = nnls(D[:, support], Y[row])
         np.testing.assert_allclose(coefs[row, : len(support)], reference, atol=1e-10)
     # Each chosen atom had the largest correlation with the residual when chosen, and it was
@@ -221,6 +230,7 @@ def test_duplicate_atoms_stop_without_nan(xp):
     for row in indices:
         chosen = row[row >= 0]
         assert len(chosen) <= 4 and len(set(chosen % 4)) == len(chosen)
+    assert (to_numpy(code.coefs)[indices < 0] == 0).all()
 
 
 def test_zero_atom_is_never_chosen(xp):
