@@ -6,15 +6,20 @@ from typing import Any
 
 import numpy as np
 
-
-def unit_rows(A: np.ndarray) -> np.ndarray:
-    """The rows of A scaled to unit Euclidean norm; zero rows stay zero."""
-    norms = np.linalg.norm(A, axis=1, keepdims=True)
-    return A / np.where(norms > 0, norms, 1)
+from solvers.backend import get_array_module
 
 
-def preprocess_features(F: Any, mean: np.ndarray, normalize: bool = True) -> np.ndarray:
+def unit_rows(A: Any) -> Any:
+    """The rows of A scaled to unit Euclidean norm; zero rows stay zero (numpy or CuPy)."""
+    xp = get_array_module(A)
+    norms = xp.linalg.norm(A, axis=1, keepdims=True)
+    return A / xp.where(norms > 0, norms, 1)
+
+
+def preprocess_features(F: Any, mean: np.ndarray, normalize: bool = True) -> Any:
     """f'_n = (f_n - mu) / ||f_n - mu||, as float64 (N, p): the features every linear system uses.
+
+    Computed on F's device: a CuPy F gives a CuPy result (``mean`` is copied there).
 
     Parameters
     ----------
@@ -25,7 +30,8 @@ def preprocess_features(F: Any, mean: np.ndarray, normalize: bool = True) -> np.
     normalize : bool, default True
         Divide by the norm (an image equal to the mean stays zero); False: only centre.
     """
-    centred = np.asarray(F, dtype=np.float64) - mean
+    xp = get_array_module(F)
+    centred = xp.asarray(F, dtype=xp.float64) - xp.asarray(mean)
     return unit_rows(centred) if normalize else centred
 
 

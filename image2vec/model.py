@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from image2vec.arrays import check_shapes, preprocess_features
+from image2vec.arrays import check_shapes, preprocess_features, unit_rows
 from image2vec.errors import Image2VecError
 from image2vec.names import MODELS
 from image2vec.summary import Summary, check_words
@@ -43,8 +43,8 @@ from solvers import (
     sgd,
     sufficient_stats,
 )
-from solvers.backend import gpu_available, to_numpy
-from solvers.objective import column_means, iter_row_chunks
+from solvers.backend import get_array_module, gpu_available, to_numpy
+from solvers.objective import column_means
 
 OBJECTIVES = ("l2", "ip")
 SOLVERS = ("bcd", "sgd")
@@ -293,7 +293,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
         if self.readout == "omp":
-            self._readout_gram()  # cached here: predicting must not change the estimator
+            self._readout_gram(problem.xp)  # cached here: predicting must not change the estimator
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -323,7 +323,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         basis = self._basis(raw.centered().A, raw.n)
         centred = raw.centered() if basis is None else raw.centered().rotated(basis)
         self.dim_ = self._data_dim(centred.A.shape[0], X.shape[1])
-        transform = self._preprocess if basis is None else (lambda chunk: self._preprocess(chunk) @ basis)
+        transform = self._preprocess if basis is None else self._in_basis(basis, xp)
         weights = None
         if self.gamma:
             weights = incoherence_weights((X.T @ X).tocsr() if self.solver == "sgd" else centred.C)
@@ -366,7 +366,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         sample_step = None if a_step is None else (
             lambda D, W: a_step(D, W, statistics=True).to(problem.xp, np.float64).centered())
         # In principal coordinates A is diagonal: its largest entry bounds the majoriser.
-        bound = None if problem.basis is None else float(to_numpy(problem.stats.A).diagonal().max())
+        bound = None if problem.basis is None else float(problem.stats.A.diagonal().max())
         result = bcd(problem.stats, problem.start if exact is None else exact.W, problem.terms,
                      D=None if exact is None else exact.D, learn_w=learn_w, sample_step=sample_step,
                      max_iter=self.max_iter, tol=self.tol, spectral_bound=bound)
@@ -386,6 +386,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return X
 
     def _array_module(self):
+        """numpy for ``device="cpu"``, cupy for ``"cuda"`` (refused without CuPy and a device)."""
         if self.device == "cpu":
             return np
         if not gpu_available():
@@ -394,9 +395,15 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
         return cupy
 
-    def _preprocess(self, F: np.ndarray) -> np.ndarray:
-        """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``), float64."""
+    def _preprocess(self, F: Any) -> Any:
+        """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``), float64, on F's device."""
         return preprocess_features(F, self.feature_mean_, self.normalize)
+
+    def _in_basis(self, basis: np.ndarray, xp) -> Any:
+        """Raw feature rows -> f'^T basis, computed where the rows are: numpy chunks (the passes
+        over the data) and ``xp`` chunks (the solvers), the basis copied to ``xp`` once."""
+        on_device = xp.asarray(basis)
+        return lambda chunk: self._preprocess(chunk) @ (on_device if get_array_module(chunk) is xp else basis)
 
     def _basis(self, scatter: np.ndarray, n_rows: int) -> np.ndarray | None:
         r"""The coordinates a learned W W^T = I map works in, or None (the features' own).
@@ -433,14 +440,19 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------ using a model
 
     def transform(self, F: Any) -> np.ndarray:
-        """Embeddings r_n = W f'_n + (D xbar - W m), shape (N, d)."""
+        """Embeddings r_n = W f'_n + (D xbar - W m), shape (N, d) (computed on ``device``)."""
+        return to_numpy(self._embed(F, self._array_module()))
+
+    def _embed(self, F: Any, xp) -> Any:
+        """The embeddings of :meth:`transform` as an array of ``xp`` (one copy of F there)."""
         check_is_fitted(self, "dictionary_")
         F = validate_data(self, F, reset=False, dtype=[np.float64, np.float32])
-        return self._preprocess(F) @ self.image_map_.T + self.offset_
+        return self._preprocess(xp.asarray(F)) @ xp.asarray(self.image_map_).T + xp.asarray(self.offset_)
 
     def decision_function(self, F: Any) -> np.ndarray:
         """Word scores D^T r_n, shape (N, V): a full ranking of the vocabulary per image."""
-        return self.transform(F) @ self.dictionary_
+        xp = self._array_module()
+        return to_numpy(self._embed(F, xp) @ xp.asarray(self.dictionary_))
 
     def summarize(self, F: Any, k: int | None = None) -> Summary:
         """The k words that best explain each image's embedding (see ``readout``).
@@ -450,26 +462,30 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         coefficient. ``rank``: the k largest scores D^T r_n.
         """
         k = self.k if k is None else k
-        embedded = self.transform(F)
+        xp = self._array_module()
+        embedded = self._embed(F, xp)
+        D = xp.asarray(self.dictionary_)
         if self.readout == "rank":
-            return Summary.top_k(embedded @ self.dictionary_, k, self.words_)
-        mu, gram = self._readout_gram()
-        prior = self.target_mean_
-        code = omp_gram(gram, embedded @ self.dictionary_ + mu * prior,
-                        (embedded**2).sum(axis=1) + mu * prior @ prior, k, nonneg=True)
-        return Summary.from_ranking(code.indices, code.coefs, self.words_)
+            return Summary.top_k(to_numpy(embedded @ D), k, self.words_)
+        mu, gram = self._readout_gram(xp)
+        prior = xp.asarray(self.target_mean_)
+        code = omp_gram(gram, embedded @ D + mu * prior, (embedded**2).sum(axis=1) + mu * prior @ prior, k,
+                        nonneg=True)
+        return Summary.from_ranking(to_numpy(code.indices), to_numpy(code.coefs), self.words_)
 
-    def _readout_gram(self) -> tuple[float, np.ndarray]:
-        """mu and the read-out's Gram matrix G = D^T D + mu I, cached per dictionary and mu.
+    def _readout_gram(self, xp=np) -> tuple[float, Any]:
+        """mu and the read-out's Gram matrix G = D^T D + mu I (an array of ``xp``), cached per
+        dictionary, mu and array module.
 
         mu is ``prior_weight``, or the model's default; read-out settings can change after the
         fit (``set_params``) without refitting.
         """
         mu = float(DEFAULT_PRIOR_WEIGHT[self.model] if self.prior_weight is None else self.prior_weight)
         cached = getattr(self, "_gram_cache", None)
-        if cached is None or cached[0] != mu or cached[1] is not self.dictionary_:
-            gram = self.dictionary_.T @ self.dictionary_ + mu * np.eye(self.dictionary_.shape[1])
-            self._gram_cache = (mu, self.dictionary_, gram)
+        if (cached is None or cached[0] != mu or cached[1] is not self.dictionary_
+                or get_array_module(cached[2]) is not xp):
+            D = xp.asarray(self.dictionary_)
+            self._gram_cache = (mu, self.dictionary_, D.T @ D + mu * xp.eye(D.shape[1]))
         return mu, self._gram_cache[2]
 
     def predict(self, F: Any) -> np.ndarray:
@@ -522,13 +538,14 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         ``metric="cosine"``: cos(r_n - D xbar, D (q - xbar)), the correlation of the centred
         embedding with the centred word sum; ``"euclidean"``: -||r_n - D q||^2.
         """
-        embedded = self.transform(F)
-        targets = np.asarray(sp.csr_matrix(queries) @ self.dictionary_.T)  # (n_queries, d): D q
+        xp = self._array_module()
+        embedded = self._embed(F, xp)
+        targets = xp.asarray(sp.csr_matrix(queries) @ self.dictionary_.T)  # (n_queries, d): D q
         if self.metric == "cosine":
-            centre = self.dictionary_ @ self.target_mean_
-            return _unit(targets - centre) @ _unit(embedded - centre).T
-        return -((embedded**2).sum(axis=1)[None, :] - 2 * targets @ embedded.T
-                 + (targets**2).sum(axis=1)[:, None])
+            centre = xp.asarray(self.dictionary_ @ self.target_mean_)
+            return to_numpy(unit_rows(targets - centre) @ unit_rows(embedded - centre).T)
+        return to_numpy(-((embedded**2).sum(axis=1)[None, :] - 2 * targets @ embedded.T
+                          + (targets**2).sum(axis=1)[:, None]))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -543,11 +560,6 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         check_shapes(self, {"image_map_": (dim, self.n_features_in_),
                             "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
                             "target_mean_": (n_words,), "words_": (n_words,)})
-
-
-def _unit(A: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(A, axis=1, keepdims=True)
-    return A / np.where(norms > 0, norms, 1)
 
 
 @dataclass(frozen=True)
@@ -595,7 +607,9 @@ class _TagWeights:
     ``ip``: the maximiser of (r_n - c) . D (a * x_n) over the box, a_nv = 1 where
     d_v . (r_n - c) > 0, else 0, with c the intercept (the centred objective ignores it).
     Images are processed in chunks of rows of F, read through ``transform`` (the model's
-    preprocessing and basis), so the step never holds more than a chunk of features.
+    preprocessing and basis), so the step never holds more than a chunk of features; each chunk
+    is copied to ``xp``'s device once and its embeddings, atoms and box-constrained fits are
+    computed there (only the chunk's new weights come back).
     """
 
     def __init__(self, F: Any, X: sp.csr_matrix, transform, objective: str, xp):
@@ -612,44 +626,40 @@ class _TagWeights:
 
     def __call__(self, D, W, statistics: bool = False):
         """Update a; returns the re-weighted X, or its sufficient statistics."""
-        D, W = to_numpy(D), to_numpy(W)
-        xbar = np.asarray(self.weighted().mean(axis=0)).ravel()
+        xp = self.xp
+        D, W, f_mean = xp.asarray(D), xp.asarray(W), xp.asarray(self.f_mean)
+        xbar = xp.asarray(self.weighted().mean(axis=0)).ravel()
         # r_n - c with c the intercept D xbar: the l2 step fits a with c fixed (then c = D xbar is
         # refitted), while the centred ip objective does not depend on c at all.
         shift = D @ xbar if self.objective == "l2" else 0
         new = np.empty_like(self.weights)
-        start = 0
-        for f_chunk, x_chunk in iter_row_chunks(self.F, self.X, CHUNK_ROWS, transform=self.transform,
-                                                xp=np, dtype=np.float64):
-            rows = slice(start, start + len(f_chunk))
-            embedded = (f_chunk - self.f_mean) @ W.T + shift
-            block = self.X[rows]
+        n = self.X.shape[0]
+        for start in range(0, n, CHUNK_ROWS):  # F's rows only: X's stay sparse on the host
+            rows = slice(start, min(start + CHUNK_ROWS, n))
+            embedded = (self.transform(xp.asarray(self.F[rows])) - f_mean) @ W.T + shift
             entries = slice(self.X.indptr[rows.start], self.X.indptr[rows.stop])
-            new[entries] = self._chunk_weights(block, self.weights[entries], D, embedded)
-            start = rows.stop
+            new[entries] = self._chunk_weights(self.X[rows], self.weights[entries], D, embedded)
         self.weights = new
         weighted = self.weighted()
         if not statistics:
             return weighted
         return sufficient_stats(self.F, weighted, transform=self.transform, chunk_size=CHUNK_ROWS)
 
-    def _chunk_weights(self, block: sp.csr_matrix, current: np.ndarray, D: np.ndarray,
-                       embedded: np.ndarray) -> np.ndarray:
-        """New a on the entries of one chunk of images (padded per-image problems)."""
+    def _chunk_weights(self, block: sp.csr_matrix, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
+        """New a on the entries of one chunk of images (padded per-image problems, on D's device)."""
+        xp = self.xp
         counts = np.diff(block.indptr)
         slots = max(int(counts.max()), 1) if counts.size else 1
         rows = np.repeat(np.arange(block.shape[0]), counts)
-        position = np.arange(block.nnz) - block.indptr[rows]
+        entry = (xp.asarray(rows), xp.asarray(np.arange(block.nnz) - block.indptr[rows]))  # (image, slot)
         # Atoms u = x_nv d_v on the image's words, zero padding.
-        atoms = np.zeros((block.shape[0], slots, D.shape[0]))
-        atoms[rows, position] = block.data[:, None] * D[:, block.indices].T
+        atoms = xp.zeros((block.shape[0], slots, D.shape[0]))
+        atoms[entry] = xp.asarray(block.data)[:, None] * D[:, xp.asarray(block.indices)].T
         if self.objective == "ip":
-            return (np.einsum("nsd,nd->ns", atoms, embedded)[rows, position] > 0).astype(float)
-        xp = self.xp
-        Q = xp.asarray(np.einsum("nsd,ntd->nst", atoms, atoms))
-        c = xp.asarray(np.einsum("nsd,nd->ns", atoms, embedded))
-        init = np.zeros((block.shape[0], slots))
-        init[rows, position] = current
+            return to_numpy(xp.einsum("nsd,nd->ns", atoms, embedded)[entry] > 0).astype(float)
+        Q = xp.einsum("nsd,ntd->nst", atoms, atoms)
+        c = xp.einsum("nsd,nd->ns", atoms, embedded)
+        init = xp.zeros((block.shape[0], slots))
+        init[entry] = xp.asarray(current)
         # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.
-        new = to_numpy(box_least_squares(Q, c, init=xp.asarray(init), max_sweeps=20, tol=1e-6))
-        return new[rows, position]
+        return to_numpy(box_least_squares(Q, c, init=init, max_sweeps=20, tol=1e-6)[entry])

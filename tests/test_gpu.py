@@ -1,0 +1,128 @@
+"""Image2Vec with ``device="cuda"`` against the same model on numpy.
+
+The tests marked ``gpu`` need CuPy and a CUDA device (``make test PYTEST_ARGS="-m gpu"``); without
+one they are deselected by default and skipped under ``-m gpu``. The embedding space of a fitted
+model is defined up to an orthogonal transform (eigenvector signs may differ between LAPACK and
+cuSOLVER), so fits are compared through what is invariant: D^T D, the word scores D^T r_n, the
+summaries and the retrieval scores. The unmarked tests run the numpy half of the device code
+(the weak-tag A-step in image chunks) in the normal suite.
+"""
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from test_model import planted_words
+
+from image2vec import model as model_module
+from image2vec.model import Image2Vec
+from solvers import omp_gram
+from solvers.backend import gpu_available
+
+
+def on_gpu(test):
+    """Mark ``test`` as a GPU test, skipped where CuPy sees no CUDA device."""
+    skip = pytest.mark.skipif(not gpu_available(), reason="CuPy with a CUDA device is not available")
+    return pytest.mark.gpu(skip(test))
+
+
+MODELS = ["reduced-rank", "learn-all", "weak-tag", "simple"]
+
+
+def small_problem():
+    F, X, _, _, _ = planted_words(n=300, p=24, d=8, n_visual=12, n_nonvisual=4)
+    return F, X
+
+
+def assert_same_model(ours, reference, rtol):
+    """Two fits agree in everything an orthogonal change of embedding coordinates leaves alone."""
+    F, _ = small_problem()
+    for name in ("feature_mean_", "target_mean_"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(reference, name), rtol=rtol, atol=1e-12)
+    D, D_ref = ours.dictionary_, reference.dictionary_
+    scale = np.abs(D_ref.T @ D_ref).max()
+    np.testing.assert_allclose(D.T @ D, D_ref.T @ D_ref, rtol=rtol, atol=rtol * scale)
+    scores, scores_ref = ours.decision_function(F), reference.decision_function(F)
+    np.testing.assert_allclose(scores, scores_ref, rtol=rtol, atol=rtol * np.abs(scores_ref).max())
+    if hasattr(reference, "tag_weights_"):
+        np.testing.assert_allclose(ours.tag_weights_.toarray(), reference.tag_weights_.toarray(), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("objective", ["l2", "ip"])
+def test_a_step_in_image_chunks_equals_one_chunk(objective, monkeypatch):
+    """The weak-tag A-step reads F in row chunks (on the device with ``cuda``): the chunk size
+    does not change the fit."""
+    F, X = small_problem()
+    params = dict(model="weak-tag", objective=objective, dim=8, max_iter=5, random_state=0)
+    whole = Image2Vec(**params).fit(F, X)
+    monkeypatch.setattr(model_module, "CHUNK_ROWS", 64)  # 300 rows: 5 chunks, the last one short
+    chunked = Image2Vec(**params).fit(F, X)
+    np.testing.assert_allclose(chunked.tag_weights_.toarray(), whole.tag_weights_.toarray(), atol=1e-12)
+    np.testing.assert_allclose(chunked.dictionary_, whole.dictionary_, rtol=1e-9, atol=1e-12)
+    assert 0 < (whole.tag_weights_.data < 1).mean() < 1  # the step really re-weights some tags
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("objective", ["l2", "ip"])
+@pytest.mark.parametrize("solver, rtol", [("bcd", 1e-6), ("sgd", 1e-5)])
+@on_gpu
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_cuda_fit_equals_the_numpy_fit(model, objective, solver, rtol, monkeypatch):
+    F, X = small_problem()
+    monkeypatch.setattr(model_module, "CHUNK_ROWS", 128)  # the A-step and SGD passes in chunks
+    cpu = Image2Vec(model=model, objective=objective, solver=solver, dim=8, max_iter=20,
+                    max_steps=600, random_state=0)
+    cpu.fit(F, X)
+    gpu = clone(cpu).set_params(device="cuda").fit(F, X)
+    for name in ("dictionary_", "image_map_", "offset_", "target_mean_"):
+        assert type(getattr(gpu, name)) is np.ndarray, name  # fitted attributes stay numpy
+    assert_same_model(gpu, cpu, rtol)
+    assert gpu.n_iter_ == cpu.n_iter_
+    np.testing.assert_allclose(gpu.objective_trace_[-1][2], cpu.objective_trace_[-1][2], rtol=rtol)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("readout", ["omp", "rank"])
+@on_gpu
+def test_cuda_read_out_equals_numpy(model, readout):
+    """One fitted model read out on both devices: transform, summaries, predictions, retrieval."""
+    F, X = small_problem()
+    cpu = Image2Vec(model=model, dim=8, readout=readout, max_iter=20, random_state=0).fit(F, X)
+    gpu = clone(cpu).set_params(device="cuda")
+    gpu.__dict__.update({key: value for key, value in cpu.__dict__.items() if key.endswith("_")})
+    np.testing.assert_allclose(gpu.transform(F), cpu.transform(F), rtol=1e-10, atol=1e-12)
+    summary, reference = gpu.summarize(F, k=4), cpu.summarize(F, k=4)
+    np.testing.assert_array_equal(summary.indices, reference.indices)
+    np.testing.assert_allclose(summary.scores, reference.scores, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(gpu.predict(F), cpu.predict(F))
+    queries = np.eye(X.shape[1])[:5]
+    for metric in ("cosine", "euclidean"):
+        gpu.set_params(metric=metric)
+        cpu.set_params(metric=metric)
+        np.testing.assert_allclose(gpu.retrieval_scores(F, queries), cpu.retrieval_scores(F, queries),
+                                   rtol=1e-9, atol=1e-10)
+        order, scores = gpu.retrieve([str(cpu.words_[0]), str(cpu.words_[3])], F, n=10)
+        order_ref, scores_ref = cpu.retrieve([str(cpu.words_[0]), str(cpu.words_[3])], F, n=10)
+        np.testing.assert_array_equal(order, order_ref)
+        np.testing.assert_allclose(scores, scores_ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-9), (np.float32, 1e-3)])
+@on_gpu
+def test_omp_gram_on_cupy_equals_numpy(nonneg, dtype, rtol):
+    """The read-out solver at a size where the GPU codes every signal in one block and the CPU
+    in many."""
+    import cupy
+
+    rng = np.random.default_rng(0)
+    atoms = rng.standard_normal((64, 300)) + 0.5 * rng.standard_normal((64, 1))
+    D = (atoms / np.linalg.norm(atoms, axis=0)).astype(dtype)
+    Y = rng.standard_normal((3000, 64)).astype(dtype)
+    gram, corr, y_sq = D.T @ D, Y @ D, (Y * Y).sum(axis=1)
+    reference = omp_gram(gram, corr, y_sq, 6, nonneg=nonneg)
+    code = omp_gram(cupy.asarray(gram), cupy.asarray(corr), cupy.asarray(y_sq), 6, nonneg=nonneg)
+    same = (cupy.asnumpy(code.indices) == reference.indices).all(axis=1)
+    assert same.mean() > (0.999 if dtype == np.float64 else 0.99)  # float32 near-ties may flip
+    np.testing.assert_allclose(cupy.asnumpy(code.coefs)[same], reference.coefs[same], rtol=rtol,
+                               atol=rtol * np.abs(reference.coefs).max())
