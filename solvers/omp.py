@@ -122,7 +122,10 @@ def omp(
     # Unit-norm atoms d_v / ||d_v|| give the same supports; coefficients are rescaled at the end.
     norms = column_norms(D)  # a zero atom keeps zero correlations and is never chosen
     D = D / norms
-    return _batch_omp(xp, D.T @ D, Y @ D, y_sq, norms, k, tol, nonneg, batch_size, n_jobs)
+    # G as a general product of two distinct arrays: numpy turns D.T @ D into BLAS syrk and then
+    # mirrors the triangle in one thread, which takes longer than the whole product on two.
+    gram = xp.ascontiguousarray(D.T) @ D
+    return _batch_omp(xp, gram, Y @ D, y_sq, norms, k, tol, nonneg, batch_size, n_jobs)
 
 
 def omp_gram(
