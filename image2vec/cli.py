@@ -149,12 +149,18 @@ def _shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _load_model(path: str):
-    """(system, metadata) of a model file; an Image2Vec model loads without the baselines' torch."""
+def _load_model(path: str, device: str = "cpu"):
+    """(system, metadata) of a model file; an Image2Vec model loads without the baselines' torch.
+
+    A system with a ``device`` setting computes on ``device`` (``--device``), wherever it was
+    trained: a model fitted on a GPU reads out on the CPU and the other way round.
+    """
     from image2vec.names import SavedSystems
     from image2vec.persist import load_system
 
     system, metadata, _ = load_system(path, SavedSystems())
+    if "device" in system.get_params():
+        system.set_params(device=device)
     return system, metadata
 
 
@@ -184,7 +190,7 @@ def _vocabulary_word(system, word: str) -> str:
 
 
 def _cmd_summarize(args: argparse.Namespace) -> int:
-    system, metadata = _load_model(args.model)
+    system, metadata = _load_model(args.model, args.device)
     with tempfile.TemporaryDirectory(prefix="image2vec-") as store:
         features, files = _extract([Path(f) for f in args.images], Path(store), system, metadata,
                                    args, args.on_bad_image)
@@ -225,7 +231,7 @@ def _print_similar(system, word: str, n: int) -> None:
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
-    system, metadata = _load_model(args.model)
+    system, metadata = _load_model(args.model, args.device)
     if not hasattr(system, "retrieve"):
         raise Image2VecError(f"{args.model} is a baseline: retrieve needs an Image2Vec model")
     words = [_vocabulary_word(system, word) for word in args.words]  # before any feature
@@ -267,7 +273,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from image2vec.datasets import reads_logits, vocabulary_of
     from image2vec.evaluate import evaluate
 
-    system, metadata = _load_model(args.model)
+    system, metadata = _load_model(args.model, args.device)
     if args.instances and not hasattr(system, "embed_texts"):
         raise Image2VecError("--instances adds the cross-modal mAP@50 of cvs, mcvs and rvs "
                              f"models; {args.model} is not one")

@@ -14,6 +14,9 @@ from sklearn.base import clone
 from test_model import planted_words
 
 from image2vec import model as model_module
+from image2vec import systems
+from image2vec.cli import _load_model
+from image2vec.errors import Image2VecError
 from image2vec.model import Image2Vec
 from solvers import omp_gram
 from solvers.backend import gpu_available
@@ -62,6 +65,29 @@ def test_a_step_in_image_chunks_equals_one_chunk(objective, monkeypatch):
     assert 0 < (whole.tag_weights_.data < 1).mean() < 1  # the step really re-weights some tags
 
 
+def test_a_model_saved_from_cuda_reads_out_where_the_command_line_says(tmp_path):
+    """``--device`` decides where a loaded model computes, not the device it was trained on."""
+    F, X = small_problem()
+    fitted = Image2Vec(model="learn-all", dim=8, random_state=0).fit(F, X)
+    path = tmp_path / "model.npz"
+    systems.save(_with_device(fitted, "cuda"), path)  # as if trained on a GPU
+    on_cpu, _ = _load_model(str(path))
+    assert on_cpu.device == "cpu"
+    np.testing.assert_array_equal(on_cpu.summarize(F).indices, fitted.summarize(F).indices)
+    on_cuda, _ = _load_model(str(path), "cuda")
+    assert on_cuda.device == "cuda"
+    if not gpu_available():
+        with pytest.raises(Image2VecError, match="device='cuda' needs CuPy"):
+            on_cuda.summarize(F)
+
+
+def _with_device(fitted, device):
+    """``fitted`` with another ``device`` setting and the same fitted arrays (no fit there)."""
+    moved = clone(fitted).set_params(device=device)
+    moved.__dict__.update({key: value for key, value in fitted.__dict__.items() if key.endswith("_")})
+    return moved
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("objective", ["l2", "ip"])
 @pytest.mark.parametrize("solver, rtol", [("bcd", 1e-6), ("sgd", 1e-5)])
@@ -88,8 +114,7 @@ def test_cuda_read_out_equals_numpy(model, readout):
     """One fitted model read out on both devices: transform, summaries, predictions, retrieval."""
     F, X = small_problem()
     cpu = Image2Vec(model=model, dim=8, readout=readout, max_iter=20, random_state=0).fit(F, X)
-    gpu = clone(cpu).set_params(device="cuda")
-    gpu.__dict__.update({key: value for key, value in cpu.__dict__.items() if key.endswith("_")})
+    gpu = _with_device(cpu, "cuda")
     np.testing.assert_allclose(gpu.transform(F), cpu.transform(F), rtol=1e-10, atol=1e-12)
     summary, reference = gpu.summarize(F, k=4), cpu.summarize(F, k=4)
     np.testing.assert_array_equal(summary.indices, reference.indices)
