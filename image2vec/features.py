@@ -11,7 +11,8 @@ nothing is ever downloaded.
 Features go into a feature store (:mod:`image2vec.store`). An interrupted extraction resumes
 from its last finished batch, and a re-run on the same images with the same extractor returns
 the cache without building the network, and without importing torch: this module imports torch
-only when it computes.
+only when it computes. Given a ``dask.distributed`` client, the images are cut into contiguous
+shards that the cluster's workers extract, each worker process building the network once.
 
 Every image costs a bounded amount of work: Pillow's decompression-bomb limit bounds the
 decoding, and only the part of the image under the centre crop is resampled, so a 40000 x 1
@@ -21,9 +22,12 @@ from [0, 1]; a float image outside [0, 1] or a 32-bit integer image is refused, 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
+import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,9 +40,20 @@ from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
 from image2vec.io import open_regular
-from image2vec.store import OUTPUTS, FeatureSet, Partial, finish, fingerprint, load_features, read_index
+from image2vec.store import (
+    MARKER,
+    OUTPUTS,
+    FeatureSet,
+    Partial,
+    RowWriter,
+    fingerprint,
+    finish,
+    load_features,
+    read_index,
+)
 
 if TYPE_CHECKING:
+    import distributed
     import torch
     from torch import nn
 
@@ -379,17 +394,21 @@ def _eight_bit_rgb(image: Image.Image, path: str | os.PathLike) -> Image.Image:
     return Image.fromarray(np.round(values * 255).astype(np.uint8)).convert("RGB")
 
 
-class _ImageFiles:
-    """Item i: (i, preprocessed tensor or None, reason the image is bad or None)."""
+#: Batches in a shard of a cluster run: a worker that dies loses at most this much work.
+SHARD_BATCHES = 8
 
-    def __init__(self, files: Sequence[Path], preprocessing: Preprocessing, start: int):
-        self.files, self.preprocessing, self.start = files, preprocessing, start
+
+class _ImageFiles:
+    """Item i: (position ``rows[i]``, preprocessed tensor or None, reason the image is bad or None)."""
+
+    def __init__(self, files: Sequence[Path], preprocessing: Preprocessing, rows: range):
+        self.files, self.preprocessing, self.rows = files, preprocessing, rows
 
     def __len__(self) -> int:
-        return len(self.files) - self.start
+        return len(self.rows)
 
     def __getitem__(self, i: int):
-        i += self.start
+        i = self.rows[i]
         try:
             return i, self.preprocessing(load_image(self.files[i])), None
         except BadImageError as exc:
@@ -405,18 +424,34 @@ def _collate(items):
     return [i for i, _ in good], batch, bad
 
 
+def _extracted(extractor: Extractor, files: Sequence[Path], rows: range, batch_size: int,
+               num_workers: int = 0):
+    """Batch by batch over the images ``files[rows]``: (the batch's rows as a range, positions of
+    its readable images, {output name: array with a row per readable image}, [(position, reason
+    the image is bad)])."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_ImageFiles(files, extractor.preprocessing, rows), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, collate_fn=_collate)
+    for start, (positions, batch, bad) in zip(range(rows.start, rows.stop, batch_size), loader):
+        outputs = {} if batch is None else dict(zip(OUTPUTS, extractor(batch), strict=True))
+        yield range(start, min(start + batch_size, rows.stop)), positions, outputs, bad
+
+
 def extract_features(
     files: Sequence[str | os.PathLike],
     store: str | os.PathLike,
     *,
     keys: Sequence | None = None,
     extractor: str | Extractor = "efficientnet-lite0",
+    weights: str | os.PathLike | None = None,
     logits: bool = False,
     batch_size: int = 32,
     device: str = "cpu",
     on_bad_image: str = "skip",
     num_workers: int = 0,
     progress: bool = True,
+    client: distributed.Client | None = None,
 ) -> FeatureSet:
     """Extract F (N x p) for ``files`` into the feature store ``store``, resumably.
 
@@ -431,6 +466,8 @@ def extract_features(
     extractor : str or Extractor
         A registry name (built on ``device`` only when there is something to compute) or an
         already loaded extractor.
+    weights : path-like, optional
+        Weights file of a named extractor instead of its default location.
     logits : bool
         Also store the ImageNet class logits (for the ImageNet-classifier baseline).
     batch_size : int
@@ -439,23 +476,34 @@ def extract_features(
         A missing, non-image, truncated or oversized file is left out with a warning naming
         it (and listed in the index's ``skipped``), or stops the run with a clear error.
     num_workers : int
-        Image decoding processes (0: in this process).
+        Image decoding processes (0: in this process; on a cluster every worker decodes its
+        own images).
     progress : bool
         Show a tqdm progress bar.
+    client : distributed.Client, optional
+        Extract on the workers of this Dask cluster: the images not yet done are cut into
+        contiguous shards of up to :data:`SHARD_BATCHES` batches, each extracted by one worker
+        into the store's arrays; a worker process builds a named extractor once (``weights``
+        must then be readable by every worker), a loaded one is sent to every worker once.
+        This process records the shards as they finish, in any order. The store and the
+        images must be on a file system every worker sees (checked first). A worker that dies
+        is replaced and its shard run again; a shard on which workers keep dying fails the
+        run with an :class:`Image2VecError`, and the next run resumes with what is done.
 
     Returns
     -------
     FeatureSet
         The store read back. If ``store`` already holds these images extracted the same way
         (with the logits, when they are asked for), it is returned without computing; an
-        unfinished run of the same request resumes after its last finished batch.
+        unfinished run of the same request resumes with the images not yet done.
 
     Raises
     ------
     Image2VecError
         Bad arguments, ``store`` an existing file, a folder with another tool's ``index.json``
         or with files the toolkit did not create, a full disk, a bad image with
-        ``on_bad_image="fail"``, or no readable image.
+        ``on_bad_image="fail"``, no readable image, or a store or image folder that a worker of
+        ``client`` does not see.
     """
     if on_bad_image not in ("skip", "fail"):
         raise Image2VecError(f"on_bad_image must be skip or fail, not {on_bad_image!r}")
@@ -470,41 +518,150 @@ def extract_features(
         raise Image2VecError("no image to extract features from")
     store = Path(store)
     index = read_index(store)
-    spec = extractor.spec if isinstance(extractor, Extractor) else extractor_spec(extractor)
+    spec = extractor.spec if isinstance(extractor, Extractor) else extractor_spec(extractor, weights)
     request = fingerprint(spec, keys, files, logits)
     # A store with the class logits also answers a request for the features alone.
     if index is not None and index.get("fingerprint") in {request, fingerprint(spec, keys, files, True)}:
         logger.info("feature store %s is up to date: reusing it", store)
+        if client is not None:  # the workers read it next
+            _check_visible(client, [store / "index.json"])
         return load_features(store)
 
-    if isinstance(extractor, str):
-        extractor = load_extractor(extractor, device)
-    dims = {"features": extractor.dim, **({"logits": extractor.n_classes} if logits else {})}
-    partial = Partial(store, request, len(files), dims)
+    if isinstance(extractor, str) and client is None:
+        extractor = load_extractor(extractor, device, weights)
+    elif isinstance(extractor, str):  # built by the workers alone; one of them reports its widths
+        extractor = (extractor, device, None if weights is None else str(Path(weights).absolute()))
+    widths = ((extractor.dim, extractor.n_classes) if isinstance(extractor, Extractor)
+              else client.submit(_widths, *extractor, pure=False).result())
+    partial = Partial(store, request, len(files),
+                      {"features": widths[0], **({"logits": widths[1]} if logits else {})})
     if index is not None:  # another request's store: now incomplete until finished again
         logger.info("feature store %s holds other images or another extractor: recomputing", store)
         (store / "index.json").unlink()
-    if partial.done:
-        logger.info("resuming: %d of %d images already done", partial.done, len(files))
-    from torch.utils.data import DataLoader
+    if partial.n_done:
+        logger.info("resuming: %d of %d images already done", partial.n_done, len(files))
+    with tqdm(total=len(files), initial=partial.n_done, unit="img", disable=not progress,
+              desc=f"features ({spec['extractor']})") as bar:
+        if client is None:
+            for start, stop in partial.missing():
+                for rows, positions, outputs, bad in _extracted(extractor, files, range(start, stop),
+                                                                batch_size, num_workers):
+                    _note_bad(partial, bad, keys, files, on_bad_image)
+                    for name, array in partial.arrays.items() if positions else ():
+                        array[positions] = outputs[name]
+                    partial.record(rows.start, rows.stop)
+                    bar.update(len(rows))
+        else:
+            _extract_on_cluster(client, extractor, files, keys, partial, batch_size, on_bad_image, bar)
+    return finish(store, partial, spec, keys, files)
 
-    loader = DataLoader(_ImageFiles(files, extractor.preprocessing, partial.done),
-                        batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate)
-    with tqdm(total=len(files), initial=partial.done, unit="img", disable=not progress,
-              desc=f"features ({extractor.name})") as bar:
-        for positions, batch, bad in loader:
-            for i, reason in bad:
-                if on_bad_image == "fail":
-                    raise Image2VecError(f"{reason}; fix or remove it, or use --on-bad-image skip")
-                logger.warning("skipping bad image: %s", reason)
-                partial.bad.append({"key": keys[i], "file": str(files[i]), "reason": reason,
-                                    "position": i})
-            if batch is not None:
-                outputs = dict(zip(OUTPUTS, extractor(batch), strict=True))
-                for name, array in partial.arrays.items():
-                    array[positions] = outputs[name]
-            n = len(positions) + len(bad)
-            partial.commit(partial.done + n)
-            bar.update(n)
-    return finish(store, partial, extractor.spec, keys, files)
+
+def _note_bad(partial: Partial, bad: list[tuple[int, str]], keys: list, files: list[Path],
+              on_bad_image: str) -> None:
+    """Record the bad images of a batch or shard, or stop at the first with ``fail``."""
+    for i, reason in bad:
+        if on_bad_image == "fail":
+            raise Image2VecError(f"{reason}; fix or remove it, or use --on-bad-image skip")
+        logger.warning("skipping bad image: %s", reason)
+        partial.bad.append({"key": keys[i], "file": str(files[i]), "reason": reason, "position": i})
+
+
+def _extract_on_cluster(client: distributed.Client, source: Extractor | tuple, files: list[Path],
+                        keys: list, partial: Partial, batch_size: int, on_bad_image: str, bar) -> None:
+    """Extract the missing rows of ``partial`` in shards on the workers of ``client``.
+
+    ``source`` is a loaded extractor (sent to every worker once) or (name, device, weights),
+    built by each worker process once. Every finished shard is recorded at once, so that an
+    error or an interruption keeps what is done.
+    """
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker, as_completed
+
+    _check_visible(client, [partial.folder / MARKER, files[0].parent, files[-1].parent])
+    if isinstance(source, Extractor):
+        source = client.scatter(source, broadcast=True, hash=False)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    shards = _shards(partial.missing(), batch_size, n_workers)
+    folder = str(partial.folder.absolute())
+    futures = {client.submit(_extract_shard, source, [str(f.absolute()) for f in files[start:stop]],
+                             start, batch_size, folder, list(partial.arrays), pure=False): (start, stop)
+               for start, stop in shards}
+    try:
+        for future in as_completed(futures):
+            start, stop = futures[future]
+            try:
+                bad = future.result()
+            except (KilledWorker, CancelledError) as exc:  # CancelledError: e.g. the data it needs lost
+                why = ("Dask workers kept dying" if isinstance(exc, KilledWorker)
+                       else f"the Dask cluster cancelled the task ({exc})")
+                raise Image2VecError(
+                    f"{why} while extracting images {start}..{stop - 1} (first: {files[start]}); "
+                    f"{partial.n_done} of {len(files)} images are done and the next run resumes "
+                    "there") from None
+            _note_bad(partial, bad, keys, files, on_bad_image)
+            partial.record(start, stop)
+            bar.update(stop - start)
+    finally:
+        client.cancel(list(futures))
+
+
+def _shards(missing: list[tuple[int, int]], batch_size: int, n_workers: int) -> list[tuple[int, int]]:
+    """The missing rows cut into contiguous shards of whole batches: at most
+    :data:`SHARD_BATCHES` batches, fewer when that gives every worker a shard."""
+    total = sum(stop - start for start, stop in missing)
+    size = batch_size * min(SHARD_BATCHES, max(1, math.ceil(total / (n_workers * batch_size))))
+    return [(first, min(first + size, stop)) for start, stop in missing
+            for first in range(start, stop, size)]
+
+
+def _check_visible(client: distributed.Client, paths: list[Path]) -> None:
+    """Raise Image2VecError unless every worker of ``client`` sees every path."""
+    paths = [str(p.absolute()) for p in paths]
+    for worker, seen in client.run(_existing, paths).items():
+        for path, exists in zip(paths, seen):
+            if not exists:
+                raise Image2VecError(f"Dask worker {worker} does not see {path}: the feature store "
+                                     "and the images must be on a file system every worker sees")
+
+
+def _existing(paths: list[str]) -> list[bool]:
+    """Run on every worker: which of ``paths`` exist there."""
+    return [os.path.exists(p) for p in paths]
+
+
+def _extract_shard(source: Extractor | tuple, files: list[str], start: int, batch_size: int,
+                   folder: str, names: list[str]) -> list[tuple[int, str]]:
+    """A task on a worker: extract the images ``files`` (rows ``start``...) into the arrays
+    ``names`` of the ``partial/`` folder ``folder``; returns the bad images (position, reason)."""
+    extractor = source if isinstance(source, Extractor) else _worker_extractor(*source)
+    bad = []
+    writer = RowWriter(Path(folder), names)
+    try:
+        for _, positions, outputs, bad_batch in _extracted(extractor, files, range(len(files)), batch_size):
+            if positions:
+                writer.write([start + i for i in positions], outputs)
+            bad += [(start + i, reason) for i, reason in bad_batch]
+    finally:
+        writer.close()
+    return bad
+
+
+_EXTRACTOR_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _built_extractor(name: str, device: str, weights: str | None) -> Extractor:
+    return load_extractor(name, device, weights)
+
+
+def _worker_extractor(name: str, device: str, weights: str | None) -> Extractor:
+    """The extractor of this worker process, built once for all its shards and threads."""
+    with _EXTRACTOR_LOCK:
+        return _built_extractor(name, device, weights)
+
+
+def _widths(name: str, device: str, weights: str | None) -> tuple[int, int]:
+    """A task on a worker: (p, number of classes) of the extractor, which it builds for its shards."""
+    extractor = _worker_extractor(name, device, weights)
+    return extractor.dim, extractor.n_classes

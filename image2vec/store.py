@@ -7,6 +7,7 @@ A feature store is a folder::
     features.npy    F, float32 (N x p), memory-mappable
     logits.npy      class logits (N x 1000), when asked for
     partial/        only while extracting: a marker file, arrays for all N images, progress
+                    (which rows are done, so that a rerun resumes and shards finish in any order)
 
 :mod:`image2vec.features` computes what goes in; this module writes and reads it, without torch.
 Every file is written to a temporary name and renamed, and only what the toolkit created is
@@ -16,6 +17,10 @@ marked ``partial/`` is refused. The arrays' disk blocks are reserved (``posix_fa
 they are memory-mapped, so a full disk is one clear error at the start, not a bus error when a
 page of the mapping finds no block; the extraction then resumes once space is freed. A store is
 checked against its index when read, so a damaged or edited one is an error, not wrong features.
+
+The workers of a cluster write their rows through :class:`RowWriter` (positional writes, then
+``fsync``), and the process that runs the extraction records their progress: one writer of
+``progress.json``, and no worker's memory mapping that could write back a neighbour's rows.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import numpy as np
 from image2vec.errors import Image2VecError
 from image2vec.io import atomic_write, read_json, write_json
 
-__all__ = ["FeatureSet", "fingerprint", "read_index", "load_features", "Partial", "finish"]
+__all__ = ["FeatureSet", "fingerprint", "read_index", "load_features", "Partial", "RowWriter", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +195,10 @@ class Partial:
     """The ``partial/`` folder of an extraction in progress in ``store``.
 
     It holds the :data:`MARKER` file (written first), arrays for all N images and
-    ``progress.json`` = {fingerprint, done (images processed, in order), bad}. An unfinished
-    extraction of the same request resumes; one of another request is discarded.
+    ``progress.json`` = {fingerprint, done, finished, bad}: images 0..done-1 are processed, and
+    so are the row ranges ``finished`` ([start, stop) pairs past the first gap: the shards of a
+    cluster run finish in any order). An unfinished extraction of the same request resumes with
+    the rows not yet processed; one of another request is discarded.
 
     Raises
     ------
@@ -201,11 +208,12 @@ class Partial:
     """
 
     def __init__(self, store: Path, fingerprint: str, n: int, dims: dict[str, int]):
-        self.folder, self.fingerprint = store / "partial", fingerprint
+        self.folder, self.fingerprint, self.n = store / "partial", fingerprint, n
         _check_owned(store)
         progress = read_json(self.folder / "progress.json", "extraction progress file",
                              missing_ok=True)
-        fresh = (not isinstance(progress, dict) or progress.get("fingerprint") != fingerprint
+        ranges = _done_ranges(progress, n) if isinstance(progress, dict) else None
+        fresh = (ranges is None or progress.get("fingerprint") != fingerprint
                  or not all((self.folder / f"{name}.npy").is_file() for name in dims))
         if fresh:
             if self.folder.exists():
@@ -215,20 +223,99 @@ class Partial:
             with atomic_write(self.folder / MARKER, "w") as fh:
                 fh.write("An unfinished image2vec feature extraction; image2vec deletes this "
                          "folder when it is done.\n")
-            progress = {"fingerprint": fingerprint, "done": 0, "bad": []}
-        self.done, self.bad = int(progress["done"]), list(progress["bad"])
+            progress, ranges = {"bad": []}, []
+        self.ranges, self.bad = ranges, list(progress["bad"])
         self.arrays = {name: _allocated(self.folder / f"{name}.npy", (n, dim), "w+" if fresh else "r+")
                        for name, dim in dims.items()}
         if fresh:
-            self.commit(0)
+            self._write()
 
-    def commit(self, done: int) -> None:
-        """Record that the first ``done`` images are processed, after flushing their rows."""
+    @property
+    def n_done(self) -> int:
+        """How many images are processed."""
+        return sum(stop - start for start, stop in self.ranges)
+
+    def missing(self) -> list[tuple[int, int]]:
+        """The [start, stop) ranges of the rows not yet processed, in order."""
+        edges = [0, *(edge for interval in self.ranges for edge in interval), self.n]
+        return [(start, stop) for start, stop in zip(edges[::2], edges[1::2]) if start < stop]
+
+    def record(self, start: int, stop: int) -> None:
+        """Record that rows ``start``..``stop - 1`` are processed, after flushing the arrays."""
         for array in self.arrays.values():
             array.flush()
-        self.done = done
+        self.ranges = _merged([*self.ranges, [start, stop]])
+        self._write()
+
+    def _write(self) -> None:
+        prefix = self.ranges[0][1] if self.ranges and self.ranges[0][0] == 0 else 0
         write_json(self.folder / "progress.json",
-                   {"fingerprint": self.fingerprint, "done": done, "bad": self.bad})
+                   {"fingerprint": self.fingerprint, "done": prefix,
+                    "finished": self.ranges[1:] if prefix else self.ranges, "bad": self.bad})
+
+
+def _done_ranges(progress: dict, n: int) -> list[list[int]] | None:
+    """The processed row ranges of a progress record, merged; None unless it is well formed."""
+    done, finished = progress.get("done"), progress.get("finished", [])
+    if not isinstance(done, int) or not isinstance(finished, list) or not 0 <= done <= n:
+        return None
+    ranges = [[0, done]] if done else []
+    for interval in finished:
+        if (not isinstance(interval, list) or len(interval) != 2
+                or not all(isinstance(i, int) for i in interval) or not 0 <= interval[0] < interval[1] <= n):
+            return None
+        ranges.append(interval)
+    return _merged(ranges)
+
+
+def _merged(ranges: list[list[int]]) -> list[list[int]]:
+    """Sorted, disjoint [start, stop) ranges covering the same rows as ``ranges``."""
+    merged: list[list[int]] = []
+    for start, stop in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return merged
+
+
+class RowWriter:
+    """Writes rows into the arrays of a ``partial/`` folder from another process (a worker).
+
+    Positional writes into the preallocated files, then ``fsync`` on :meth:`close`: a memory
+    mapping on a network file system is written back a whole page at a time, which would put
+    back stale copies of the neighbouring rows another worker wrote. The rows count as done
+    only once the process running the extraction records them (:meth:`Partial.record`).
+
+    Parameters
+    ----------
+    folder : Path
+        The ``partial/`` folder.
+    names : sequence of str
+        The arrays to write (of :data:`OUTPUTS`).
+    """
+
+    def __init__(self, folder: Path, names: Sequence[str]):
+        self.files = {}
+        for name in names:
+            header = np.load(folder / f"{name}.npy", mmap_mode="r")  # reads the header only
+            row_bytes = header.shape[1] * header.dtype.itemsize
+            self.files[name] = (os.open(folder / f"{name}.npy", os.O_WRONLY), header.offset, row_bytes)
+            del header
+
+    def write(self, positions: Sequence[int], outputs: dict[str, np.ndarray]) -> None:
+        """Write ``outputs[name][j]`` as row ``positions[j]`` of every array."""
+        for name, (fd, offset, row_bytes) in self.files.items():
+            rows = np.ascontiguousarray(outputs[name], dtype=np.float32)
+            for position, row in zip(positions, rows, strict=True):
+                os.pwrite(fd, row.tobytes(), offset + position * row_bytes)
+
+    def close(self) -> None:
+        """Make the written rows durable and close the files."""
+        for fd, _, _ in self.files.values():
+            os.fsync(fd)
+            os.close(fd)
+        self.files.clear()
 
 
 def finish(store: Path, partial: Partial, extractor: dict, keys: list,
@@ -264,7 +351,8 @@ def finish(store: Path, partial: Partial, extractor: dict, keys: list,
     index = {
         "format": STORE_FORMAT, "version": 1, "fingerprint": partial.fingerprint, **extractor,
         "outputs": outputs, "keys": [keys[i] for i in kept], "files": [str(files[i]) for i in kept],
-        "skipped": [{k: b[k] for k in ("key", "file", "reason")} for b in partial.bad],
+        "skipped": [{k: b[k] for k in ("key", "file", "reason")}
+                    for b in sorted(partial.bad, key=lambda b: b["position"])],
     }
     partial.arrays.clear()
     for name in OUTPUTS:
