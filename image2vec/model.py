@@ -44,6 +44,7 @@ from solvers import (
     sufficient_stats,
 )
 from solvers.backend import get_array_module, gpu_available, to_numpy
+from solvers.distributed import as_row_chunks, column_means_dask, sufficient_stats_dask
 from solvers.objective import column_means
 
 OBJECTIVES = ("l2", "ip")
@@ -258,7 +259,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             raise ValueError("gamma (co-occurrence incoherence) applies to the learn-all, weak-tag "
                              "and simple models, not to reduced-rank (orthonormal word rows)")
 
-    def fit(self, X: Any, y: Any, words: Any = None) -> "Image2Vec":
+    def fit(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> "Image2Vec":
         """Learn D and W (and tag weights) from image features and word targets.
 
         scikit-learn names the arguments X and y; in the notation of DESIGN.md they are the
@@ -273,13 +274,16 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             or one label per image (each label becomes a word).
         words : sequence of str of length V, optional
             Vocabulary; default the labels, or "w0", "w1", ...
+        scheduler : distributed.Client or str, optional
+            Run the passes over the features as Dask tasks (see :meth:`prepare`); the solver
+            runs in this process.
 
         Returns
         -------
         self
         """
         start = time.perf_counter()
-        problem = self.prepare(X, y, words)
+        problem = self.prepare(X, y, words, scheduler)
         result, a_step = self._solve(problem)
         targets = problem.targets if a_step is None else a_step.weighted()
         W = to_numpy(result.W)
@@ -297,7 +301,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def prepare(self, X: Any, y: Any, words: Any = None) -> "FitProblem":
+    def prepare(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> "FitProblem":
         """The problem that :meth:`fit` solves: validated data, statistics, objective, start.
 
         Runs the first half of :meth:`fit` (parameter and data validation, the pass for mu, the
@@ -305,6 +309,11 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         sets the fitted attributes it determines (``feature_mean_``, ``words_``, ``lam_``,
         ``dim_``, ``n_features_in_``). Useful to time or compare the solvers on exactly the
         problem the estimator would solve.
+
+        ``scheduler``: None runs the two passes here; anything else (a ``distributed.Client``,
+        ``"threads"``, ``"processes"``) runs them as Dask tree reductions over row chunks of F
+        (:func:`solvers.distributed.sufficient_stats_dask`), equal to rounding; the tasks of a
+        memory-mapped F read their rows from its file (which every worker must see).
 
         Returns
         -------
@@ -318,8 +327,14 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.lam_ = 0.0 if self.objective == "ip" else float(
             DEFAULT_LAM[self.model] if self.lam is None else self.lam)
         xp = self._array_module()
-        self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
-        raw = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
+        if scheduler is None:
+            self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
+            raw = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
+        else:  # the same passes as Dask tasks; the preprocessing travels as a bound method
+            rows = as_row_chunks(F, CHUNK_ROWS)
+            self.feature_mean_, _ = column_means_dask(rows, X, scheduler=scheduler)
+            raw = sufficient_stats_dask(rows, X, transform=self._preprocess, scheduler=scheduler,
+                                        chunk_size=CHUNK_ROWS)
         basis = self._basis(raw.centered().A, raw.n)
         centred = raw.centered() if basis is None else raw.centered().rotated(basis)
         self.dim_ = self._data_dim(centred.A.shape[0], X.shape[1])
