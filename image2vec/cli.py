@@ -6,7 +6,8 @@ traceback. Ctrl-C and SIGTERM end with one line (status 130, 143) and remove tem
 
 The command line starts in a fraction of a second: this module imports nothing heavy, and each
 command imports what it needs (numpy, scikit-learn, torch) when it runs, so ``--help`` and usage
-errors answer at once.
+errors answer at once. ``features``, ``train`` and ``evaluate`` run on a Dask cluster with
+``--scheduler`` (:mod:`image2vec.cluster`, which imports Dask only then).
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_data(args: argparse.Namespace, store: Path, vocabulary=None, logits: bool = False):
-    """WordData of ``--captions`` or ``--tags`` with ``--images``, features cached in ``store``."""
+def _load_data(args: argparse.Namespace, store: Path, vocabulary=None, logits: bool = False, client=None):
+    """WordData of ``--captions`` or ``--tags`` with ``--images``, features cached in ``store``
+    (extracted on the workers of ``client``, when given)."""
     from image2vec.datasets import load_caption_data, load_tag_data
 
     common = dict(store=store, vocabulary=vocabulary, extractor=args.extractor, device=args.device,
-                  on_bad_image=args.on_bad_image, logits=logits, progress=not args.quiet)
+                  on_bad_image=args.on_bad_image, logits=logits, progress=not args.quiet, client=client)
     if getattr(args, "tags", None):
         return load_tag_data(args.tags, args.images, min_count=args.min_count, **common)
     return load_caption_data(args.captions, args.images, split=args.split,
@@ -57,6 +59,7 @@ MODEL_OPTIONS = ("objective", "solver", "dim", "lam", "gamma", "readout", "atten
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from image2vec import systems
+    from image2vec.cluster import connect
     from image2vec.datasets import reads_logits
 
     out = _output_file(args.out)
@@ -71,18 +74,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise Image2VecError(str(exc)) from None
     store = Path(args.features) if args.features else out.with_name(out.name + ".features")
-    data = _load_data(args, store, logits=reads_logits(system))
-    inputs = _checked_inputs(data.inputs_for(system), system, data.files,
-                             f"the features of feature store {store}")
-    fit_params = {"words": list(data.vocabulary.words)}
-    if data.categories is not None and "labels" in inspect.signature(system.fit).parameters:
-        fit_params["labels"] = data.categories  # category labels of the common-space baselines
-    start = time.perf_counter()
-    try:
-        system.fit(inputs, data.targets, **fit_params)
-    except ValueError as exc:  # scikit-learn style parameter errors: one line, no traceback
-        raise Image2VecError(str(exc)) from None
-    seconds = time.perf_counter() - start
+    with connect(args.scheduler) as client:
+        data = _load_data(args, store, logits=reads_logits(system), client=client)
+        inputs = _checked_inputs(data.inputs_for(system), system, data.files,
+                                 f"the features of feature store {store}")
+        fit_params = {"words": list(data.vocabulary.words)}
+        accepted = inspect.signature(system.fit).parameters
+        if data.categories is not None and "labels" in accepted:
+            fit_params["labels"] = data.categories  # category labels of the common-space baselines
+        if client is not None and "scheduler" in accepted:
+            fit_params["scheduler"] = client  # the passes over the features as Dask tasks
+        start = time.perf_counter()
+        try:
+            system.fit(inputs, data.targets, **fit_params)
+        except ValueError as exc:  # scikit-learn style parameter errors: one line, no traceback
+            raise Image2VecError(str(exc)) from None
+        seconds = time.perf_counter() - start
     systems.save(system, out, metadata={"extractor": data.extractor, "n_images": len(data.keys),
                                          "source": str(args.captions or args.tags)})
     print(f"{out}: {args.model} model, {len(data.vocabulary)} words, trained on "
@@ -270,6 +277,7 @@ def _file_fingerprint(path: Path) -> list:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from image2vec.cluster import ClusterSystem, connect
     from image2vec.datasets import reads_logits, vocabulary_of
     from image2vec.evaluate import evaluate
 
@@ -278,15 +286,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise Image2VecError("--instances adds the cross-modal mAP@50 of cvs, mcvs and rvs "
                              f"models; {args.model} is not one")
     args.extractor = metadata.get("extractor", "efficientnet-lite0")
-    with tempfile.TemporaryDirectory(prefix="image2vec-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="image2vec-") as scratch, connect(args.scheduler) as client:
         store = Path(args.features) if args.features else Path(scratch)
         data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)),
-                          logits=reads_logits(system))
+                          logits=reads_logits(system), client=client)
         inputs = _checked_inputs(data.inputs_for(system), system, data.files,
                                  f"the features of feature store {store}" if args.features
                                  else f"the {args.extractor} features")
-    result = evaluate(system, inputs, data.truth, k=args.k, queries=data.queries,
-                      labels=data.categories)
+        # on a cluster, summaries and scores are computed by the workers, which read the store
+        result = evaluate(system if client is None else ClusterSystem(system, client), inputs,
+                          data.truth, k=args.k, queries=data.queries, labels=data.categories)
     if args.json:  # NaN (e.g. no word with both positive and negative images) as null
         print(json.dumps({key: None if isinstance(value, float) and value != value else value
                           for key, value in result.items()}))
@@ -298,6 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    from image2vec.cluster import connect
     from image2vec.features import extract_features, load_extractor
 
     if args.coco:
@@ -310,12 +320,15 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
         data = load_tag_tsv(args.tsv, args.images) if args.tsv else load_sample()
         files, keys = data.paths, data.keys
-    extractor = load_extractor(args.extractor, args.device, args.weights)
-    result = extract_features(files, args.out, keys=keys, extractor=extractor, logits=args.logits,
-                              batch_size=args.batch_size, on_bad_image=args.on_bad_image,
-                              num_workers=args.workers, progress=not args.quiet)
+    with connect(args.scheduler) as client:
+        # on a cluster every worker builds the network itself
+        extractor = args.extractor if client else load_extractor(args.extractor, args.device, args.weights)
+        result = extract_features(files, args.out, keys=keys, extractor=extractor, weights=args.weights,
+                                  device=args.device, logits=args.logits, batch_size=args.batch_size,
+                                  on_bad_image=args.on_bad_image, num_workers=args.workers,
+                                  progress=not args.quiet, client=client)
     n, p = result.features.shape
-    print(f"{args.out}: features {n} x {p} ({extractor.name})"
+    print(f"{args.out}: features {n} x {p} ({result.index['extractor']})"
           + (f", logits {n} x {result.logits.shape[1]}" if result.logits is not None else "")
           + f"; {len(result.skipped)} image(s) skipped")
     return 0
@@ -368,6 +381,8 @@ def _add_features_parser(sub) -> None:
                             "(listed in the index) or stops the run (default: skip)")
     feats.add_argument("--workers", type=_non_negative_int, default=0,
                        help="image decoding processes (default: 0, in the main process)")
+    _add_scheduler_option(feats, "extract the images in shards on its workers (the store and the "
+                                 "images on a file system they all see)")
     feats.add_argument("--quiet", action="store_true", help="no progress bar")
     feats.set_defaults(func=_cmd_features)
 
@@ -413,7 +428,16 @@ def _add_data_options(parser: argparse.ArgumentParser, tags: bool) -> None:
     parser.add_argument("--on-bad-image", choices=("skip", "fail"), default="skip",
                         help="skip a broken image with a warning, or stop (default: skip)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    _add_scheduler_option(parser, "extract features on its workers (the store and the images on a "
+                                  "file system they all see) and pass over the features there")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_scheduler_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                        help=f"run on a Dask cluster and {what}: the address of a running "
+                             "dask.distributed scheduler (tcp://host:8786), or local:N for N "
+                             "worker processes on this machine (needs pip install image2vec[dist])")
 
 
 def _add_model_parsers(sub) -> None:

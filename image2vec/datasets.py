@@ -118,6 +118,7 @@ def load_caption_data(
     on_bad_image: str = "skip",
     logits: bool = False,
     progress: bool = True,
+    client: Any = None,
 ) -> WordData:
     """Captions + images -> :class:`WordData` (features cached in ``store``).
 
@@ -146,9 +147,10 @@ def load_caption_data(
         :data:`image2vec.vocabulary.SMALL_DATA_IMAGES` (1000) images, else 5.
     max_size : int, optional
         Keep only the most frequent words.
-    extractor, device, on_bad_image, logits, progress
+    extractor, device, on_bad_image, logits, progress, client
         As in :func:`image2vec.features.extract_features` (``logits``: also the ImageNet class
-        logits, in :attr:`WordData.logits`).
+        logits, in :attr:`WordData.logits`; ``client``: a ``dask.distributed`` client whose
+        workers extract the features).
 
     Returns
     -------
@@ -158,7 +160,7 @@ def load_caption_data(
     data = load_captions(captions, images, split=split, instances=instances)
     feature_set = extract_features(data.paths, store, keys=data.keys, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, logits=logits,
-                                   progress=progress)
+                                   progress=progress, client=client)
     rows = data.positions(feature_set.keys)
     analyzer = CaptionAnalyzer()
     documents = analyze_captions([data.captions[i] for i in rows], analyzer, progress=progress)
@@ -192,6 +194,7 @@ def load_tag_data(
     on_bad_image: str = "skip",
     logits: bool = False,
     progress: bool = True,
+    client: Any = None,
 ) -> WordData:
     """Weak tags (TSV: image file, comma-separated tags) + images -> :class:`WordData`.
 
@@ -202,7 +205,7 @@ def load_tag_data(
     tagged = load_tag_tsv(tags, images)
     feature_set = extract_features(tagged.paths, store, keys=tagged.keys, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, logits=logits,
-                                   progress=progress)
+                                   progress=progress, client=client)
     position = {key: i for i, key in enumerate(tagged.keys)}
     all_documents = tagged.documents()
     documents = [all_documents[position[key]] for key in feature_set.keys]

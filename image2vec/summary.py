@@ -54,6 +54,13 @@ class Summary:
         return cls(indices=indices, scores=scores, words=words)
 
     @classmethod
+    def concatenate(cls, parts: Sequence[Summary]) -> Summary:
+        """The summaries of consecutive chunks of images as one, in order."""
+        return cls(indices=np.concatenate([part.indices for part in parts]),
+                   scores=np.concatenate([part.scores for part in parts]),
+                   words=[words for part in parts for words in part.words])
+
+    @classmethod
     def top_k(cls, scores: np.ndarray, k: int, vocabulary: np.ndarray) -> "Summary":
         """The k highest-scoring words of each row of a (N, V) score matrix."""
         k = min(k, scores.shape[1])
