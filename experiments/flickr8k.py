@@ -35,6 +35,7 @@ Writes into OUT (resumable: finished fits are kept in ``systems/`` and ``search/
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import resource
@@ -51,6 +52,7 @@ import common
 import numpy as np
 from scipy.stats import spearmanr
 
+from image2vec import systems
 from image2vec.datasets import WordData, load_caption_data
 from image2vec.evaluate import (
     ImageScores,
@@ -63,7 +65,7 @@ from image2vec.io import shared_data_dir
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
 
 OUTPUTS = ("search.csv", "chosen.json", "results.csv", "results.md", "differences.md",
-           "retrieval.md", "f1_at_k.png", "l2_vs_ip.png", "objective_vs_time.png",
+           "retrieval.md", "f1_at_k.png", "l2_vs_ip.png", "objective_vs_time.png", "objective_traces.csv",
            "word_norms.png", "similar.md", "run.json", "systems/", "search/")
 #: Published Flickr8k test figures (R@1, R@5, R@10, median rank), other features, same protocol.
 PUBLISHED = {
@@ -80,19 +82,23 @@ SEARCH = {
                         "readout": [("omp", 0.0), ("omp", 0.1), ("rank", None)]},
     "reduced-rank/ip": {"fit": {"dim": [64, 128, 256]},
                         "readout": [("omp", 0.0), ("omp", 0.1), ("omp", 1.0), ("rank", None)]},
-    "learn-all/l2": {"fit": {"lam": [0.1, 1.0, 10.0], "n_components": [256, 512, 1024]},
+    "learn-all/l2": {"fit": {"lam": [1.0, 10.0, 100.0], "n_components": [256, 512, 1024]},
                      "readout": [("omp", 0.03), ("omp", 0.1), ("omp", 0.3), ("rank", None)]},
     "learn-all/ip": {"fit": {"whiten": [False, True]},
                      "readout": [("omp", 0.3), ("omp", 1.0), ("omp", 3.0), ("omp", 10.0), ("rank", None)]},
-    "simple/l2": {"fit": {"lam": [1e-4, 1e-3, 1e-2]},
+    "simple/l2": {"fit": {"lam": [1e-3, 1e-2, 1e-1]},
                   "readout": [("omp", 0.1), ("omp", 1.0), ("rank", None)]},
     "simple/ip": {"fit": {}, "readout": [("omp", 0.3), ("omp", 1.0), ("omp", 3.0), ("rank", None)]},
     "ridge": {"fit": {"alpha": [0.3, 1.0, 3.0, 10.0]}},
-    "cca": {"fit": {"reg": [0.01, 0.1, 0.3], "power": [0.5, 1.0, 2.0]}, "criterion": "search R@10"},
+    "weak-tag/l2": {"fit": {"lam": [1e-3, 1e-1, 10.0]},
+                    "readout": [("omp", 0.03), ("omp", 0.1), ("rank", None)]},
+    "cca": {"fit": {"reg": [0.3, 1.0, 3.0], "power": [0.5, 1.0, 2.0]}, "criterion": "search R@10"},
 }
-#: weak-tag shares learn-all's settings (its extra block has no setting of its own).
-SHARED_SETTINGS = {"weak-tag/l2": "learn-all/l2", "weak-tag/ip": "learn-all/ip"}
+#: weak-tag/ip shares learn-all/ip's settings (without a ridge its extra block has none of its own).
+SHARED_SETTINGS = {"weak-tag/ip": "learn-all/ip"}
 READOUT_PARAMS = ("readout", "prior_weight")
+#: Systems whose fitted model the analysis reads (word norms, similar words): saved with the scores.
+NEEDS_MODEL = ("reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 class PeakMemory:
     """The peak resident memory (MB) above the level at entry, sampled every 5 ms."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start = self.peak = _rss_mb()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -177,8 +183,11 @@ class Fit:
 
 
 def spec_of(label: str) -> common.SystemSpec:
+    """The system of a label; a model family without a solver (the search) is fitted by bcd."""
     parts = label.split("/")
-    return common.SystemSpec(*parts) if parts[0] in MODELS else common.SystemSpec(label)
+    if parts[0] not in MODELS:
+        return common.SystemSpec(label)
+    return common.SystemSpec(*parts, *(["bcd"] if len(parts) == 2 else []))
 
 
 def settings_key(label: str, settings: dict) -> str:
@@ -230,6 +239,27 @@ def load_fit(out: common.OutputFolder, folder: str, label: str, settings: dict) 
         scores = ImageScores(ks=tuple(meta["ks"]), **{key: data[key] for key in data.files})
     extra = {key: meta[key] for key in ("converged", "n_iter") if key in meta}
     return Fit(label, meta["settings"], scores, meta["fit_seconds"], meta["peak_mb"], extra)
+
+
+#: Models whose summaries are compared read out both ways: sparse (OMP) and ranking D^T r.
+READOUT_COMPARISONS = ("reduced-rank/l2/bcd", "learn-all/l2/bcd")
+
+
+def readouts_of(label: str, settings: dict, system: Any, dev: WordData,
+                out: common.OutputFolder) -> tuple[Fit, Fit]:
+    """The dev scores of a fitted model read out by OMP (its prior weight) and by ranking."""
+    pair = []
+    for readout, prior in (("omp", settings.get("prior_weight")), ("rank", None)):
+        variant = {**settings, "readout": readout, "prior_weight": prior}
+        fit = load_fit(out, "systems", label, variant)
+        if fit is None:
+            system.set_params(readout=readout, prior_weight=prior)
+            scores = image_scores(system, dev.features, dev.truth, dev.captions, dev.caption_images)
+            fit = Fit(label, variant, scores, 0.0, 0.0)
+            save_fit(out, "systems", fit)
+        pair.append(fit)
+    system.set_params(**{key: settings.get(key) for key in READOUT_PARAMS if key in settings})
+    return tuple(pair)
 
 
 def criterion_of(label: str) -> str:
@@ -406,41 +436,57 @@ def plot_l2_vs_ip(out, cis) -> None:
     out.save_figure("l2_vs_ip.png", fig)
 
 
-def objective_vs_time(out, train: WordData, seed: int) -> list[dict]:
+def objective_traces(out: common.OutputFolder, train: WordData, seed: int) -> list[dict]:
     """The default fit's problems on train solved three ways: closed form, BCD sweeps, SGD.
 
     BCD sweeps start from the cold start (the principal axes, or W = 0 for reduced-rank) as SGD
     does; the closed form is where the estimator's BCD starts. Times exclude the statistics pass
-    that BCD and the closed form need (SGD streams the rows instead).
+    that BCD and the closed form need (SGD streams the rows instead). Kept in
+    ``objective_traces.csv``: a rerun plots them again without solving.
     """
-    import matplotlib.pyplot as plt
-
     from solvers import bcd, closed_form, sgd
 
+    path = out.root / "objective_traces.csv"
+    if path.is_file():
+        with open(path, newline="") as fh:
+            return [{**row, "seconds": float(row["seconds"]), "objective": float(row["objective"])}
+                    for row in csv.DictReader(fh)]
     rows = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, model in zip(axes, ("reduced-rank", "learn-all")):
+    for model in ("reduced-rank", "learn-all"):
         problem = Image2Vec(model=model, random_state=seed).prepare(train.features, train.targets)
-        exact = closed_form(problem.stats, problem.dim, problem.terms)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sweeps = bcd(problem.stats, problem.start, problem.terms, max_iter=300, tol=1e-9)
-            stochastic = sgd(problem.F, problem.targets, problem.start, problem.terms, center=True,
-                             transform=problem.transform, random_state=seed)
-        best = min(exact.objective, sweeps.objective, stochastic.objective)
-        for name, result in (("closed form", exact), ("bcd sweeps", sweeps), ("sgd", stochastic)):
-            gap = [max(value - best, 1e-12) / abs(best) for _, _, value in result.trace]
-            ax.loglog(np.array(result.seconds) + 1e-3, gap, marker="o" if name == "closed form" else ".",
-                      ms=8 if name == "closed form" else 3, label=f"{name} ({result.seconds[-1]:.1f} s)")
-            rows += [{"model": model, "solver": name, "seconds": t, "objective": v}
-                     for t, (_, _, v) in zip(result.seconds, result.trace)]
+            results = {"closed form": closed_form(problem.stats, problem.dim, problem.terms),
+                       "bcd sweeps": bcd(problem.stats, problem.start, problem.terms, max_iter=300, tol=1e-9),
+                       "sgd": sgd(problem.F, problem.targets, problem.start, problem.terms, center=True,
+                                  transform=problem.transform, random_state=seed)}
+        rows += [{"model": model, "solver": name, "seconds": t, "objective": value}
+                 for name, result in results.items() for t, (_, _, value) in zip(result.seconds, result.trace)]
+    out.write_csv("objective_traces.csv", rows, ["model", "solver", "seconds", "objective"])
+    return rows
+
+
+def plot_objective(out: common.OutputFolder, rows: list[dict]) -> None:
+    """(J - J_best) / |J_best| against seconds, per model, one line per solver."""
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [row for row in rows if row["model"] == model]
+        best = min(row["objective"] for row in mine)
+        for solver in dict.fromkeys(row["solver"] for row in mine):
+            points = [row for row in mine if row["solver"] == solver]
+            gap = [max(row["objective"] - best, 1e-12) / abs(best) for row in points]
+            exact = solver == "closed form"
+            ax.loglog([row["seconds"] + 1e-3 for row in points], gap, marker="o" if exact else ".",
+                      ms=8 if exact else 3, label=f"{solver} ({points[-1]['seconds']:.1f} s)")
         ax.set_xlabel("seconds (statistics pass excluded)")
         ax.set_ylabel("(J - J_best) / |J_best|")
         ax.set_title(f"{model}, l2, Flickr8k train")
         ax.legend(fontsize=7)
     fig.tight_layout()
     out.save_figure("objective_vs_time.png", fig)
-    return rows
 
 
 def word_norms(out, systems_by_label: dict, dev: WordData, fits: dict, seed: int) -> dict:
@@ -526,24 +572,24 @@ def experiment(args: argparse.Namespace) -> None:
         out.write_json("chosen.json", chosen)
     fits: dict[str, Fit] = {}
     fitted: dict[str, Any] = {}
-    readout_pairs = []
     for label in labels:
         settings = settings_for(label, chosen)
         cached = load_fit(out, "systems", label, settings)
-        needs_model = label in ("reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd")
-        if cached is not None and not needs_model:
+        model_file = f"systems/{label.replace('/', '_')}-{settings_key(label, settings)}.model.npz"
+        if cached is not None and (label not in NEEDS_MODEL or (out.root / model_file).is_file()):
             fits[label] = cached
+            if label in NEEDS_MODEL:
+                fitted[label] = systems.load(out.root / model_file)[0]
             continue
-        # The default model is also read out both ways: sparse (OMP) and by ranking D^T r.
-        prior = settings.get("prior_weight") or 0.0
-        both = [("omp", prior), ("rank", None)] if label == "reduced-rank/l2/bcd" else []
-        system, fit, others = fit_and_score(label, settings, train, dev, args.seed, readouts=both)
+        system, fit, _ = fit_and_score(label, settings, train, dev, args.seed)
         fits[label], fitted[label] = fit, system
         save_fit(out, "systems", fit)
-        if others:
-            readout_pairs.append(tuple(others))
+        if label in NEEDS_MODEL:
+            systems.save(system, out.claim(model_file))
         print(f"{label}: P@3 {score_metrics(fit.scores)['P@3'][0]:.3f}, fit {fit.fit_seconds:.1f} s, "
               f"peak +{fit.peak_mb:.0f} MB", flush=True)
+    readout_pairs = [readouts_of(label, settings_for(label, chosen), fitted[label], dev, out)
+                     for label in READOUT_COMPARISONS if label in fitted]
     weights = bootstrap_weights(len(dev.keys), args.boot, args.seed)
     map_weights = weights[: max(1, args.boot // 5)]
     cis = intervals(fits, weights, map_weights)
@@ -552,15 +598,15 @@ def experiment(args: argparse.Namespace) -> None:
     differences = write_differences(out, fits, readout_pairs, weights, map_weights)
     plot_f1(out, cis)
     plot_l2_vs_ip(out, cis)
-    traces = objective_vs_time(out, train, args.seed)
+    traces = objective_traces(out, train, args.seed)
+    plot_objective(out, traces)
     norms = word_norms(out, fitted, dev, fits, args.seed) if "knn" in fits else {}
     similar_table(out, fitted, list(train.vocabulary.words))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out.write_json("run.json", {
         "command": args.command, "date": time.strftime("%Y-%m-%d"), "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": usage.ru_maxrss / 1024, "data": data_line, "chosen": chosen,
-        "word_norms_vs_visualness": norms, "differences": differences,
-        "objective_traces": traces})
+        "word_norms_vs_visualness": norms, "differences": differences})
     print(f"done in {time.perf_counter() - started:.0f} s; peak RSS {usage.ru_maxrss / 1024:.0f} MB")
 
 

@@ -158,13 +158,16 @@ def load_caption_data(
         Its vocabulary's ``info`` records ``source``, the ``min_count`` used and the tagger.
     """
     data = load_captions(captions, images, split=split, instances=instances)
+    analyzer = CaptionAnalyzer()
+    every_document = analyze_captions(data.captions, analyzer, progress=progress)
+    if vocabulary is None:  # a min_count that empties the vocabulary fails before extraction
+        build_vocabulary(every_document, min_count=min_count, max_size=max_size)
     feature_set = extract_features(data.paths, store, keys=data.keys, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, logits=logits,
                                    progress=progress, client=client)
     rows = data.positions(feature_set.keys)
-    analyzer = CaptionAnalyzer()
-    documents = analyze_captions([data.captions[i] for i in rows], analyzer, progress=progress)
-    if vocabulary is None:
+    documents = [every_document[i] for i in rows]
+    if vocabulary is None:  # the words of the images that were read
         vocabulary = build_vocabulary(documents, min_count=min_count, max_size=max_size,
                                       info={"source": str(captions)}, analyzer=analyzer)
     first_captions = [[next((c for c in doc if vocabulary.columns(c)), doc[0])] for doc in documents]

@@ -4,10 +4,10 @@ On the embedded sample (20 scikit-image images with hand-written COCO-style capt
 COCO folder (``--coco ROOT``, e.g. the 80-image subset), it
 
 1. extracts and caches EfficientNet-Lite0 features and builds the caption vocabulary;
-2. scores the six model x objective combinations, both read-outs of the default model and the
+2. scores the eight model x objective combinations, both read-outs of the default model and the
    frequency-prior and nearest-neighbour baselines by k-fold cross-validation (P/R/F1@3, mAP,
    retrieval recall@1) and prints the table (also ``results.csv``);
-3. trains the default model (learn-all, l2) on every image, saves it (``model.npz``), prints
+3. trains the default model (reduced-rank, l2) on every image, saves it (``model.npz``), prints
    the 3-word summaries of the first 20 images and the visually similar words of two words;
 4. draws those images with their summaries under them (``summaries.png``).
 """
@@ -15,6 +15,7 @@ COCO folder (``--coco ROOT``, e.g. the 80-image subset), it
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import time
 from pathlib import Path
@@ -25,8 +26,10 @@ from image2vec import systems
 from image2vec.datasets import SAMPLE_CAPTIONS, load_caption_data, sample_image_dir
 from image2vec.evaluate import cross_validate
 from image2vec.io import atomic_write, write_json
+from image2vec.names import MODELS
 
-COMBINATIONS = [(model, objective) for model in ("simple", "learn-all", "weak-tag") for objective in ("l2", "ip")]
+DEFAULT_MODEL = MODELS[0]
+COMBINATIONS = [(model, objective) for model in MODELS for objective in ("l2", "ip")]
 SHOWN = 20  # images summarized, printed and drawn (the first ones of a large COCO folder)
 COLUMNS = ("system", "precision", "recall", "f1", "map", "recall@1", "seconds")
 
@@ -47,14 +50,14 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
           f"({data.extractor}); {n_splits}-fold cross-validation, k = 3, dim = {dim}")
 
     candidates = [(f"{model} / {objective}", model, {"objective": objective}) for model, objective in COMBINATIONS]
-    candidates += [("learn-all / l2, rank read-out", "learn-all", {"readout": "rank"}),
+    candidates += [(f"{DEFAULT_MODEL} / l2, rank read-out", DEFAULT_MODEL, {"readout": "rank"}),
                    ("baseline: frequency prior", "prior", {}), ("baseline: nearest neighbours", "knn", {})]
     rows = []
     words = list(data.vocabulary.words)
     for label, model, params in candidates:
         start = time.perf_counter()
         scores = cross_validate(
-            lambda: systems.make_system(model, dim=dim, random_state=random_state, **params),
+            functools.partial(systems.make_system, model, dim=dim, random_state=random_state, **params),
             data.features, data.targets, data.truth, queries=data.queries, k=3, n_splits=n_splits,
             random_state=random_state, fit_params={"words": words})
         rows.append({"system": label, **{key: scores[key] for key in COLUMNS[1:-1]},
@@ -62,12 +65,12 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
     print(format_table(rows))
     write_csv(out / "results.csv", rows)
 
-    model = systems.make_system("learn-all", dim=dim, random_state=random_state)
+    model = systems.make_system(DEFAULT_MODEL, dim=dim, random_state=random_state)
     model.fit(data.features, data.targets, words=words)
     systems.save(model, out / "model.npz", metadata={"extractor": data.extractor, "source": str(captions)})
     shown = data.files[:SHOWN]
     summary = model.summarize(data.features[:SHOWN], 3)
-    print(f"\nSummaries (learn-all, l2, trained on all images) of {len(shown)} images:")
+    print(f"\nSummaries ({DEFAULT_MODEL}, l2, trained on all images) of {len(shown)} images:")
     for file, summary_words in zip(shown, summary.words):
         print(f"  {Path(file).name:28s} {' + '.join(summary_words)}")
     # Query words: the two with the longest vectors, the most visual words under l2.

@@ -54,6 +54,8 @@ READOUTS = ("omp", "rank")
 #: prior) per model, chosen on the Flickr8k dev split (experiments/flickr8k.py).
 DEFAULT_LAM = {"reduced-rank": 5e-4, "learn-all": 1.0, "weak-tag": 1e-3, "simple": 1e-3}
 DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.1, "weak-tag": 0.1, "simple": 0.1}
+#: Default ``tol`` per solver.
+DEFAULT_TOL = {"bcd": 1e-6, "sgd": 1e-4}
 #: Rows of F read at a time.
 CHUNK_ROWS = 4096
 
@@ -114,9 +116,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         centred query D (q - xbar), or by -||r_n - D q||.
     max_iter : int, default 300
         BCD sweeps.
-    tol : float, default 1e-6
-        BCD stops when a sweep lowers J by at most tol |J|; SGD counts a stall when an
-        epoch does.
+    tol : float, optional
+        BCD stops when a sweep lowers J by at most tol |J| (default 1e-6); SGD counts a stall
+        when a measurement does not lower J by tol |J| (default 1e-4: SGD's measurements are
+        50 steps or an epoch apart, and noisy).
     max_steps : int, default 20000
         SGD's budget of minibatch steps.
     batch_size : int, default 256
@@ -156,6 +159,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         a_n on the training images' words (``weak-tag``).
     objective_trace_ : list of (iteration, block, value)
         The objective after every block (bcd) or measurement (sgd).
+    solver_seconds_ : list of float
+        The solver's wall time at each entry of ``objective_trace_``.
     n_iter_ : int
         BCD sweeps or SGD steps run.
     converged_ : bool
@@ -179,7 +184,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions({"cosine", "euclidean"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
+        "tol": [None, Interval(Real, 0, None, closed="left")],
         "max_steps": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -205,7 +210,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         n_components: int = 512,
         metric: str = "cosine",
         max_iter: int = 300,
-        tol: float = 1e-6,
+        tol: float | None = None,
         max_steps: int = 20_000,
         batch_size: int = 256,
         learning_rate: float = 0.5,
@@ -259,7 +264,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             raise ValueError("gamma (co-occurrence incoherence) applies to the learn-all, weak-tag "
                              "and simple models, not to reduced-rank (orthonormal word rows)")
 
-    def fit(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> "Image2Vec":
+    def fit(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> Image2Vec:
         """Learn D and W (and tag weights) from image features and word targets.
 
         scikit-learn names the arguments X and y; in the notation of DESIGN.md they are the
@@ -292,6 +297,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.target_mean_ = np.asarray(targets.mean(axis=0)).ravel()
         self.offset_ = self.dictionary_ @ self.target_mean_ - self.image_map_ @ problem.feature_centre
         self.objective_trace_ = result.trace
+        self.solver_seconds_ = result.seconds
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         if a_step is not None:
@@ -301,7 +307,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def prepare(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> "FitProblem":
+    def prepare(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> FitProblem:
         """The problem that :meth:`fit` solves: validated data, statistics, objective, start.
 
         Runs the first half of :meth:`fit` (parameter and data validation, the pass for mu, the
@@ -362,7 +368,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             return xp.zeros((self.dim_, width))
         return xp.eye(self.dim_, width)
 
-    def _solve(self, problem: "FitProblem"):
+    def _solve(self, problem: FitProblem):
         """Run the solver on ``problem``; returns (SolverResult, the weak-tag A-step or None)."""
         learn_w = self.model != "simple"
         a_step = (_TagWeights(problem.F, problem.targets, problem.transform, self.objective, problem.xp)
@@ -371,7 +377,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             result = sgd(problem.F, problem.targets, problem.start, problem.terms, learn_w=learn_w,
                          center=True, transform=problem.transform, sample_step=a_step,
                          batch_size=self.batch_size, max_steps=self.max_steps,
-                         learning_rate=self.learning_rate, decay=self.decay, tol=self.tol,
+                         learning_rate=self.learning_rate, decay=self.decay, tol=self._tol(),
                          n_iter_no_change=self.n_iter_no_change, random_state=self.random_state,
                          xp=problem.xp)
             return result, a_step
@@ -384,8 +390,11 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         bound = None if problem.basis is None else float(problem.stats.A.diagonal().max())
         result = bcd(problem.stats, problem.start if exact is None else exact.W, problem.terms,
                      D=None if exact is None else exact.D, learn_w=learn_w, sample_step=sample_step,
-                     max_iter=self.max_iter, tol=self.tol, spectral_bound=bound)
+                     max_iter=self.max_iter, tol=self._tol(), spectral_bound=bound)
         return result, a_step
+
+    def _tol(self) -> float:
+        return DEFAULT_TOL[self.solver] if self.tol is None else float(self.tol)
 
     def _targets(self, X: Any) -> sp.csr_matrix:
         """X as CSR float64 (N x V); a 1-d label vector becomes one indicator column per label."""
@@ -521,7 +530,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "dictionary_")
         matches = np.flatnonzero(self.words_ == word)
         if not matches.size:
-            raise Image2VecError(f"unknown word {word!r}: it is not in the model's vocabulary of {len(self.words_)} words")
+            raise Image2VecError(f"unknown word {word!r}: it is not in the model's vocabulary of "
+                                 f"{len(self.words_)} words")
         return int(matches[0])
 
     def similar(self, word: str, n: int = 5) -> list[tuple[str, float]]:

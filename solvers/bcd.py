@@ -37,7 +37,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from solvers.backend import column_norms, get_array_module, linalg_module
-from solvers.objective import ObjectiveTerms, SufficientStats, objective
+from solvers.objective import L2_TERMS, ObjectiveTerms, SufficientStats, objective
 
 
 @dataclass
@@ -70,7 +70,7 @@ class SolverResult:
 def bcd(
     stats: SufficientStats,
     W: Any,
-    terms: ObjectiveTerms = ObjectiveTerms(),
+    terms: ObjectiveTerms = L2_TERMS,
     *,
     D: Any = None,
     learn_w: bool = True,
@@ -147,7 +147,7 @@ def bcd(
     return result
 
 
-def d_step(stats: SufficientStats, W: Any, terms: ObjectiveTerms = ObjectiveTerms(), *,
+def d_step(stats: SufficientStats, W: Any, terms: ObjectiveTerms = L2_TERMS, *,
            D: Any = None) -> Any:
     """The exact minimiser of J over D for fixed W (see the module docstring).
 
@@ -212,7 +212,7 @@ def w_step(
     stats: SufficientStats,
     D: Any,
     W: Any,
-    terms: ObjectiveTerms = ObjectiveTerms(),
+    terms: ObjectiveTerms = L2_TERMS,
     *,
     spectral_bound: float | None = None,
     substeps: int = 5,
@@ -230,7 +230,7 @@ def w_step(
     return W
 
 
-def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = ObjectiveTerms()) -> SolverResult:
+def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = L2_TERMS) -> SolverResult:
     r"""The exact minimiser of J where it has one; otherwise a start for :func:`bcd`.
 
     - ``l2``, ``map`` (W W^T = I), without incoherence: for fixed W the best D is

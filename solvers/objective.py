@@ -92,6 +92,10 @@ class ObjectiveTerms:
         return self.constraint == "words"
 
 
+#: The default terms: l2 under W W^T = I, no penalty.
+L2_TERMS = ObjectiveTerms()
+
+
 @dataclass(frozen=True)
 class SufficientStats:
     """A = F^T F (p x p), B = F^T X (p x V), C = X^T X (V x V), N and the column sums of F and X.
@@ -107,13 +111,13 @@ class SufficientStats:
     f_sum: Any
     x_sum: Any
 
-    def __add__(self, other: "SufficientStats") -> "SufficientStats":
+    def __add__(self, other: SufficientStats) -> SufficientStats:
         """Statistics of the union of two disjoint sets of rows (a distributed reduction)."""
         return SufficientStats(
             *(getattr(self, f.name) + getattr(other, f.name) for f in fields(self))
         )
 
-    def to(self, xp: Any, dtype: Any = None) -> "SufficientStats":
+    def to(self, xp: Any, dtype: Any = None) -> SufficientStats:
         """The same statistics as arrays of module ``xp`` (numpy or cupy)."""
 
         def move(a):
@@ -124,7 +128,7 @@ class SufficientStats:
             getattr(self, f.name) if f.name == "n" else move(getattr(self, f.name)) for f in fields(self)
         ))
 
-    def centered(self) -> "SufficientStats":
+    def centered(self) -> SufficientStats:
         """Statistics of the centred rows f_n - mean f and x_n - mean x.
 
         (F - 1 m^T)^T (X - 1 u^T) = F^T X - N m u^T with m, u the column means.
@@ -140,7 +144,7 @@ class SufficientStats:
             xp.zeros_like(self.x_sum),
         )
 
-    def rotated(self, basis: Any) -> "SufficientStats":
+    def rotated(self, basis: Any) -> SufficientStats:
         """Statistics of the features in new coordinates, f -> basis^T f (basis is p x q)."""
         return SufficientStats(basis.T @ self.A @ basis, basis.T @ self.B, self.C, self.n,
                                self.f_sum @ basis, self.x_sum)

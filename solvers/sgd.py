@@ -18,9 +18,9 @@ curvature in D is that of the embeddings, which grow from W = 0). The minibatch 
 
 Schedule and stopping, in steps: eta stays at ``learning_rate`` while J keeps falling. J is
 measured exactly by a streaming pass after every epoch, or every ``MIN_STEPS_PER_CHECK`` steps
-when an epoch is shorter (few rows per minibatch). After ``n_iter_no_change`` measurements without a relative decrease of ``tol``, eta is
-divided by ``decay``; once eta has fallen below ``learning_rate * 1e-3`` such a stall means
-convergence. ``max_steps`` bounds the work.
+when an epoch is shorter (few rows per minibatch). After ``n_iter_no_change`` measurements
+without a relative decrease of ``tol``, eta is divided by ``decay``; once eta has fallen below
+``learning_rate * MIN_RATE`` such a stall means convergence. ``max_steps`` bounds the work.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from sklearn.exceptions import ConvergenceWarning
 from solvers.backend import column_norms, get_array_module
 from solvers.bcd import SolverResult, polar
 from solvers.objective import (
+    L2_TERMS,
     ObjectiveTerms,
     check_rows,
     column_means,
@@ -55,7 +56,7 @@ def sgd(
     F: Any,
     X: Any,
     W: Any,
-    terms: ObjectiveTerms = ObjectiveTerms(),
+    terms: ObjectiveTerms = L2_TERMS,
     *,
     learn_w: bool = True,
     center: bool = False,
@@ -301,7 +302,7 @@ def streaming_objective(
     X: Any,
     D: Any,
     W: Any,
-    terms: ObjectiveTerms = ObjectiveTerms(),
+    terms: ObjectiveTerms = L2_TERMS,
     *,
     chunk_size: int = 4096,
     offsets: tuple | None = None,

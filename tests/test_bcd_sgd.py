@@ -86,7 +86,8 @@ def test_objective_from_stats_equals_direct_sum(xp):
     direct = 0.5 * ((F @ W.T - X @ D.T) ** 2).sum() / 400 + 0.5 * 0.1 * (D**2).sum()
     terms = ObjectiveTerms("l2", lam=0.1)
     assert objective(stats, xp.asarray(D), xp.asarray(W), terms) == pytest.approx(direct, rel=1e-10)
-    assert streaming_objective(F, X, xp.asarray(D), xp.asarray(W), terms, chunk_size=77) == pytest.approx(direct, rel=1e-10)
+    streamed = streaming_objective(F, X, xp.asarray(D), xp.asarray(W), terms, chunk_size=77)
+    assert streamed == pytest.approx(direct, rel=1e-10)
 
 
 def test_words_objective_is_the_decoding_residual(xp):
@@ -251,8 +252,8 @@ def test_incoherence_penalty_separates_cooccurring_words(xp):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         plain = bcd(on(xp, stats), xp.asarray(W), ObjectiveTerms("l2", lam=0.01), max_iter=20)
-        penalised = bcd(on(xp, stats), xp.asarray(W), ObjectiveTerms("l2", lam=0.01, gamma=1.0, weights=xp.asarray(weights)),
-                        max_iter=20)
+        incoherent = ObjectiveTerms("l2", lam=0.01, gamma=1.0, weights=xp.asarray(weights))
+        penalised = bcd(on(xp, stats), xp.asarray(W), incoherent, max_iter=20)
     values = values_of(penalised)
     assert (np.diff(values) <= 1e-12 * np.abs(values).max()).all()
 

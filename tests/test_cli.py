@@ -182,3 +182,15 @@ def test_train_weak_tag_on_flickr_tags(tmp_path, capsys):
     assert weights.shape[1] == len(loaded.words_) and weights.nnz > 0
     assert ((weights.data >= 0) & (weights.data <= 1)).all()
     assert "tags.tsv" in metadata["source"]
+
+
+def test_a_min_count_that_empties_the_vocabulary_fails_before_extraction(coco_mini, tmp_path, capsys, monkeypatch):
+    import image2vec.datasets
+
+    monkeypatch.setattr(image2vec.datasets, "extract_features", lambda *a, **k: pytest.fail("extracted"))
+    status = main(["train", "--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
+                   "--images", str(coco_mini / "train2017"), "--min-count", "1000",
+                   "--out", str(tmp_path / "m.npz"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "the vocabulary is empty" in err and "min_count=1000" in err
+    assert len(err.strip().splitlines()) == 1

@@ -171,7 +171,9 @@ def test_loss_curves_are_logged_and_training_stops_early(caplog):
 
 def test_cvs_is_deterministic_and_defaults_follow_the_paper():
     train, y, test, _ = planted(n_train=200, n_test=20)
-    fit = lambda: CVS(random_state=3, **{**SMALL, "max_epochs": 2}).fit(train, y)
+    def fit():
+        return CVS(random_state=3, **{**SMALL, "max_epochs": 2}).fit(train, y)
+
     e1, e2 = fit().transform("c", test["c"]), fit().transform("c", test["c"])
     assert np.array_equal(e1, e2)
     assert np.allclose(np.linalg.norm(e1, axis=1), 1.0, atol=1e-5)

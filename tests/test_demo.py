@@ -8,19 +8,20 @@ from PIL import Image
 
 from image2vec import systems
 from image2vec.demo import run_demo
+from image2vec.names import MODELS
 
 
 def test_demo_on_the_embedded_sample(tmp_path, capsys):
     rows = run_demo(tmp_path, dim=16)
     printed = capsys.readouterr().out
-    assert len(rows) == 9
+    assert len(rows) == 11
     with open(tmp_path / "results.csv") as fh:
         table = list(csv.DictReader(fh))
     assert [row["system"] for row in table] == [row["system"] for row in rows]
     for row in table:
         for key in ("precision", "recall", "f1", "map", "recall@1"):
             assert 0 <= float(row[key]) <= 1
-    assert {f"{m} / {o}" for m in ("simple", "learn-all", "weak-tag") for o in ("l2", "ip")} <= {r["system"] for r in table}
+    assert {f"{m} / {o}" for m in MODELS for o in ("l2", "ip")} <= {r["system"] for r in table}
     summaries = json.loads((tmp_path / "summaries.json").read_text())
     assert len(summaries) == 20 and all(1 <= len(s["words"]) <= 3 for s in summaries)
     assert "astronaut.png" in printed and "Visually similar words" in printed

@@ -228,3 +228,66 @@ def test_system_names_expand():
     assert labels == ["learn-all/l2/bcd", "learn-all/l2/sgd", "learn-all/ip/bcd", "learn-all/ip/sgd", "knn"]
     every = common.parse_systems(["all"])
     assert len(every) == 16 + len(common.systems.BASELINES)
+
+
+@pytest.fixture(scope="session")
+def miniature_flickr8k(tmp_path_factory) -> Path:
+    """The embedded sample in Flickr8k's layout: JPEGs, a token file, train and dev lists."""
+    root = tmp_path_factory.mktemp("flickr8k")
+    (root / "Flicker8k_Dataset").mkdir()
+    (root / "Flickr8k_text").mkdir()
+    sample = json.loads(SAMPLE_CAPTIONS.read_text())
+    names = {}
+    for image in sample["images"]:
+        name = Path(image["file_name"]).stem + ".jpg"
+        with Image.open(sample_image_dir() / image["file_name"]) as picture:
+            picture.convert("RGB").save(root / "Flicker8k_Dataset" / name)
+        names[image["id"]] = name
+    lines, numbers = [], {}
+    for annotation in sample["annotations"]:
+        name = names[annotation["image_id"]]
+        number = numbers[name] = numbers.get(name, -1) + 1
+        lines.append(f"{name}#{number}\t{annotation['caption']}")
+    (root / "Flickr8k_text" / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    ordered = sorted(names.values())
+    (root / "Flickr8k_text" / "Flickr_8k.trainImages.txt").write_text("\n".join(ordered[:14]) + "\n")
+    (root / "Flickr8k_text" / "Flickr_8k.devImages.txt").write_text("\n".join(ordered[14:]) + "\n")
+    return root
+
+
+def test_flickr8k_benchmark_on_a_miniature(tmp_path, miniature_flickr8k, capsys, monkeypatch):
+    import flickr8k
+
+    monkeypatch.setattr(flickr8k, "SEARCH", {
+        "reduced-rank/l2": {"fit": {"lam": [1e-3, 1e-2], "dim": [4]}, "readout": [("omp", 0.0), ("rank", None)]},
+        "ridge": {"fit": {"alpha": [0.1, 1.0]}}})
+    argv = [str(tmp_path / "out"), "--flickr8k", str(miniature_flickr8k), "--boot", "50",
+            "--systems", "reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd", "knn", "ridge", "prior"]
+    status, printed, err = run_script(flickr8k, argv, capsys)
+    assert status == 0, err
+    out = tmp_path / "out"
+    chosen = json.loads((out / "chosen.json").read_text())
+    assert set(chosen) == {"reduced-rank/l2", "ridge"} and chosen["ridge"]["alpha"] in (0.1, 1.0)
+    search = read_csv(out / "search.csv")
+    assert len(search) == 2 * 2 + 2  # two fits of reduced-rank, each read out two ways; two ridges
+    rows = {row["system"]: row for row in read_csv(out / "results.csv")}
+    assert set(rows) == {"reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd", "knn", "ridge", "prior"}
+    for row in rows.values():
+        for metric in ("P@3", "mAP", "search R@10", "annotation R@10"):
+            value, low, high = (float(row[f"{metric} {part}"]) for part in ("value", "low", "high"))
+            assert low <= high and 0 <= value <= (100 if "R@" in metric else 1)
+    assert float(rows["prior"]["search R@1 value"]) == 0  # every image scored alike: ties count against
+    differences = (out / "differences.md").read_text()
+    assert "| l2 - ip | learn-all/l2/bcd | learn-all/ip/bcd |" in differences
+    assert "OMP - ranking" in differences and "Image2Vec - knn" in differences
+    retrieval = (out / "retrieval.md").read_text()
+    assert "Klein et al. 2015" in retrieval and "60.4" in retrieval
+    run = json.loads((out / "run.json").read_text())
+    assert run["wall_seconds"] > 0 and run["peak_rss_mb"] > 100
+    for figure in ("f1_at_k.png", "l2_vs_ip.png", "objective_vs_time.png", "word_norms.png"):
+        assert_picture(out / figure)
+    # A second run reuses every fit: nothing is refitted, the same table comes out.
+    before = (out / "results.csv").read_text()
+    monkeypatch.setattr(flickr8k, "fit_and_score", lambda *a, **k: pytest.fail("refitted"))
+    assert run_script(flickr8k, argv, capsys)[0] == 0
+    assert (out / "results.csv").read_text() == before

@@ -48,7 +48,8 @@ def test_l2_recovers_planted_words_better_than_ip(model):
     train, test = slice(0, 700), slice(700, None)
     recall = {
         objective: visual_recall(
-            Image2Vec(model=model, objective=objective, dim=16, normalize=False, random_state=0).fit(F[train], X[train]),
+            Image2Vec(model=model, objective=objective, dim=16, normalize=False, random_state=0)
+            .fit(F[train], X[train]),
             F[test], X[test], n_visual)
         for objective in ("l2", "ip")
     }

@@ -1,0 +1,236 @@
+"""Fit time of every Image2Vec model x objective x solver against scikit-learn Ridge, in one run.
+
+Two parts, each timed against the peer a user would write instead: scikit-learn
+``Ridge(solver="cholesky")`` from the same features to the same word targets (dense), in the same
+process and run.
+
+1. Flickr8k size (N = 6,000, p = 1,280, V = 1,229): the real Flickr8k train features and
+   caption targets, and synthetic data of the same shape. Every model x objective x solver is
+   fitted with its defaults; the median wall time of ``--repeats`` fits (one for sgd), its
+   ratio to Ridge's median, whether it converged, and for sgd the time at which its objective
+   first came within 1% of the bcd optimum (statistics pass included).
+2. Scale (synthetic, COCO to YFCC sized): N = 25k, 100k, 400k images, p = 1,280 float32
+   features in a memory-mapped ``.npy``, V = 5,000 words, about 10 an image (sparse). The
+   default fit, each in a fresh process: wall time and peak resident memory (ru_maxrss, the
+   memory-mapped pages it reads included), against Ridge where a dense target matrix fits in
+   memory (``--ridge-max-gb``).
+
+Writes ``bench_fit.csv`` and ``bench_fit.md`` into OUT.
+
+    python experiments/bench_fit.py out/bench_fit --features experiments/results/flickr8k/features
+    python experiments/bench_fit.py out/bench_fit --scale 25000 100000   # a shorter series
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from statistics import median
+
+import common
+import numpy as np
+import scipy.sparse as sp
+
+from image2vec.io import shared_data_dir
+from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
+
+OUTPUTS = ("bench_fit.csv", "bench_fit.md", "features/")
+COLUMNS = ("part", "data", "system", "n", "seconds", "ratio", "converged", "sgd_seconds_to_1pct",
+           "peak_rss_mb", "ridge_seconds", "ridge_peak_rss_mb", "repeats")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench_fit.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_output_argument(parser)
+    parser.add_argument("--flickr8k", type=Path, default=shared_data_dir() / "flickr8k",
+                        help="Flickr8k folder (default: the shared data folder's flickr8k)")
+    parser.add_argument("--features", type=Path, metavar="STORE",
+                        help="feature stores of experiments/flickr8k.py (STORE/train, STORE/dev)")
+    parser.add_argument("--repeats", type=common.positive_int, default=3,
+                        help="fits timed per bcd system and per Ridge (default: 3; sgd: 1)")
+    parser.add_argument("--scale", type=int, nargs="*", default=[25_000, 100_000, 400_000], metavar="N",
+                        help="image counts of the scale series (default: 25000 100000 400000)")
+    parser.add_argument("--ridge-max-gb", type=float, default=4.0,
+                        help="largest dense target matrix Ridge is given in the series (default: 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def synthetic(n: int, p: int, n_words: int, per_image: int, seed: int,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, sp.csr_matrix]:
+    """CNN-like features (non-negative, a common mean) driven by sparse word targets.
+
+    Each image has ``per_image`` words (binary); its features are the sum of its words' random
+    feature signatures plus noise, rectified. Written into ``out`` (e.g. a memmap) in chunks.
+    """
+    rng = np.random.default_rng(seed)
+    signatures = rng.standard_normal((n_words, p)).astype(np.float32) / np.sqrt(per_image)
+    popularity = 1 / np.arange(1, n_words + 1) ** 0.8  # Zipf-like word frequencies
+    popularity /= popularity.sum()
+    cols = np.concatenate([rng.choice(n_words, per_image, replace=False, p=popularity) for _ in range(n)])
+    X = sp.csr_matrix((np.ones(n * per_image, np.float32), cols, np.arange(0, n * per_image + 1, per_image)),
+                      shape=(n, n_words))
+    F = np.empty((n, p), np.float32) if out is None else out
+    for start in range(0, n, 8192):
+        rows = slice(start, min(start + 8192, n))
+        noise = rng.standard_normal((rows.stop - start, p)).astype(np.float32)
+        F[rows] = np.maximum(X[rows] @ signatures + noise + 0.5, 0)
+    return F, X
+
+
+def timed(fit: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fit()
+        times.append(time.perf_counter() - start)
+    return median(times), result
+
+
+def ridge(F: np.ndarray, X: sp.csr_matrix, alpha: float):
+    from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=alpha, solver="cholesky").fit(F, X.toarray())
+
+
+def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int) -> list[dict]:
+    """Every model x objective x solver on one Flickr8k-sized data set, against Ridge."""
+    ridge_seconds, _ = timed(lambda: ridge(F, X, alpha=3.0), repeats)
+    rows = [{"part": "flickr8k size", "data": name, "system": "Ridge(cholesky)", "n": len(F),
+             "seconds": ridge_seconds, "ratio": 1.0, "repeats": repeats}]
+    print(f"{name}: Ridge {ridge_seconds:.2f} s", flush=True)
+    for model in MODELS:
+        for objective in OBJECTIVES:
+            optimum = None
+            for solver in SOLVERS:
+                estimator = Image2Vec(model=model, objective=objective, solver=solver, random_state=seed)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    seconds, fitted = timed(lambda e=estimator: e.fit(F, X), 1 if solver == "sgd" else repeats)
+                trace = fitted.objective_trace_
+                row = {"part": "flickr8k size", "data": name, "system": f"{model}/{objective}/{solver}",
+                       "n": len(F), "seconds": seconds, "ratio": seconds / ridge_seconds,
+                       "converged": fitted.converged_, "repeats": 1 if solver == "sgd" else repeats}
+                if solver == "bcd":
+                    optimum = trace[-1][2]
+                elif optimum is not None:
+                    row["sgd_seconds_to_1pct"] = _time_to_within(fitted, optimum, 0.01)
+                rows.append(row)
+                print(f"{name}: {row['system']} {seconds:.2f} s ({row['ratio']:.1f}x Ridge)", flush=True)
+    return rows
+
+
+def _time_to_within(fitted: Image2Vec, optimum: float, fraction: float) -> float:
+    """Seconds of the fit until the objective first came within ``fraction`` of ``optimum``.
+
+    The solver's clock starts after the statistics pass; the pass's time (the fit's total minus
+    the solver's last entry) is added.
+    """
+    seconds = fitted.solver_seconds_
+    preparation = fitted.fit_seconds_ - seconds[-1]
+    for (_, _, value), t in zip(fitted.objective_trace_, seconds):
+        if value - optimum <= fraction * abs(optimum):
+            return preparation + t
+    return float("nan")
+
+
+CHILD = """
+import json, resource, sys, time, warnings
+import numpy as np, scipy.sparse as sp
+F = np.load(sys.argv[1], mmap_mode="r", allow_pickle=False)
+X = sp.load_npz(sys.argv[2])
+start = time.perf_counter()
+if sys.argv[3] == "image2vec":
+    from image2vec import Image2Vec
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Image2Vec().fit(F, X)
+else:
+    from sklearn.linear_model import Ridge
+    Ridge(alpha=3.0, solver="cholesky").fit(np.asarray(F), X.toarray())
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def in_child(system: str, features: Path, targets: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(features), str(targets), system],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def part_two(sizes: Sequence[int], ridge_max_gb: float, seed: int, scratch: Path) -> list[dict]:
+    """The default fit on memory-mapped synthetic data of growing N, each in a fresh process."""
+    rows = []
+    for n in sizes:
+        features, targets = scratch / f"F{n}.npy", scratch / f"X{n}.npz"
+        mapped = np.lib.format.open_memmap(features, mode="w+", dtype=np.float32, shape=(n, 1280))
+        _, X = synthetic(n, 1280, 5000, 10, seed, out=mapped)
+        mapped.flush()
+        del mapped
+        sp.save_npz(targets, X)
+        ours = in_child("image2vec", features, targets)
+        row = {"part": "scale", "data": "synthetic, memory-mapped float32", "system": "reduced-rank/l2/bcd",
+               "n": n, "seconds": ours["seconds"], "peak_rss_mb": ours["peak_rss_mb"]}
+        dense_gb = n * 5000 * 8 / 2**30
+        if dense_gb <= ridge_max_gb:
+            peer = in_child("ridge", features, targets)
+            row.update(ridge_seconds=peer["seconds"], ridge_peak_rss_mb=peer["peak_rss_mb"],
+                       ratio=ours["seconds"] / peer["seconds"])
+        rows.append(row)
+        print(f"scale N={n}: {ours['seconds']:.1f} s, {ours['peak_rss_mb']:.0f} MB"
+              + (f"; Ridge {row['ridge_seconds']:.1f} s" if "ridge_seconds" in row else
+                 f"; Ridge not run (dense targets {dense_gb:.0f} GB)"), flush=True)
+        features.unlink()
+        targets.unlink()
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    def cell(value):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return ""
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    header = [c for c in COLUMNS if c != "part"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def experiment(args: argparse.Namespace) -> None:
+    import flickr8k
+
+    out = common.OutputFolder(args.out, OUTPUTS)
+    rows = []
+    train, _ = flickr8k.load_splits(args, out)
+    shape = train.features.shape
+    density = train.targets.nnz / train.targets.shape[0]
+    rows += part_one("Flickr8k train (real)", np.asarray(train.features), train.targets, args.repeats, args.seed)
+    F, X = synthetic(shape[0], shape[1], train.targets.shape[1], int(round(density)), args.seed)
+    rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed)
+    with tempfile.TemporaryDirectory(prefix="image2vec-bench-") as scratch:
+        rows += part_two(args.scale, args.ridge_max_gb, args.seed, Path(scratch))
+    out.write_csv("bench_fit.csv", rows, COLUMNS)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.write_text("bench_fit.md", f"# Fit time against scikit-learn Ridge\n\n`{args.command}`, "
+                   f"{time.strftime('%Y-%m-%d')}; peak RSS of the run {usage.ru_maxrss / 1024:.0f} MB.\n\n"
+                   + table(rows))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.run(experiment, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
