@@ -653,7 +653,7 @@ class _TagWeights:
         """Update a; returns the re-weighted X, or its sufficient statistics."""
         xp = self.xp
         D, W, f_mean = xp.asarray(D), xp.asarray(W), xp.asarray(self.f_mean)
-        xbar = xp.asarray(self.weighted().mean(axis=0)).ravel()
+        xbar = xp.asarray(np.asarray(self.weighted().mean(axis=0)).ravel())  # a (1, V) np.matrix first
         # r_n - c with c the intercept D xbar: the l2 step fits a with c fixed (then c = D xbar is
         # refitted), while the centred ip objective does not depend on c at all.
         shift = D @ xbar if self.objective == "l2" else 0
