@@ -572,15 +572,18 @@ def _extract_on_cluster(client: distributed.Client, source: Extractor | tuple, f
 
     ``source`` is a loaded extractor (sent to every worker once) or (name, device, weights),
     built by each worker process once. Every finished shard is recorded at once, so that an
-    error or an interruption keeps what is done.
+    error or an interruption keeps what is done, and released, so that a worker that dies later
+    does not make the cluster compute it again.
     """
     from concurrent.futures import CancelledError
 
     from distributed import KilledWorker, as_completed
 
     _check_visible(client, [partial.folder / MARKER, files[0].parent, files[-1].parent])
-    if isinstance(source, Extractor):
-        source = client.scatter(source, broadcast=True, hash=False)
+    if isinstance(source, Extractor):  # a task's result, which Dask recomputes if its workers die
+        with warnings.catch_warnings():  # the network goes into the task's spec: by design
+            warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+            source = client.submit(_itself, source, pure=False)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     shards = _shards(partial.missing(), batch_size, n_workers)
     folder = str(partial.folder.absolute())
@@ -588,8 +591,8 @@ def _extract_on_cluster(client: distributed.Client, source: Extractor | tuple, f
                              start, batch_size, folder, list(partial.arrays), pure=False): (start, stop)
                for start, stop in shards}
     try:
-        for future in as_completed(futures):
-            start, stop = futures[future]
+        for future in as_completed(list(futures)):
+            start, stop = futures.pop(future)
             try:
                 bad = future.result()
             except (KilledWorker, CancelledError) as exc:  # CancelledError: e.g. the data it needs lost
@@ -623,6 +626,11 @@ def _check_visible(client: distributed.Client, paths: list[Path]) -> None:
             if not exists:
                 raise Image2VecError(f"Dask worker {worker} does not see {path}: the feature store "
                                      "and the images must be on a file system every worker sees")
+
+
+def _itself(extractor: Extractor) -> Extractor:
+    """A task: the extractor, held by the workers that run shards."""
+    return extractor
 
 
 def _existing(paths: list[str]) -> list[bool]:
