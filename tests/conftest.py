@@ -1,4 +1,5 @@
-"""Shared fixtures: the array backend (numpy; CuPy under ``-m gpu``) and the shared data folder."""
+"""Shared fixtures: the array backend (numpy; CuPy under ``-m gpu``), the shared data folder, and
+the feature extractors (the default network, and a tiny one for feature stores in milliseconds)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,30 @@ def shared_data() -> Path:
 def coco_mini(shared_data) -> Path:
     """The 80-image COCO train2017 subset in the official layout."""
     return shared_data / "coco-mini"
+
+
+@pytest.fixture(scope="session")
+def coco(coco_mini):
+    """coco-mini's train2017 split: image paths, ids and captions."""
+    from image2vec.coco import load_coco_split
+
+    return load_coco_split(coco_mini, "train2017")
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The default extractor, EfficientNet-Lite0, built once for the session."""
+    from image2vec.features import load_extractor
+
+    return load_extractor("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A network-free extractor (mean colour, p = 3): feature stores in milliseconds."""
+    from torch import nn
+
+    from image2vec.features import Extractor, Preprocessing
+
+    return Extractor("tiny", "1", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)),
+                     nn.Linear(3, 2), 3, Preprocessing(resize=16, crop=8))

@@ -74,15 +74,6 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny() -> Extractor:
-    """A network-free extractor (mean colour, p = 3): feature stores in milliseconds."""
-    from torch import nn
-
-    return Extractor("tiny", "1", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)),
-                     nn.Linear(3, 2), 3, Preprocessing(resize=16, crop=8))
-
-
 @pytest.fixture
 def interrupting(tiny) -> Extractor:
     """The tiny extractor, interrupted (a user's Ctrl-C) at its first batch."""

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from image2vec.cli import main
-from image2vec.coco import load_coco_split
 from image2vec.errors import Image2VecError
 from image2vec.features import (Extractor, available_extractors, extract_features,
                                 load_extractor, load_features)
@@ -36,16 +35,6 @@ class Counting(Extractor):
         self.batches += 1
         self.images += len(batch)
         return self.inner(batch)
-
-
-@pytest.fixture(scope="module")
-def lite0() -> Extractor:
-    return load_extractor("efficientnet-lite0")
-
-
-@pytest.fixture(scope="module")
-def coco(coco_mini):
-    return load_coco_split(coco_mini, "train2017")
 
 
 @pytest.fixture(scope="module")
