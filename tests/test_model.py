@@ -347,3 +347,20 @@ def test_whitening_stops_the_collapse_to_low_variance_directions():
     assert recall[True] > recall[False] + 0.1
     with pytest.warns(UserWarning, match="dim=16 exceeds the 9 dimensions"):
         assert Image2Vec(model="learn-all", dim=16).fit(F[:10], X[:10]).dim_ == 9
+
+
+def test_correlation_retrieval_standardises_and_weights_each_coordinate():
+    """The weights equal those computed directly from the training embeddings and word sums."""
+    F, X, _, _, _ = planted_words(n=400)
+    model = Image2Vec(dim=8, metric="correlation").fit(F, X)
+    centre = model.dictionary_ @ model.target_mean_
+    images = model.transform(F) - centre  # W (f'_n - m)
+    words = (X - X.mean(axis=0)) @ model.dictionary_.T  # D (x_n - xbar)
+    s, t = images.std(axis=0), words.std(axis=0)
+    rho = (images * words).mean(axis=0) / s / t
+    np.testing.assert_allclose(model.retrieval_weights_, np.stack([rho**2 / s, rho**2 / t]), rtol=1e-8)
+    queries = X[:5]
+    a = (queries @ model.dictionary_.T - centre) * rho**2 / t
+    b = images * rho**2 / s
+    expected = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(model.retrieval_scores(F, queries), expected, atol=1e-10)
