@@ -45,7 +45,7 @@ class Summary:
     words: list[list[str]]
 
     @classmethod
-    def from_ranking(cls, indices: np.ndarray, scores: np.ndarray, vocabulary: np.ndarray) -> "Summary":
+    def from_ranking(cls, indices: np.ndarray, scores: np.ndarray, vocabulary: np.ndarray) -> Summary:
         """Order each row's (index, score) pairs by decreasing score and name the words."""
         order = np.argsort(-scores, axis=1, kind="stable")
         indices = np.take_along_axis(indices, order, axis=1)
@@ -61,7 +61,7 @@ class Summary:
                    words=[words for part in parts for words in part.words])
 
     @classmethod
-    def top_k(cls, scores: np.ndarray, k: int, vocabulary: np.ndarray) -> "Summary":
+    def top_k(cls, scores: np.ndarray, k: int, vocabulary: np.ndarray) -> Summary:
         """The k highest-scoring words of each row of a (N, V) score matrix."""
         k = min(k, scores.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]

@@ -28,8 +28,7 @@ from image2vec import names, persist, store
 from image2vec.cli import main
 from image2vec.coco import load_coco
 from image2vec.errors import Image2VecError
-from image2vec.features import (BadImageError, Extractor, Preprocessing, extract_features,
-                                load_features, load_image)
+from image2vec.features import BadImageError, Extractor, Preprocessing, extract_features, load_features, load_image
 from image2vec.io import read_json
 
 WORDS = ["dog", "dogs", "cat", "tree", "red car"]

@@ -11,8 +11,7 @@ from PIL import Image
 
 from image2vec.cli import main
 from image2vec.errors import Image2VecError
-from image2vec.features import (Extractor, available_extractors, extract_features,
-                                load_extractor, load_features)
+from image2vec.features import Extractor, available_extractors, extract_features, load_extractor, load_features
 
 # ImageNet-1k class indices
 TEDDY_BEAR = 850

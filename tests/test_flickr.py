@@ -10,8 +10,7 @@ import pytest
 import image2vec.datasets as datasets_mod
 from image2vec.errors import Image2VecError
 from image2vec.features import FeatureSet
-from image2vec.flickr import (SAMPLE_TSV, load_sample, load_tag_tsv, load_yfcc100m,
-                              normalize_tags)
+from image2vec.flickr import SAMPLE_TSV, load_sample, load_tag_tsv, load_yfcc100m, normalize_tags
 from image2vec.vocabulary import build_vocabulary, targets
 
 

@@ -15,9 +15,16 @@ import image2vec.vocabulary as vocab_mod
 from image2vec.coco import load_coco_split
 from image2vec.errors import Image2VecError
 from image2vec.features import FeatureSet
-from image2vec.vocabulary import (SMALL_DATA_IMAGES, CaptionAnalyzer, Vocabulary,
-                                  analyze_captions, build_vocabulary, default_min_count,
-                                  load_wordnet, targets)
+from image2vec.vocabulary import (
+    SMALL_DATA_IMAGES,
+    CaptionAnalyzer,
+    Vocabulary,
+    analyze_captions,
+    build_vocabulary,
+    default_min_count,
+    load_wordnet,
+    targets,
+)
 
 # Everyday nouns with regular plurals: a caption "contains" one when a regex finds it.
 REGULAR_NOUNS = ("table", "street", "dog", "kitchen", "plate", "tree", "cake", "giraffe")

@@ -120,7 +120,7 @@ class CommonSpaceSummarizer(WordScorer):
         self.device = device
 
     # ------------------------------------------------------------------ training
-    def fit(self, X: Any, y: Any, words: Any = None, labels: Any = None) -> "CommonSpaceSummarizer":
+    def fit(self, X: Any, y: Any, words: Any = None, labels: Any = None) -> CommonSpaceSummarizer:
         """Train the common space on images and their caption words.
 
         Parameters

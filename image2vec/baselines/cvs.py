@@ -304,7 +304,7 @@ class _CommonSpaceModel:
         return out, y
 
     # ------------------------------------------------------------------ training
-    def fit(self, features: Mapping[str, np.ndarray], Y: np.ndarray) -> "_CommonSpaceModel":
+    def fit(self, features: Mapping[str, np.ndarray], Y: np.ndarray) -> _CommonSpaceModel:
         """Train on rows-aligned ``features`` (name -> (N, p_m)) and labels Y (N, C).
 
         Parameters
@@ -327,7 +327,7 @@ class _CommonSpaceModel:
         return self
 
     def add_modality(self, name: str, features: Mapping[str, np.ndarray],
-                     Y: np.ndarray) -> "_CommonSpaceModel":
+                     Y: np.ndarray) -> _CommonSpaceModel:
         """One more stage: train modality ``name`` against the frozen earlier weights.
 
         Parameters
@@ -431,7 +431,7 @@ class _CommonSpaceModel:
         return weights.astype(np.float32, copy=False), layout
 
     def restore_network(self, weights: np.ndarray, layout: Mapping,
-                        history: Sequence[dict] = ()) -> "_CommonSpaceModel":
+                        history: Sequence[dict] = ()) -> _CommonSpaceModel:
         """Rebuild the network written by :meth:`export_network` (bit-identical weights).
 
         The model must have been constructed with the same ``hidden_size``,

@@ -286,7 +286,7 @@ class ImnetGlove(BaseEstimator):
         self.synonyms = synonyms
         self.readout = readout
 
-    def fit(self, X: Any, y: Any = None, words: Any = None) -> "ImnetGlove":
+    def fit(self, X: Any, y: Any = None, words: Any = None) -> ImnetGlove:
         """Record the vocabulary ``words`` and build the class vectors and word dictionary.
 
         Parameters
@@ -342,7 +342,7 @@ class ImnetGlove(BaseEstimator):
                                  f"not {getattr(self, name)!r}")
 
     @classmethod
-    def from_words(cls, words: Any, **params: Any) -> "ImnetGlove":
+    def from_words(cls, words: Any, **params: Any) -> ImnetGlove:
         """A fitted model for vocabulary ``words`` without any image: ``cls(**params).fit(None,
         None, words=words)``."""
         return cls(**params).fit(None, None, words=words)

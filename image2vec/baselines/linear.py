@@ -186,7 +186,7 @@ class ReducedRankRidge(_LinearBaseline):
         self.alpha = alpha
         self.dim = dim
 
-    def fit(self, X: Any, y: Any, words: Any = None) -> "ReducedRankRidge":
+    def fit(self, X: Any, y: Any, words: Any = None) -> ReducedRankRidge:
         """Fit the ridge map and its rank-d truncation.
 
         Parameters
@@ -307,7 +307,7 @@ class MeanVectorCCA(_LinearBaseline):
         self.n_components = n_components
         self.power = power
 
-    def fit(self, X: Any, y: Any, words: Any = None) -> "MeanVectorCCA":
+    def fit(self, X: Any, y: Any, words: Any = None) -> MeanVectorCCA:
         """Fit CCA between the images and the mean word vectors of their targets.
 
         Parameters

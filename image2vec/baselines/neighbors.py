@@ -30,7 +30,7 @@ class FrequencyPrior(WordScorer):
     system that looks at the image must clear.
     """
 
-    def fit(self, X: Any, y: Any, words: Any = None) -> "FrequencyPrior":
+    def fit(self, X: Any, y: Any, words: Any = None) -> FrequencyPrior:
         """X: features F (N x p, only checked); y: targets (N x V)."""
         _, y = validate_data(self, X, y, accept_sparse=False, multi_output=True)
         truth = sp.csr_matrix(y) > 0
@@ -73,7 +73,7 @@ class NearestNeighborTransfer(WordScorer):
         self.candidates = candidates
         self.k = k
 
-    def fit(self, X: Any, y: Any, words: Any = None) -> "NearestNeighborTransfer":
+    def fit(self, X: Any, y: Any, words: Any = None) -> NearestNeighborTransfer:
         """X: features F (N x p); y: targets (N x V)."""
         for name in ("n_neighbors", "k"):
             value = getattr(self, name)
