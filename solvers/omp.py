@@ -255,7 +255,8 @@ def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
       coefficients x_S = L^{-T} z; non-negative OMP keeps them where they are all >= 0 (then
       they are the NNLS solution too) and solves NNLS(G_SS, c_S) for the other signals.
     - the rows G_{S,:} stacked under c, so that the correlations with the residual,
-      c - G_{:,S} x_S = [1, -x_S] @ [c; G_{S,:}], are one batched product per step.
+      c - G_{:,S} x_S = [1, -x_S] @ [c; G_{S,:}], are one batched product per step (the
+      last step needs no correlations, and of G_{v,:} only the entries G_{v,S}).
 
     Steps a signal skipped keep identity rows in L^{-1} and G_SS and zero coefficients.
     """
@@ -286,8 +287,7 @@ def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
             new = xp.where(-corr[rows, low] > corr[rows, new], low, new)
         best = corr[rows, new] if nonneg else xp.abs(corr[rows, new])
         active &= best > noise_floor
-        gather_rows(gram, new, out=stacked[j + 1])
-        g = stacked[j + 1][rows[:, None], xp.maximum(indices[:, :j], 0)]  # G_{S,v}
+        g = gram[new[:, None], xp.maximum(indices[:, :j], 0)]  # G_{S,v}
         w = (inv_chol[:, :j, :j] @ g[..., None])[..., 0]
         pivot = 1 - (w * w).sum(axis=1)
         active &= pivot > 100 * eps
@@ -309,10 +309,12 @@ def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
                 gamma[refit] = nnls_gram(gram_ss[refit, : j + 1, : j + 1], target[refit, : j + 1],
                                          init=coefs[refit, : j + 1])
         coefs[:, : j + 1] = gamma
-        weights[:, 0, 1 : j + 2] = -gamma
-        if not j:
-            corr = xp.empty_like(corr0)
-        xp.matmul(weights[:, :, : j + 2], stacked[: j + 2].transpose(1, 0, 2), out=corr[:, None, :])
+        if j + 1 < k:  # the correlations for the next step (the last one needs none)
+            if not j:
+                corr = xp.empty_like(corr0)
+            gather_rows(gram, new, out=stacked[j + 1])
+            weights[:, 0, 1 : j + 2] = -gamma
+            xp.matmul(weights[:, :, : j + 2], stacked[: j + 2].transpose(1, 0, 2), out=corr[:, None, :])
         if tol is not None:
             fit_sq = (gamma[:, None, :] @ gram_ss[:, : j + 1, : j + 1] @ gamma[:, :, None])[:, 0, 0]
             active &= y_sq - 2 * (gamma * target[:, : j + 1]).sum(axis=1) + fit_sq > tol
