@@ -113,11 +113,11 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         (capped at the directions in which the training images vary).
     metric : {"correlation", "cosine", "euclidean"}, default "correlation"
         Retrieval. ``cosine``: rank images by the cosine between the centred embedding
-        r_n - D xbar and the centred query D (q - xbar); ``correlation``: the same cosine after
-        each of the d coordinates is divided by its training standard deviation on each side
-        (embeddings W (f - m), word sums D (x - xbar)) and weighted by the square of its
-        training correlation, as CCA retrieval weights canonical dimensions (Gong et al.
-        2014; the square chosen on Flickr8k dev); ``euclidean``: -||r_n - D q||.
+        r_n - D xbar and the centred query D (q - xbar). ``correlation``: the same cosine after
+        a canonical correlation analysis of the two in the d-dimensional space (their training
+        covariances whitened, each canonical pair weighted by its correlation squared, as CCA
+        retrieval weights canonical dimensions: Gong et al. 2014); it does not depend on how
+        the d coordinates are rotated. ``euclidean``: -||r_n - D q||.
     max_iter : int, default 300
         BCD sweeps.
     tol : float, optional
@@ -163,8 +163,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         a_n on the training images' words (``weak-tag``).
     objective_trace_ : list of (iteration, block, value)
         The objective after every block (bcd) or measurement (sgd).
-    retrieval_weights_ : ndarray of shape (2, d)
-        The per-coordinate weights of ``metric="correlation"`` (images, word sums).
+    retrieval_maps_ : ndarray of shape (2, d, d)
+        The canonical maps of ``metric="correlation"`` (images, word sums).
     solver_seconds_ : list of float
         The solver's wall time at each entry of ``objective_trace_``.
     n_iter_ : int
@@ -306,7 +306,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.solver_seconds_ = result.seconds
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
-        self.retrieval_weights_ = _retrieval_weights(problem.stats, result.D, result.W)
+        self.retrieval_maps_ = _retrieval_maps(problem.stats, result.D, result.W)
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
         if self.readout == "omp":
@@ -568,19 +568,19 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         """Scores (n_queries, N) of the images for every query indicator q (rows of ``queries``).
 
         ``metric="cosine"``: cos(r_n - D xbar, D (q - xbar)), the correlation of the centred
-        embedding with the centred word sum; ``"correlation"``: the same cosine in standardised,
-        correlation-weighted coordinates (``retrieval_weights_``); ``"euclidean"``:
-        -||r_n - D q||^2.
+        embedding with the centred word sum; ``"correlation"``: the same cosine in canonical,
+        correlation-weighted coordinates (``retrieval_maps_``); ``"euclidean"``: -||r_n - D q||^2.
         """
         xp = self._array_module()
         embedded = self._embed(F, xp)
         targets = xp.asarray(sp.csr_matrix(queries) @ self.dictionary_.T)  # (n_queries, d): D q
         if self.metric != "euclidean":
             centre = xp.asarray(self.dictionary_ @ self.target_mean_)
-            image_scale, word_scale = (xp.asarray(w) for w in self.retrieval_weights_) \
-                if self.metric == "correlation" else (1, 1)
-            return to_numpy(unit_rows((targets - centre) * word_scale)
-                            @ unit_rows((embedded - centre) * image_scale).T)
+            embedded, targets = embedded - centre, targets - centre
+            if self.metric == "correlation":
+                images, words = (xp.asarray(m) for m in self.retrieval_maps_)
+                embedded, targets = embedded @ images.T, targets @ words.T
+            return to_numpy(unit_rows(targets) @ unit_rows(embedded).T)
         return to_numpy(-((embedded**2).sum(axis=1)[None, :] - 2 * targets @ embedded.T
                           + (targets**2).sum(axis=1)[:, None]))
 
@@ -597,22 +597,33 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         check_shapes(self, {"image_map_": (dim, self.n_features_in_),
                             "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
                             "target_mean_": (n_words,), "words_": (n_words,),
-                            "retrieval_weights_": (2, dim)})
+                            "retrieval_maps_": (2, dim, dim)})
 
 
-def _retrieval_weights(stats: Any, D: Any, W: Any) -> np.ndarray:
-    """Per coordinate i: rho_i^2 / s_i (images) and rho_i^2 / t_i (word sums), shape (2, d).
+#: Ridge of the covariances whitened by the correlation metric, relative to their mean eigenvalue.
+RETRIEVAL_RIDGE = 1e-3
 
-    From the centred training statistics: s_i^2 = (W A W^T)_ii / N, t_i^2 = (D C D^T)_ii / N and
-    rho_i = (W B D^T)_ii / (N s_i t_i), the correlation of the embeddings with the word sums.
+
+def _retrieval_maps(stats: Any, D: Any, W: Any) -> np.ndarray:
+    r"""The correlation metric's maps (image side, word-sum side), shape (2, d, d).
+
+    From the centred training statistics, the covariances of the embeddings and the word sums,
+    S_r = W A W^T / N, S_t = D C D^T / N, S_rt = W B D^T / N (each whitened with a ridge of
+    ``RETRIEVAL_RIDGE`` times its mean eigenvalue), and the SVD
+    S_r^{-1/2} S_rt S_t^{-1/2} = U diag(rho) V^T: the maps are diag(rho^2) U^T S_r^{-1/2} and
+    diag(rho^2) V^T S_t^{-1/2}, canonical coordinates weighted by the squared correlations.
     """
     A, B, C = (to_numpy(m) for m in (stats.A, stats.B, stats.C))
     D, W = to_numpy(D), to_numpy(W)
-    images = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", W, A, W), 0) / stats.n)
-    words = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", D, C, D), 0) / stats.n)
-    images, words = np.where(images > 0, images, 1), np.where(words > 0, words, 1)
-    correlation = np.einsum("ij,jk,ik->i", W, B, D) / stats.n / images / words
-    return np.stack([correlation**2 / images, correlation**2 / words])
+    images, words = _inverse_sqrt(W @ A @ W.T / stats.n), _inverse_sqrt(D @ C @ D.T / stats.n)
+    u, rho, vt = np.linalg.svd(images @ (W @ B @ D.T / stats.n) @ words)
+    return np.stack([(rho**2)[:, None] * (u.T @ images), (rho**2)[:, None] * (vt @ words)])
+
+
+def _inverse_sqrt(covariance: np.ndarray) -> np.ndarray:
+    ridge = RETRIEVAL_RIDGE * max(np.trace(covariance) / len(covariance), 1e-300)
+    values, vectors = np.linalg.eigh(covariance + ridge * np.eye(len(covariance)))
+    return (vectors / np.sqrt(values)) @ vectors.T
 
 
 @dataclass(frozen=True)

@@ -349,18 +349,35 @@ def test_whitening_stops_the_collapse_to_low_variance_directions():
         assert Image2Vec(model="learn-all", dim=16).fit(F[:10], X[:10]).dim_ == 9
 
 
-def test_correlation_retrieval_standardises_and_weights_each_coordinate():
-    """The weights equal those computed directly from the training embeddings and word sums."""
+def test_correlation_retrieval_is_cca_of_embeddings_and_word_sums_and_rotation_free():
+    """Scores equal a CCA computed directly from the training embeddings and word sums (NumPy),
+    and rotating the d coordinates (W -> Q W, D -> Q D) changes no score."""
+    from image2vec.model import RETRIEVAL_RIDGE
+
     F, X, _, _, _ = planted_words(n=400)
     model = Image2Vec(dim=8, metric="correlation").fit(F, X)
     centre = model.dictionary_ @ model.target_mean_
     images = model.transform(F) - centre  # W (f'_n - m)
     words = (X - X.mean(axis=0)) @ model.dictionary_.T  # D (x_n - xbar)
-    s, t = images.std(axis=0), words.std(axis=0)
-    rho = (images * words).mean(axis=0) / s / t
-    np.testing.assert_allclose(model.retrieval_weights_, np.stack([rho**2 / s, rho**2 / t]), rtol=1e-8)
-    queries = X[:5]
-    a = (queries @ model.dictionary_.T - centre) * rho**2 / t
-    b = images * rho**2 / s
+
+    def inverse_sqrt(M):
+        M = M + RETRIEVAL_RIDGE * np.trace(M) / len(M) * np.eye(len(M))
+        return scipy.linalg.inv(scipy.linalg.sqrtm(M)).real
+
+    ir, it = inverse_sqrt(images.T @ images / 400), inverse_sqrt(words.T @ words / 400)
+    u, rho, vt = np.linalg.svd(ir @ (images.T @ words / 400) @ it)
+    a = (X[:5] @ model.dictionary_.T - centre) @ it @ vt.T * rho**2
+    b = images @ ir @ u * rho**2
     expected = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
-    np.testing.assert_allclose(model.retrieval_scores(F, queries), expected, atol=1e-10)
+    scores = model.retrieval_scores(F, X[:5])
+    np.testing.assert_allclose(scores, expected, atol=1e-8)
+    rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))[0]
+    rotated = Image2Vec(dim=8, metric="correlation").fit(F, X)
+    problem_stats = rotated.prepare(F, X).stats
+    from image2vec.model import _retrieval_maps
+
+    D, W = rotation @ model.dictionary_, rotation @ model.image_map_
+    rotated.dictionary_, rotated.image_map_ = D, W
+    rotated.offset_ = rotation @ model.offset_
+    rotated.retrieval_maps_ = _retrieval_maps(problem_stats, D, W)
+    np.testing.assert_allclose(rotated.retrieval_scores(F, X[:5]), scores, atol=1e-8)
