@@ -46,6 +46,9 @@ def assert_same_model(ours, reference, rtol):
     np.testing.assert_allclose(D.T @ D, D_ref.T @ D_ref, rtol=rtol, atol=rtol * scale)
     scores, scores_ref = ours.decision_function(F), reference.decision_function(F)
     np.testing.assert_allclose(scores, scores_ref, rtol=rtol, atol=rtol * np.abs(scores_ref).max())
+    queries = np.eye(D.shape[1])[:5]  # the default metric: correlation, from the fit's statistics
+    np.testing.assert_allclose(ours.retrieval_scores(F, queries), reference.retrieval_scores(F, queries),
+                               rtol=rtol, atol=rtol)
     if hasattr(reference, "tag_weights_"):
         np.testing.assert_allclose(ours.tag_weights_.toarray(), reference.tag_weights_.toarray(), atol=1e-6)
 
@@ -123,7 +126,7 @@ def test_cuda_read_out_equals_numpy(model, readout):
     np.testing.assert_allclose(summary.scores, reference.scores, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(gpu.predict(F), cpu.predict(F))
     queries = np.eye(X.shape[1])[:5]
-    for metric in ("cosine", "euclidean"):
+    for metric in ("correlation", "cosine", "euclidean"):
         gpu.set_params(metric=metric)
         cpu.set_params(metric=metric)
         np.testing.assert_allclose(gpu.retrieval_scores(F, queries), cpu.retrieval_scores(F, queries),
