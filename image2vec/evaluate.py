@@ -343,18 +343,20 @@ def bootstrap_weights(n: int, n_boot: int = 1000, random_state: int = 0) -> np.n
 
 
 def with_intervals(estimates: dict[str, np.ndarray], replicates: dict[str, np.ndarray],
-                   level: float = 0.95) -> dict[str, tuple[float, float, float]]:
-    """(estimate, low, high): the bias-corrected percentile bootstrap interval of every metric.
+                   level: float = 0.95, corrected: Sequence[str] = ("mAP",)) -> dict[str, tuple[float, float, float]]:
+    """(estimate, low, high): the percentile bootstrap interval of every metric.
 
-    Resampling images with replacement biases ranking metrics (a drawn-twice relevant image
-    raises mAP), so the replicates are shifted by their bias, mean(replicates) - estimate,
-    before the percentiles are taken; for the unbiased ratios (precision, recall) the shift is
-    negligible.
+    Resampling images with replacement biases mAP upwards (a relevant image drawn twice raises
+    the precision at its rank), so for the ``corrected`` metrics the replicates are first shifted
+    by their bias, mean(replicates) - estimate (bias-corrected percentile interval). Precision,
+    recall and retrieval recall are ratios of sums over images and need no correction.
     """
     tail = 100 * (1 - level) / 2
     out = {}
     for name, estimate in estimates.items():
         value = float(estimate[0])
-        draws = replicates[name] - (np.nanmean(replicates[name]) - value)
+        draws = replicates[name]
+        if name in corrected:
+            draws = draws - (np.nanmean(draws) - value)
         out[name] = (value, *map(float, np.nanpercentile(draws, [tail, 100 - tail])))
     return out

@@ -91,3 +91,31 @@ def test_row_params_are_cut_to_the_training_rows():
 
 def test_ties_in_retrieval_count_against_the_system():
     assert retrieval_recall(np.ones((4, 4)), at=(1, 3)) == {"recall@1": 0.0, "recall@3": 0.0}
+
+
+def test_weighted_metrics_equal_the_plain_ones_and_duplication():
+    """score_metrics with unit weights equals scikit-learn's AP and precision_recall_f1; a
+    weight of 2 equals the image (and its captions) drawn twice."""
+    from image2vec.evaluate import ImageScores, image_scores, score_metrics
+
+    rng = np.random.default_rng(2)
+    F, X = rng.standard_normal((40, 10)), (rng.random((40, 7)) < 0.35).astype(float)
+    X[0] = 0
+    X[0, 0] = 1
+    model = Image2Vec(dim=4).fit(F, X)
+    captions = sp.csr_matrix(np.repeat(X, 2, axis=0))
+    images = np.repeat(np.arange(40), 2)
+    scores = image_scores(model, F, X, captions, images, ks=(3,))
+    plain = score_metrics(scores)
+    assert plain["P@3"][0] == pytest.approx(precision_recall_f1(model.summarize(F, 3).indices, X)[0])
+    assert plain["mAP"][0] == pytest.approx(mean_average_precision(model.decision_function(F), X)[0])
+    weights = np.ones((1, 40))
+    weights[0, :5] = 2
+    twice = np.r_[np.arange(40), np.arange(5)]
+    duplicated = ImageScores(scores.hits[:, twice], scores.chosen[:, twice], scores.true[:, twice], (3,),
+                             scores.word_scores[twice], scores.truth[twice],
+                             np.r_[scores.search_ranks, scores.search_ranks[:10]],
+                             np.r_[images, 40 + np.repeat(np.arange(5), 2)], scores.annotation_ranks[twice])
+    weighted, copied = score_metrics(scores, weights), score_metrics(duplicated)
+    for key in ("P@3", "R@3", "F1@3", "mAP", "search R@5", "annotation R@5"):
+        assert weighted[key][0] == pytest.approx(copied[key][0])
