@@ -163,6 +163,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         a_n on the training images' words (``weak-tag``).
     objective_trace_ : list of (iteration, block, value)
         The objective after every block (bcd) or measurement (sgd).
+    similarity_map_ : ndarray of shape (d, d)
+        Sigma^{1/2}, the square root of the training embeddings' covariance (see :meth:`similar`).
     retrieval_maps_ : ndarray of shape (2, d, d)
         The canonical maps of ``metric="correlation"`` (images, word sums).
     solver_seconds_ : list of float
@@ -306,7 +308,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.solver_seconds_ = result.seconds
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
-        self.retrieval_maps_ = _retrieval_maps(problem.stats, result.D, result.W)
+        covariance = _covariance(problem.stats.A, result.W, problem.stats.n)
+        self.similarity_map_ = _square_root(covariance)
+        self.retrieval_maps_ = _retrieval_maps(problem.stats, result.D, result.W, covariance)
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
         if self.readout == "omp":
@@ -542,10 +546,19 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return int(matches[0])
 
     def similar(self, word: str, n: int = 5) -> list[tuple[str, float]]:
-        """The n words whose vectors are nearest to ``word``'s by cosine: the visual similarity."""
+        """The n words visually nearest to ``word``: the correlation of their word scores.
+
+        Two words are visually similar when their scores d_v . r go up and down together over the
+        training images: the cosine of the columns of Sigma^{1/2} D, with Sigma the covariance
+        of the training embeddings (``similarity_map_`` = Sigma^{1/2}). For a whitened
+        learn-all model Sigma is a multiple of I and this is the plain cosine of D's columns;
+        for reduced-rank it stops rare words, whose columns are short and noisy, from looking
+        alike.
+        """
         v = self.word_index(word)
-        norms = np.linalg.norm(self.dictionary_, axis=0)
-        cosine = self.dictionary_.T @ self.dictionary_[:, v] / np.maximum(norms * norms[v], 1e-300)
+        vectors = self.similarity_map_ @ self.dictionary_
+        norms = np.linalg.norm(vectors, axis=0)
+        cosine = vectors.T @ vectors[:, v] / np.maximum(norms * norms[v], 1e-300)
         cosine[v] = -np.inf
         order = np.argsort(-cosine, kind="stable")[:n]
         return [(str(self.words_[u]), float(cosine[u])) for u in order]
@@ -597,25 +610,36 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         check_shapes(self, {"image_map_": (dim, self.n_features_in_),
                             "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
                             "target_mean_": (n_words,), "words_": (n_words,),
-                            "retrieval_maps_": (2, dim, dim)})
+                            "retrieval_maps_": (2, dim, dim), "similarity_map_": (dim, dim)})
 
 
 #: Ridge of the covariances whitened by the correlation metric, relative to their mean eigenvalue.
 RETRIEVAL_RIDGE = 1e-3
 
 
-def _retrieval_maps(stats: Any, D: Any, W: Any) -> np.ndarray:
+def _covariance(A: Any, W: Any, n: int) -> np.ndarray:
+    """W A W^T / N: the covariance of the training embeddings (A is centred), as numpy."""
+    W = to_numpy(W)
+    return W @ to_numpy(A) @ W.T / n
+
+
+def _square_root(covariance: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(covariance)
+    return (vectors * np.sqrt(np.maximum(values, 0))) @ vectors.T
+
+
+def _retrieval_maps(stats: Any, D: Any, W: Any, covariance: np.ndarray) -> np.ndarray:
     r"""The correlation metric's maps (image side, word-sum side), shape (2, d, d).
 
     From the centred training statistics, the covariances of the embeddings and the word sums,
-    S_r = W A W^T / N, S_t = D C D^T / N, S_rt = W B D^T / N (each whitened with a ridge of
+    S_r = W A W^T / N (``covariance``), S_t = D C D^T / N, S_rt = W B D^T / N (each whitened with a ridge of
     ``RETRIEVAL_RIDGE`` times its mean eigenvalue), and the SVD
     S_r^{-1/2} S_rt S_t^{-1/2} = U diag(rho) V^T: the maps are diag(rho^2) U^T S_r^{-1/2} and
     diag(rho^2) V^T S_t^{-1/2}, canonical coordinates weighted by the squared correlations.
     """
-    A, B, C = (to_numpy(m) for m in (stats.A, stats.B, stats.C))
+    B, C = to_numpy(stats.B), to_numpy(stats.C)
     D, W = to_numpy(D), to_numpy(W)
-    images, words = _inverse_sqrt(W @ A @ W.T / stats.n), _inverse_sqrt(D @ C @ D.T / stats.n)
+    images, words = _inverse_sqrt(covariance), _inverse_sqrt(D @ C @ D.T / stats.n)
     u, rho, vt = np.linalg.svd(images @ (W @ B @ D.T / stats.n) @ words)
     return np.stack([(rho**2)[:, None] * (u.T @ images), (rho**2)[:, None] * (vt @ words)])
 

@@ -194,6 +194,10 @@ def test_similar_and_retrieve(model, least_cosine):
     model = Image2Vec(model=model, dim=16, lam=1e-3, normalize=False, metric="euclidean").fit(F, X, words=words)
     (nearest, cosine), *_ = model.similar("w0", n=3)
     assert nearest == "w1" and cosine > least_cosine
+    # The similarity is the correlation of the two words' scores over the training images.
+    scores = model.decision_function(F)
+    correlation = np.corrcoef(scores[:, 0], scores[:, 1])[0, 1]
+    assert cosine == pytest.approx(correlation, rel=1e-8)
     order, distances = model.retrieve(["w1", "w2"], F, n=5)
     assert (np.diff(distances) >= 0).all()
     direct = np.linalg.norm(model.transform(F) - model.dictionary_[:, [1, 2]].sum(axis=1), axis=1)
@@ -374,10 +378,10 @@ def test_correlation_retrieval_is_cca_of_embeddings_and_word_sums_and_rotation_f
     rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))[0]
     rotated = Image2Vec(dim=8, metric="correlation").fit(F, X)
     problem_stats = rotated.prepare(F, X).stats
-    from image2vec.model import _retrieval_maps
+    from image2vec.model import _covariance, _retrieval_maps
 
     D, W = rotation @ model.dictionary_, rotation @ model.image_map_
     rotated.dictionary_, rotated.image_map_ = D, W
     rotated.offset_ = rotation @ model.offset_
-    rotated.retrieval_maps_ = _retrieval_maps(problem_stats, D, W)
+    rotated.retrieval_maps_ = _retrieval_maps(problem_stats, D, W, _covariance(problem_stats.A, W, problem_stats.n))
     np.testing.assert_allclose(rotated.retrieval_scores(F, X[:5]), scores, atol=1e-8)
