@@ -31,8 +31,11 @@ def preprocess_features(F: Any, mean: np.ndarray, normalize: bool = True) -> Any
         Divide by the norm (an image equal to the mean stays zero); False: only centre.
     """
     xp = get_array_module(F)
-    centred = xp.asarray(F, dtype=xp.float64) - xp.asarray(mean)
-    return unit_rows(centred) if normalize else centred
+    centred = xp.asarray(F, dtype=xp.float64) - xp.asarray(mean)  # a new array: scaled in place
+    if normalize:
+        norms = xp.sqrt(xp.einsum("ij,ij->i", centred, centred))[:, None]
+        centred /= xp.where(norms > 0, norms, 1)
+    return centred
 
 
 def check_shapes(estimator: Any, expected: dict[str, tuple]) -> None:

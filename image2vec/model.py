@@ -352,8 +352,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             self.feature_mean_, _ = column_means_dask(rows, X, scheduler=scheduler)
             raw = sufficient_stats_dask(rows, X, transform=self._preprocess, scheduler=scheduler,
                                         chunk_size=CHUNK_ROWS)
-        basis = self._basis(raw.centered().A, raw.n)
-        centred = raw.centered() if basis is None else raw.centered().rotated(basis)
+        centred = raw.centered()
+        basis = self._basis(centred.A, raw.n)
+        centred = centred if basis is None else centred.rotated(basis)
         self.dim_ = self._data_dim(centred.A.shape[0], X.shape[1])
         transform = self._preprocess if basis is None else self._in_basis(basis, xp)
         weights = None

@@ -275,30 +275,37 @@ def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = L2_TER
         values, vectors = xp.linalg.eigh((residual + residual.T) / 2)
         W = vectors[:, :dim].T
         D = W @ S_BT
-    else:  # D D^T = I: reduced-rank ridge
-        _, _, right = _top_singular_pairs(_whitened(stats.A, stats.n * terms.lam, stats.B), dim)
+    else:  # D D^T = I: reduced-rank ridge; with A + N lam I = L L^T and K = L^{-1} B,
+        # W = D B^T (A + N lam I)^{-1} = D K^T L^{-1}.
+        whiten, unwhiten = _whitening(stats.A, stats.n * terms.lam)
+        K = whiten(stats.B)
+        _, _, right = _top_singular_pairs(K, dim)
         D = right.T
-        W = w_step(stats, D, None, terms)
+        W = unwhiten(K @ D.T).T
     result.D, result.W, result.n_iter, result.converged = D, W, 1, exact
     result.record(1, "exact" if exact else "start", objective(stats, D, W, terms))
     return result
 
 
-def _whitened(gram: Any, ridge: float, M: Any) -> Any:
-    """L^{-1} M with gram + ridge I = L L^T (Cholesky; the eigendecomposition's pseudo-inverse
-    square root, on the range, when the matrix is singular)."""
-    xp = get_array_module(gram, M)
+def _whitening(gram: Any, ridge: float) -> tuple[Any, Any]:
+    """M -> L^{-1} M and M -> L^{-T} M for gram + ridge I = L L^T (Cholesky, triangular solves).
+
+    When the matrix is singular (no ridge, a feature that never varies), L^{-1} is
+    Q_+^T / sqrt(values_+) from its eigendecomposition, the same on its range.
+    """
+    xp = get_array_module(gram)
     system = gram + ridge * xp.eye(gram.shape[0], dtype=gram.dtype)
+    solve = linalg_module(xp).solve_triangular
     try:
         lower = xp.linalg.cholesky(system)
-        result = linalg_module(xp).solve_triangular(lower, M, lower=True)
-        if bool(xp.isfinite(result).all()):
-            return result
+        if bool(xp.isfinite(lower).all()):
+            return (lambda M: solve(lower, M, lower=True)), (lambda M: solve(lower.T, M, lower=False))
     except np.linalg.LinAlgError:
         pass
     values, vectors = xp.linalg.eigh(system)
     keep = values > 1e-12 * float(values[-1])
-    return (vectors[:, keep] / xp.sqrt(values[keep])).T @ M
+    inverse = (vectors[:, keep] / xp.sqrt(values[keep])).T
+    return (lambda M: inverse @ M), (lambda M: inverse.T @ M)
 
 
 def _top_singular_pairs(M: Any, dim: int) -> tuple[Any, Any, Any]:
@@ -306,11 +313,22 @@ def _top_singular_pairs(M: Any, dim: int) -> tuple[Any, Any, Any]:
     xp = get_array_module(M)
     transpose = M.shape[0] > M.shape[1]
     small = M.T @ M if transpose else M @ M.T
-    values, vectors = xp.linalg.eigh((small + small.T) / 2)
+    values, vectors = _symmetric_eigh((small + small.T) / 2)
     values, vectors = values[::-1][:dim], vectors[:, ::-1][:, :dim]
     singular = xp.sqrt(xp.maximum(values, 0))
     other = (M @ vectors if transpose else M.T @ vectors) / xp.where(singular > 0, singular, 1)
     return (other, singular, vectors) if transpose else (vectors, singular, other)
+
+
+def _symmetric_eigh(S: Any) -> tuple[Any, Any]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix (LAPACK's divide and
+    conquer on numpy, the fastest driver for all eigenvectors)."""
+    xp = get_array_module(S)
+    if xp is np:
+        import scipy.linalg
+
+        return scipy.linalg.eigh(S, driver="evd", overwrite_a=True, check_finite=False)
+    return xp.linalg.eigh(S)
 
 
 def polar(M: Any) -> Any:
