@@ -35,6 +35,7 @@ from image2vec.names import MODELS
 from image2vec.summary import Summary, check_words
 from solvers import (
     ObjectiveTerms,
+    SufficientStats,
     bcd,
     box_least_squares,
     closed_form,
@@ -396,8 +397,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         exact = closed_form(problem.stats, problem.dim, problem.terms) if learn_w else None
         if exact is not None and exact.converged and a_step is None:
             return exact, None
-        sample_step = None if a_step is None else (
-            lambda D, W: a_step(D, W, statistics=True).to(problem.xp, np.float64).centered())
+        sample_step = None if a_step is None else (lambda D, W: a_step(D, W, scatter=problem.stats.A))
         # In principal coordinates A is diagonal: its largest entry bounds the majoriser.
         bound = None if problem.basis is None else float(problem.stats.A.diagonal().max())
         result = bcd(problem.stats, problem.start if exact is None else exact.W, problem.terms,
@@ -697,8 +697,10 @@ class _TagWeights:
     d_v . (r_n - c) > 0, else 0, with c the intercept (the centred objective ignores it).
     Images are processed in chunks of rows of F, read through ``transform`` (the model's
     preprocessing and basis), so the step never holds more than a chunk of features; each chunk
-    is copied to ``xp``'s device once and its embeddings, atoms and box-constrained fits are
-    computed there (only the chunk's new weights come back).
+    is copied to ``xp``'s device once and its embeddings and box-constrained fits are computed
+    there (only the chunk's new weights come back). The per-image problems need no d-dimensional
+    atoms: with u = a * x_n, ||r - D u||^2 = ||r||^2 - 2 u^T D^T r + u^T (D^T D) u, read off the
+    Gram matrix of the chunk's words and their scores D^T r.
     """
 
     def __init__(self, F: Any, X: sp.csr_matrix, transform, objective: str, xp):
@@ -713,8 +715,14 @@ class _TagWeights:
     def weights_matrix(self) -> sp.csr_matrix:
         return sp.csr_matrix((self.weights, self.X.indices, self.X.indptr), shape=self.X.shape)
 
-    def __call__(self, D, W, statistics: bool = False):
-        """Update a; returns the re-weighted X, or its sufficient statistics."""
+    def __call__(self, D, W, scatter: Any = None):
+        """Update a; returns the re-weighted X_a, or the centred statistics of (F, X_a).
+
+        ``scatter``: the centred A of the features in the map's coordinates. The step does not
+        change the features, so A is reused; the cross term sum_n (f_n - m) (x_n^a)^T (equal to
+        the centred B, the f_n - m summing to zero) is accumulated in the same pass over F that
+        computes the weights, and C from X_a alone.
+        """
         xp = self.xp
         D, W, f_mean = xp.asarray(D), xp.asarray(W), xp.asarray(self.f_mean)
         xbar = xp.asarray(np.asarray(self.weighted().mean(axis=0)).ravel())  # a (1, V) np.matrix first
@@ -722,32 +730,54 @@ class _TagWeights:
         # refitted), while the centred ip objective does not depend on c at all.
         shift = D @ xbar if self.objective == "l2" else 0
         new = np.empty_like(self.weights)
+        cross = 0
         n = self.X.shape[0]
         for start in range(0, n, CHUNK_ROWS):  # F's rows only: X's stay sparse on the host
             rows = slice(start, min(start + CHUNK_ROWS, n))
-            embedded = (self.transform(xp.asarray(self.F[rows])) - f_mean) @ W.T + shift
+            centred = self.transform(xp.asarray(self.F[rows])) - f_mean
             entries = slice(self.X.indptr[rows.start], self.X.indptr[rows.stop])
-            new[entries] = self._chunk_weights(self.X[rows], self.weights[entries], D, embedded)
+            block = self.X[rows]
+            new[entries] = self._chunk_weights(block, self.weights[entries], D, centred @ W.T + shift)
+            if scatter is not None:
+                block.data = block.data * new[entries]
+                cross = cross + ((block.T @ centred).T if xp is np  # sparse on the host, dense on a device
+                                 else centred.T @ xp.asarray(block.toarray()))
         self.weights = new
         weighted = self.weighted()
-        if not statistics:
+        if scatter is None:
             return weighted
-        return sufficient_stats(self.F, weighted, transform=self.transform, chunk_size=CHUNK_ROWS)
+        x_mean = np.asarray(weighted.mean(axis=0)).ravel()
+        words = (weighted.T @ weighted).toarray() - n * np.outer(x_mean, x_mean)
+        return SufficientStats(scatter, cross, xp.asarray(words), n, xp.zeros_like(f_mean),
+                               xp.zeros(len(x_mean)))
 
     def _chunk_weights(self, block: sp.csr_matrix, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
-        """New a on the entries of one chunk of images (padded per-image problems, on D's device)."""
+        """New a on the entries of one chunk of images (padded per-image problems, on D's device).
+
+        Slot s of image n holds its s-th word v_ns (padding: a word of zero Gram row and score),
+        so Q_nst = x_ns x_nt (d_{v_ns} . d_{v_nt}) and c_ns = x_ns d_{v_ns} . (r_n - intercept).
+        """
         xp = self.xp
         counts = np.diff(block.indptr)
         slots = max(int(counts.max()), 1) if counts.size else 1
         rows = np.repeat(np.arange(block.shape[0]), counts)
-        entry = (xp.asarray(rows), xp.asarray(np.arange(block.nnz) - block.indptr[rows]))  # (image, slot)
-        # Atoms u = x_nv d_v on the image's words, zero padding.
-        atoms = xp.zeros((block.shape[0], slots, D.shape[0]))
-        atoms[entry] = xp.asarray(block.data)[:, None] * D[:, xp.asarray(block.indices)].T
+        entry = (rows, np.arange(block.nnz) - block.indptr[rows])  # (image, slot)
+        used, local = np.unique(block.indices, return_inverse=True)
+        word_index = np.full((block.shape[0], slots), len(used))  # padding: the extra zero word
+        word_index[entry] = local
+        value = np.zeros((block.shape[0], slots))
+        value[entry] = block.data
+        word_index, value = xp.asarray(word_index), xp.asarray(value)
+        columns = D[:, xp.asarray(used)]
+        scores = xp.zeros((block.shape[0], len(used) + 1))
+        scores[:, :-1] = embedded @ columns
+        c = value * xp.take_along_axis(scores, word_index, axis=1)
+        entry = tuple(xp.asarray(e) for e in entry)
         if self.objective == "ip":
-            return to_numpy(xp.einsum("nsd,nd->ns", atoms, embedded)[entry] > 0).astype(float)
-        Q = xp.einsum("nsd,ntd->nst", atoms, atoms)
-        c = xp.einsum("nsd,nd->ns", atoms, embedded)
+            return to_numpy(c[entry] > 0).astype(float)
+        gram = xp.zeros((len(used) + 1, len(used) + 1))
+        gram[:-1, :-1] = columns.T @ columns
+        Q = value[:, :, None] * value[:, None, :] * gram[word_index[:, :, None], word_index[:, None, :]]
         init = xp.zeros((block.shape[0], slots))
         init[entry] = xp.asarray(current)
         # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.

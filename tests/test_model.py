@@ -11,9 +11,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from image2vec import systems
+from image2vec.arrays import preprocess_features
 from image2vec.errors import Image2VecError
 from image2vec.model import Image2Vec
-from solvers import random_orthonormal_rows
+from solvers import ObjectiveTerms, random_orthonormal_rows, sufficient_stats
+from solvers import objective as objective_value
 
 
 def planted_words(n=900, p=48, d=16, n_visual=24, n_nonvisual=8, noise=0.3, seed=0):
@@ -107,6 +109,22 @@ def test_weak_tag_down_weights_noise_tags(objective, solver):
     assert weights[tagged & ~visual].mean() < 0.5
     assert ((weights >= 0) & (weights <= 1)).all()
     assert (weights[~tagged] == 0).all()
+
+
+@pytest.mark.parametrize("objective", ["l2", "ip"])
+def test_weak_tag_objective_is_that_of_the_reweighted_targets(objective):
+    """The A-step's own statistics (A reused, B and C from the re-weighted X) are the real ones."""
+    F, X, _, _, _ = planted_words(n=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = Image2Vec(model="weak-tag", objective=objective, dim=8, max_iter=4).fit(F, X)
+    reweighted = sp.csr_matrix(X).multiply(model.tag_weights_)
+    stats = sufficient_stats(F, reweighted, transform=lambda f: preprocess_features(
+        f, model.feature_mean_, model.normalize)).centered()
+    terms = ObjectiveTerms(objective, "map", model.lam_)
+    # W in the features' coordinates: W_basis basis^T, so W A W^T is unchanged.
+    value = objective_value(stats, model.dictionary_, model.image_map_, terms)
+    np.testing.assert_allclose(value, model.objective_trace_[-1][2], rtol=1e-9)
 
 
 @pytest.mark.parametrize("model", ["reduced-rank", "learn-all", "weak-tag", "simple"])
