@@ -44,7 +44,7 @@ from solvers import (
     sgd,
     sufficient_stats,
 )
-from solvers.backend import get_array_module, gpu_available, to_numpy
+from solvers.backend import get_array_module, gpu_available, release_mapped_pages, to_numpy
 from solvers.distributed import as_row_chunks, column_means_dask, sufficient_stats_dask
 from solvers.objective import column_means
 
@@ -338,19 +338,25 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         FitProblem
         """
         self.check_params()
+        # Finiteness is checked on the mean pass below: scikit-learn's check would read all of a
+        # memory-mapped F at once (and allocate an N x p mask).
         F, X = validate_data(self, X, y, accept_sparse=False, dtype=[np.float64, np.float32],
-                             multi_output=True, y_numeric=False, copy=False)
+                             multi_output=True, y_numeric=False, copy=False, ensure_all_finite=False)
         X = self._targets(X)
         self.words_ = check_words(words, X.shape[1], getattr(self, "classes_", None))
         self.lam_ = 0.0 if self.objective == "ip" else float(
             DEFAULT_LAM[self.model] if self.lam is None else self.lam)
         xp = self._array_module()
+        rows = F if scheduler is None else as_row_chunks(F, CHUNK_ROWS)
         if scheduler is None:
             self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
-            raw = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
         else:  # the same passes as Dask tasks; the preprocessing travels as a bound method
-            rows = as_row_chunks(F, CHUNK_ROWS)
             self.feature_mean_, _ = column_means_dask(rows, X, scheduler=scheduler)
+        if not np.isfinite(self.feature_mean_).all():  # a float64 sum of float features never overflows
+            raise ValueError("Input X contains NaN or infinity: the image features must be finite")
+        if scheduler is None:
+            raw = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
+        else:
             raw = sufficient_stats_dask(rows, X, transform=self._preprocess, scheduler=scheduler,
                                         chunk_size=CHUNK_ROWS)
         centred = raw.centered()
@@ -742,6 +748,7 @@ class _TagWeights:
                 block.data = block.data * new[entries]
                 cross = cross + ((block.T @ centred).T if xp is np  # sparse on the host, dense on a device
                                  else centred.T @ xp.asarray(block.toarray()))
+            release_mapped_pages(self.F)
         self.weights = new
         weighted = self.weighted()
         if scatter is None:

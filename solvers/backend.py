@@ -8,6 +8,7 @@ algorithms themselves. The zero-safe column scalings the solvers share live here
 
 from __future__ import annotations
 
+import mmap
 from types import ModuleType
 from typing import Any
 
@@ -55,6 +56,27 @@ def gpu_available() -> bool:
         return _cupy.cuda.runtime.getDeviceCount() > 0
     except _cupy.cuda.runtime.CUDARuntimeError:
         return False
+
+
+def mapping_root(F: Any) -> np.memmap | None:
+    """The ``numpy.memmap`` that owns F's data when F is a memory-mapped array (or a view of one)."""
+    root = F
+    while isinstance(root, np.ndarray) and not (isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
+        root = root.base
+    return root if isinstance(root, np.memmap) else None
+
+
+def release_mapped_pages(F: Any) -> None:
+    """Drop the pages of a read-only memory-mapped F from this process's resident set.
+
+    The pages stay in the operating system's file cache and are read back on the next access,
+    so a pass over a file-backed F of any size holds about one chunk of it at a time instead
+    of everything read so far. Anything else (an array in memory, a writable or copy-on-write
+    mapping, whose changes would be lost) is left alone.
+    """
+    root = mapping_root(F)
+    if root is not None and root.mode == "r" and hasattr(mmap, "MADV_DONTNEED"):
+        root.base.madvise(mmap.MADV_DONTNEED)
 
 
 def gather_rows(source: Any, indices: Any, out: Any) -> Any:

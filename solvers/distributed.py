@@ -10,7 +10,6 @@ when called.
 
 from __future__ import annotations
 
-import mmap
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.backend import to_numpy
+from solvers.backend import mapping_root, to_numpy
 from solvers.objective import SufficientStats, check_rows, column_sums, sufficient_stats
 
 if TYPE_CHECKING:
@@ -145,10 +144,8 @@ class _MappedRows:
 
 def _mapped_rows(F: Any) -> _MappedRows | None:
     """The file location of F's data when F is a C-contiguous view of a memory mapping."""
-    root = F
-    while isinstance(root, np.ndarray) and not (isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
-        root = root.base
-    if not isinstance(root, np.memmap) or root.filename is None or not F.flags.c_contiguous:
+    root = mapping_root(F)
+    if root is None or root.filename is None or not F.flags.c_contiguous:
         return None
     offset = root.offset + F.__array_interface__["data"][0] - root.__array_interface__["data"][0]
     return _MappedRows(root.filename, offset, F.dtype, F.shape)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.backend import get_array_module, normalised_gram, to_numpy
+from solvers.backend import get_array_module, normalised_gram, release_mapped_pages, to_numpy
 
 OBJECTIVES = ("l2", "ip")
 CONSTRAINTS = ("map", "words")
@@ -168,7 +168,8 @@ def iter_row_chunks(
     row indices) streams rows in that order, each chunk's rows sorted for sequential reads.
     ``xp`` defaults to F's array module. ``transform`` maps every F chunk (e.g. preprocessing
     into another coordinate system), then ``f_offset`` is subtracted from its rows. ``dtype`` is
-    the F chunks' dtype (default F's float type) and that of dense X chunks.
+    the F chunks' dtype (default F's float type) and that of dense X chunks. The pages of a
+    read-only memory-mapped F are released after every chunk (:func:`release_mapped_pages`).
     """
     n = F.shape[0]
     xp = xp or get_array_module(F)
@@ -189,6 +190,7 @@ def iter_row_chunks(
         else:
             x_chunk = xp.asarray(x_chunk.toarray() if sp.issparse(x_chunk) else x_chunk, dtype=f_chunk.dtype)
         yield f_chunk, x_chunk
+        release_mapped_pages(F)  # a memory-mapped F: keep one chunk resident, not the whole file
 
 
 def column_sums(M: Any) -> Any:

@@ -1,6 +1,7 @@
 """BCD, the closed forms and SGD against closed forms, SciPy/NumPy references and planted solutions."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,38 @@ def test_sufficient_stats_from_a_memmap(tmp_path):
     np.save(tmp_path / "F.npy", F)
     mapped = np.load(tmp_path / "F.npy", mmap_mode="r", allow_pickle=False)
     np.testing.assert_allclose(sufficient_stats(mapped, X, chunk_size=50).B, F.T @ X.toarray())
+
+
+def _resident_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc")
+def test_a_pass_over_a_mapped_file_keeps_about_one_chunk_resident(tmp_path):
+    """128 MB of memory-mapped features: the pass holds a chunk of them, not the whole file."""
+    n, p = 32_768, 512
+    mapped = np.lib.format.open_memmap(tmp_path / "F.npy", mode="w+", dtype=np.float64, shape=(n, p))
+    mapped[:] = 1.0
+    mapped.flush()
+    del mapped
+    F = np.load(tmp_path / "F.npy", mmap_mode="r", allow_pickle=False)
+    X = sp.csr_matrix((n, 3))
+    before = _resident_kb()
+    stats = sufficient_stats(F, X, chunk_size=1024)
+    grown_mb = (_resident_kb() - before) / 1024
+    assert stats.f_sum[0] == n
+    assert grown_mb < 32, f"the pass left {grown_mb:.0f} MB of the 128 MB file resident"
+
+
+def test_a_pass_keeps_the_changes_of_a_copy_on_write_mapping(tmp_path):
+    F, X, _, _ = planted(n=200)
+    np.save(tmp_path / "F.npy", F)
+    mapped = np.load(tmp_path / "F.npy", mmap_mode="c", allow_pickle=False)
+    mapped[:] = 2 * F  # changes held by this process only: releasing its pages would lose them
+    first = sufficient_stats(mapped, X, chunk_size=50)
+    np.testing.assert_array_equal(mapped, 2 * F)
+    np.testing.assert_allclose(first.B, 2 * F.T @ X.toarray())
 
 
 def test_float32_statistics_of_features_with_a_large_mean_stay_accurate():
