@@ -471,6 +471,7 @@ def objective_traces(out: common.OutputFolder, train: WordData, seed: int) -> li
 def plot_objective(out: common.OutputFolder, rows: list[dict]) -> None:
     """(J - J_best) / |J_best| against seconds, per model, one line per solver."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     models = list(dict.fromkeys(row["model"] for row in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
@@ -483,6 +484,7 @@ def plot_objective(out: common.OutputFolder, rows: list[dict]) -> None:
             exact = solver == "closed form"
             ax.loglog([row["seconds"] + 1e-3 for row in points], gap, marker="o" if exact else ".",
                       ms=8 if exact else 3, label=f"{solver} ({points[-1]['seconds']:.1f} s)")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: they overlap otherwise
         ax.set_xlabel("seconds (statistics pass excluded)")
         ax.set_ylabel("(J - J_best) / |J_best|")
         ax.set_title(f"{model}, l2, Flickr8k train")
