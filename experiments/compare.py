@@ -135,7 +135,7 @@ def plot_objective(traces: dict[str, list]):
     if not objectives:
         return None
     figure, axes = plt.subplots(1, len(objectives), figsize=(4.8 * len(objectives), 3.8), squeeze=False)
-    colours = dict(zip(MODELS, ("tab:green", "tab:blue", "tab:red")))
+    colours = {model: f"C{i}" for i, model in enumerate(MODELS)}
     for axis, objective in zip(axes[0], objectives):
         for label, trace in traces.items():
             model, label_objective, solver = label.split("/")

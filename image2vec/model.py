@@ -377,13 +377,15 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         """W where a solver without a closed-form start begins.
 
         ``simple``: the fixed JL projection, entries N(0, 1/d). A W W^T = I map: the top ``dim``
-        principal axes (identity rows in the basis). ``reduced-rank``: W = 0 (the first D-step
-        or SGD's random orthonormal words take it from there).
+        principal axes (identity rows in the basis); so does ``reduced-rank`` with ``ip``
+        (partial least squares constrains both W and D). ``reduced-rank`` with ``l2`` (W free,
+        ridge on W): W = 0 (the first D-step or SGD's random orthonormal words take it from
+        there).
         """
         if self.model == "simple":
             rng = np.random.default_rng(self.random_state)
             return xp.asarray(rng.standard_normal((self.dim_, width)) / np.sqrt(self.dim_))
-        if self.model == "reduced-rank":
+        if self.model == "reduced-rank" and self.objective == "l2":
             return xp.zeros((self.dim_, width))
         return xp.eye(self.dim_, width)
 

@@ -111,6 +111,14 @@ def test_weak_tag_down_weights_noise_tags(objective, solver):
     assert (weights[~tagged] == 0).all()
 
 
+@pytest.mark.parametrize("model, objective", [("reduced-rank", "ip"), ("learn-all", "l2"), ("learn-all", "ip"),
+                                              ("weak-tag", "ip")])
+def test_solvers_start_feasible_where_the_map_has_orthonormal_rows(model, objective):
+    F, X, _, _, _ = planted_words(n=200)
+    start = Image2Vec(model=model, objective=objective, dim=8).prepare(F, X).start
+    np.testing.assert_allclose(start @ start.T, np.eye(8), atol=1e-12)
+
+
 @pytest.mark.parametrize("objective", ["l2", "ip"])
 def test_weak_tag_objective_is_that_of_the_reweighted_targets(objective):
     """The A-step's own statistics (A reused, B and C from the re-weighted X) are the real ones."""
