@@ -18,6 +18,7 @@ import csv
 import functools
 import io
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,8 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
     n_splits = 5 if n_images >= 50 else 4
     print(f"\n{name}: {n_images} images, {n_words} words (min_count "
           f"{data.vocabulary.info['min_count']}), features {data.features.shape[1]}-d "
-          f"({data.extractor}); {n_splits}-fold cross-validation, k = 3, dim = {dim}")
+          f"({data.extractor}); {n_splits}-fold cross-validation, k = 3, dim = {dim} where the "
+          "data allows it (else the largest it allows: the number of words, or of training images - 1)")
 
     candidates = [(f"{model} / {objective}", model, {"objective": objective}) for model, objective in COMBINATIONS]
     candidates += [(f"{DEFAULT_MODEL} / l2, rank read-out", DEFAULT_MODEL, {"readout": "rank"}),
@@ -56,17 +58,21 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
     words = list(data.vocabulary.words)
     for label, model, params in candidates:
         start = time.perf_counter()
-        scores = cross_validate(
-            functools.partial(systems.make_system, model, dim=dim, random_state=random_state, **params),
-            data.features, data.targets, data.truth, queries=data.queries, k=3, n_splits=n_splits,
-            random_state=random_state, fit_params={"words": words})
+        with warnings.catch_warnings():  # said once in the header instead of once a fold
+            warnings.filterwarnings("ignore", message=r"dim=\d+ exceeds", category=UserWarning)
+            scores = cross_validate(
+                functools.partial(systems.make_system, model, dim=dim, random_state=random_state, **params),
+                data.features, data.targets, data.truth, queries=data.queries, k=3, n_splits=n_splits,
+                random_state=random_state, fit_params={"words": words})
         rows.append({"system": label, **{key: scores[key] for key in COLUMNS[1:-1]},
                      "seconds": time.perf_counter() - start})
     print(format_table(rows))
     write_csv(out / "results.csv", rows)
 
     model = systems.make_system(DEFAULT_MODEL, dim=dim, random_state=random_state)
-    model.fit(data.features, data.targets, words=words)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"dim=\d+ exceeds", category=UserWarning)
+        model.fit(data.features, data.targets, words=words)
     systems.save(model, out / "model.npz", metadata={"extractor": data.extractor, "source": str(captions)})
     shown = data.files[:SHOWN]
     summary = model.summarize(data.features[:SHOWN], 3)
@@ -75,7 +81,8 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
         print(f"  {Path(file).name:28s} {' + '.join(summary_words)}")
     # Query words: the two with the longest vectors, the most visual words under l2.
     queries = [words[v] for v in np.argsort(-np.linalg.norm(model.dictionary_, axis=0))[:2]]
-    print("\nVisually similar words (cosine of the columns of D) of the two most visual words:")
+    print("\nVisually similar words (correlation of the words' scores over the images) of the two "
+          "most visual words:")
     for word in queries:
         print(f"  {word}: " + ", ".join(f"{w} ({c:.2f})" for w, c in model.similar(word, 5)))
     draw_summaries(shown, summary.words, out / "summaries.png")
