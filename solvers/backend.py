@@ -58,12 +58,16 @@ def gpu_available() -> bool:
         return False
 
 
-def mapping_root(F: Any) -> np.memmap | None:
-    """The ``numpy.memmap`` that owns F's data when F is a memory-mapped array (or a view of one)."""
+def read_only_mapping(F: Any) -> np.memmap | None:
+    """The read-only ``numpy.memmap`` that owns F's data, or None.
+
+    None for an array in memory and for a writable or copy-on-write mapping, whose contents may
+    differ from its file (changes not flushed, or never written back).
+    """
     root = F
     while isinstance(root, np.ndarray) and not (isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
         root = root.base
-    return root if isinstance(root, np.memmap) else None
+    return root if isinstance(root, np.memmap) and root.mode == "r" else None
 
 
 def release_mapped_pages(F: Any) -> None:
@@ -74,8 +78,8 @@ def release_mapped_pages(F: Any) -> None:
     of everything read so far. Anything else (an array in memory, a writable or copy-on-write
     mapping, whose changes would be lost) is left alone.
     """
-    root = mapping_root(F)
-    if root is not None and root.mode == "r" and hasattr(mmap, "MADV_DONTNEED"):
+    root = read_only_mapping(F)
+    if root is not None and hasattr(mmap, "MADV_DONTNEED"):
         root.base.madvise(mmap.MADV_DONTNEED)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.backend import mapping_root, to_numpy
+from solvers.backend import read_only_mapping, to_numpy
 from solvers.objective import SufficientStats, check_rows, column_sums, sufficient_stats
 
 if TYPE_CHECKING:
@@ -106,8 +106,9 @@ def column_means_dask(F: dask.array.Array, X: Any, *, scheduler: Any = None,
 def as_row_chunks(F: Any, chunk_size: int) -> dask.array.Array:
     """F (N x p) as a Dask array of row chunks of ``chunk_size`` rows, one chunk across.
 
-    A memory-mapped F (a ``numpy.memmap``, or a C-contiguous array that views one, such as
-    ``np.asarray`` of ``np.load(path, mmap_mode="r")``) is read by each task from its file,
+    A read-only memory-mapped F (a ``numpy.memmap`` of mode ``"r"``, or a C-contiguous array
+    that views one, such as ``np.asarray`` of ``np.load(path, mmap_mode="r")``) is read by each
+    task from its file,
     which must then be readable by every worker and stay unchanged; any other F is cut into
     chunks that travel with the tasks.
 
@@ -143,8 +144,9 @@ class _MappedRows:
 
 
 def _mapped_rows(F: Any) -> _MappedRows | None:
-    """The file location of F's data when F is a C-contiguous view of a memory mapping."""
-    root = mapping_root(F)
+    """The file location of F's data when F is a C-contiguous view of a read-only mapping (a
+    writable or copy-on-write one may hold changes its file does not)."""
+    root = read_only_mapping(F)
     if root is None or root.filename is None or not F.flags.c_contiguous:
         return None
     offset = root.offset + F.__array_interface__["data"][0] - root.__array_interface__["data"][0]

@@ -97,6 +97,11 @@ def test_a_pass_keeps_the_changes_of_a_copy_on_write_mapping(tmp_path):
     first = sufficient_stats(mapped, X, chunk_size=50)
     np.testing.assert_array_equal(mapped, 2 * F)
     np.testing.assert_allclose(first.B, 2 * F.T @ X.toarray())
+    # Dask tasks must not read such a mapping's rows back from its (unchanged) file.
+    from solvers.distributed import as_row_chunks, sufficient_stats_dask
+
+    tasks = sufficient_stats_dask(as_row_chunks(mapped, 50), X, scheduler="sync")
+    np.testing.assert_allclose(tasks.B, 2 * F.T @ X.toarray())
 
 
 def test_float32_statistics_of_features_with_a_large_mean_stay_accurate():
