@@ -33,7 +33,8 @@ from image2vec.errors import Image2VecError
 from image2vec.io import atomic_write, open_regular, parse_json
 
 FORMAT = "image2vec-model"
-FORMAT_VERSION = 2
+#: 3: Image2Vec models carry the correlation metric (retrieval_maps_, similarity_map_).
+FORMAT_VERSION = 3
 _SPARSE_PARTS = ("data", "indices", "indptr", "shape")
 _INFO = "__info__"
 #: The largest JSON document a model file may hold.
