@@ -347,10 +347,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.lam_ = 0.0 if self.objective == "ip" else float(
             DEFAULT_LAM[self.model] if self.lam is None else self.lam)
         xp = self._array_module()
-        rows = F if scheduler is None else as_row_chunks(F, CHUNK_ROWS)
         if scheduler is None:
             self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
         else:  # the same passes as Dask tasks; the preprocessing travels as a bound method
+            rows = as_row_chunks(F, CHUNK_ROWS)
             self.feature_mean_, _ = column_means_dask(rows, X, scheduler=scheduler)
         if not np.isfinite(self.feature_mean_).all():  # a float64 sum of float features never overflows
             raise ValueError("Input X contains NaN or infinity: the image features must be finite")
@@ -392,8 +392,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def _solve(self, problem: FitProblem):
         """Run the solver on ``problem``; returns (SolverResult, the weak-tag A-step or None)."""
         learn_w = self.model != "simple"
-        a_step = (_TagWeights(problem.F, problem.targets, problem.transform, self.objective, problem.xp)
-                  if self.model == "weak-tag" else None)
+        a_step = None
+        if self.model == "weak-tag":  # the transformed features' mean: m in the map's coordinates
+            centre = problem.feature_centre if problem.basis is None else problem.feature_centre @ problem.basis
+            a_step = _TagWeights(problem.F, problem.targets, problem.transform, centre, self.objective, problem.xp)
         if self.solver == "sgd":
             result = sgd(problem.F, problem.targets, problem.start, problem.terms, learn_w=learn_w,
                          center=True, transform=problem.transform, sample_step=a_step,
@@ -711,10 +713,10 @@ class _TagWeights:
     Gram matrix of the chunk's words and their scores D^T r.
     """
 
-    def __init__(self, F: Any, X: sp.csr_matrix, transform, objective: str, xp):
+    def __init__(self, F: Any, X: sp.csr_matrix, transform, f_mean: np.ndarray, objective: str, xp):
         self.F, self.X, self.transform, self.objective, self.xp = F, X.tocsr(), transform, objective, xp
+        self.f_mean = f_mean  # the mean of transform(F)
         self.weights = np.ones(self.X.nnz)
-        self.f_mean, _ = column_means(F, self.X, CHUNK_ROWS, transform=transform)
 
     def weighted(self) -> sp.csr_matrix:
         """X with each entry x_nv multiplied by a_nv."""

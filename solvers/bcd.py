@@ -313,22 +313,11 @@ def _top_singular_pairs(M: Any, dim: int) -> tuple[Any, Any, Any]:
     xp = get_array_module(M)
     transpose = M.shape[0] > M.shape[1]
     small = M.T @ M if transpose else M @ M.T
-    values, vectors = _symmetric_eigh((small + small.T) / 2)
+    values, vectors = xp.linalg.eigh((small + small.T) / 2)  # LAPACK's divide and conquer
     values, vectors = values[::-1][:dim], vectors[:, ::-1][:, :dim]
     singular = xp.sqrt(xp.maximum(values, 0))
     other = (M @ vectors if transpose else M.T @ vectors) / xp.where(singular > 0, singular, 1)
     return (other, singular, vectors) if transpose else (vectors, singular, other)
-
-
-def _symmetric_eigh(S: Any) -> tuple[Any, Any]:
-    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix (LAPACK's divide and
-    conquer on numpy, the fastest driver for all eigenvectors)."""
-    xp = get_array_module(S)
-    if xp is np:
-        import scipy.linalg
-
-        return scipy.linalg.eigh(S, driver="evd", overwrite_a=True, check_finite=False)
-    return xp.linalg.eigh(S)
 
 
 def polar(M: Any) -> Any:

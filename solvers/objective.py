@@ -169,7 +169,8 @@ def iter_row_chunks(
     ``xp`` defaults to F's array module. ``transform`` maps every F chunk (e.g. preprocessing
     into another coordinate system), then ``f_offset`` is subtracted from its rows. ``dtype`` is
     the F chunks' dtype (default F's float type) and that of dense X chunks. The pages of a
-    read-only memory-mapped F are released after every chunk (:func:`release_mapped_pages`).
+    read-only memory-mapped F are released after every chunk of a sequential pass
+    (:func:`release_mapped_pages`; not in ``order``, where SGD's minibatches would read them back).
     """
     n = F.shape[0]
     xp = xp or get_array_module(F)
@@ -190,7 +191,8 @@ def iter_row_chunks(
         else:
             x_chunk = xp.asarray(x_chunk.toarray() if sp.issparse(x_chunk) else x_chunk, dtype=f_chunk.dtype)
         yield f_chunk, x_chunk
-        release_mapped_pages(F)  # a memory-mapped F: keep one chunk resident, not the whole file
+        if order is None:  # a sequential pass over a mapped F keeps one chunk resident, not the file
+            release_mapped_pages(F)
 
 
 def column_sums(M: Any) -> Any:
