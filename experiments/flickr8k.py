@@ -222,8 +222,13 @@ def fit_and_score(label: str, settings: dict, train: WordData, dev: WordData, se
     return system, main, others
 
 
+def fit_name(folder: str, label: str, settings: dict) -> str:
+    """Where a fit's files live in the output folder, without their suffix."""
+    return f"{folder}/{label.replace('/', '_')}-{settings_key(label, settings)}"
+
+
 def save_fit(out: common.OutputFolder, folder: str, fit: Fit) -> None:
-    name = f"{folder}/{fit.label.replace('/', '_')}-{settings_key(fit.label, fit.settings)}"
+    name = fit_name(folder, fit.label, fit.settings)
     arrays = {key: value for key, value in asdict(fit.scores).items() if key != "ks"}
     buffer = __import__("io").BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -233,7 +238,7 @@ def save_fit(out: common.OutputFolder, folder: str, fit: Fit) -> None:
 
 
 def load_fit(out: common.OutputFolder, folder: str, label: str, settings: dict) -> Fit | None:
-    name = out.root / folder / f"{label.replace('/', '_')}-{settings_key(label, settings)}"
+    name = out.root / fit_name(folder, label, settings)
     if not (name.with_suffix(".json").is_file() and name.with_suffix(".npz").is_file()):
         return None
     meta = json.loads(name.with_suffix(".json").read_text())
@@ -532,8 +537,9 @@ def similar_table(out, systems_by_label: dict, words: Sequence[str]) -> None:
     columns = [label for label in ("reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd")
                if label in systems_by_label]
     lines = ["# The 5 nearest words of 10 probe words\n",
-             "Cosine between word vectors (columns of D) of the models trained on Flickr8k train, "
-             "and between GloVe 6B 50d vectors over the same vocabulary.\n",
+             "`similar` of the models trained on Flickr8k train (the correlation of two words' scores "
+             "over the training images: the cosine of the columns of Sigma^{1/2} D, with Sigma the "
+             "embeddings' covariance), and the cosine of GloVe 6B 50d vectors over the same vocabulary.\n",
              "| word | " + " | ".join(columns) + " | GloVe |", "|---|" + "---|" * (len(columns) + 1)]
     for probe in PROBES:
         cells = []
@@ -579,7 +585,7 @@ def experiment(args: argparse.Namespace) -> None:
     for label in labels:
         settings = settings_for(label, chosen)
         cached = load_fit(out, "systems", label, settings)
-        model_file = f"systems/{label.replace('/', '_')}-{settings_key(label, settings)}.model.npz"
+        model_file = fit_name("systems", label, settings) + ".model.npz"
         if cached is not None and (label not in NEEDS_MODEL or (out.root / model_file).is_file()):
             fits[label] = cached
             if label in NEEDS_MODEL:
