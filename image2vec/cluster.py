@@ -103,17 +103,18 @@ class ClusterSystem:
     ----------
     system : fitted system
         Its per-image methods must treat every image on its own (all the registry's do).
-    scheduler : distributed.Client or str
-        Where the tasks run (anything :func:`dask.compute` takes).
+    scheduler : distributed.Client
+        Where the tasks run; the system is scattered to its workers when this object is made.
     chunk_size : int
         Images per task.
     """
 
-    def __init__(self, system: Any, scheduler: Any, chunk_size: int = CHUNK_IMAGES):
+    def __init__(self, system: Any, scheduler: distributed.Client, chunk_size: int = CHUNK_IMAGES):
         self.system, self.scheduler, self.chunk_size = system, scheduler, chunk_size
+        self.remote = scheduler.scatter(system)  # a future: every call's tasks refer to it
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("system", "scheduler", "chunk_size"):  # not set yet (a copy being made)
+        if name in ("system", "scheduler", "chunk_size", "remote"):  # not set yet (a copy being made)
             raise AttributeError(name)
         method = getattr(self.system, name)
         return functools.partial(self._mapped, name) if name in _JOIN else method
@@ -123,9 +124,8 @@ class ClusterSystem:
 
         from solvers.distributed import as_row_chunks
 
-        system = dask.delayed(self.system, traverse=False)
         shared = [dask.delayed(arg, traverse=False) for arg in args]
-        tasks = [dask.delayed(_call)(system, name, block, *shared)
+        tasks = [dask.delayed(_call)(self.remote, name, block, *shared)
                  for block in as_row_chunks(F, self.chunk_size).to_delayed()[:, 0]]
         return _JOIN[name](dask.compute(*tasks, scheduler=self.scheduler))
 
