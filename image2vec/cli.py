@@ -308,7 +308,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from image2vec.cluster import connect
-    from image2vec.features import extract_features, load_extractor
+    from image2vec.features import extract_features
 
     if args.coco:
         from image2vec.coco import load_coco_split
@@ -320,10 +320,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
         data = load_tag_tsv(args.tsv, args.images) if args.tsv else load_sample()
         files, keys = data.paths, data.keys
-    with connect(args.scheduler) as client:
-        # on a cluster every worker builds the network itself
-        extractor = args.extractor if client else load_extractor(args.extractor, args.device, args.weights)
-        result = extract_features(files, args.out, keys=keys, extractor=extractor, weights=args.weights,
+    with connect(args.scheduler) as client:  # on a cluster every worker builds the network itself
+        result = extract_features(files, args.out, keys=keys, extractor=args.extractor, weights=args.weights,
                                   device=args.device, logits=args.logits, batch_size=args.batch_size,
                                   on_bad_image=args.on_bad_image, num_workers=args.workers,
                                   progress=not args.quiet, client=client)

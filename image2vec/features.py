@@ -553,6 +553,7 @@ def extract_features(
                     bar.update(len(rows))
         else:
             _extract_on_cluster(client, extractor, files, keys, partial, batch_size, on_bad_image, bar)
+            partial.reopen()
     return finish(store, partial, spec, keys, files)
 
 
@@ -625,7 +626,8 @@ def _check_visible(client: distributed.Client, paths: list[Path]) -> None:
         for path, exists in zip(paths, seen):
             if not exists:
                 raise Image2VecError(f"Dask worker {worker} does not see {path}: the feature store "
-                                     "and the images must be on a file system every worker sees")
+                                     "(--features DIR) and the images must be on a file system "
+                                     "every worker sees")
 
 
 def _itself(extractor: Extractor) -> Extractor:

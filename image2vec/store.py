@@ -230,6 +230,13 @@ class Partial:
         if fresh:
             self._write()
 
+    def reopen(self) -> None:
+        """Map the arrays afresh, read-only: rows other processes wrote (Dask workers, with
+        positional writes) are then read from the file, not from pages this process mapped
+        before (which a network file system need not revalidate)."""
+        self.arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                       for name in self.arrays}
+
     @property
     def n_done(self) -> int:
         """How many images are processed."""
