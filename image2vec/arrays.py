@@ -1,4 +1,5 @@
-"""Small array helpers shared by the systems: feature preprocessing, unit rows, loaded shapes."""
+"""Small array helpers shared by the systems: feature preprocessing, unit rows, canonical pairs,
+loaded shapes."""
 
 from __future__ import annotations
 
@@ -36,6 +37,36 @@ def preprocess_features(F: Any, mean: np.ndarray, normalize: bool = True) -> Any
         norms = xp.sqrt(xp.einsum("ij,ij->i", centred, centred))[:, None]
         centred /= xp.where(norms > 0, norms, 1)
     return centred
+
+
+def canonical_pairs(C_aa: np.ndarray, C_bb: np.ndarray, C_ab: np.ndarray, reg_a: float, reg_b: float,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Regularised canonical correlation analysis from the covariances of two views.
+
+    Each view's covariance is regularised by a fraction of its mean eigenvalue,
+    C~_aa = C_aa + reg_a tr(C_aa)/p I (likewise for b), and whitened, K_a^T C~_aa K_a = I on its
+    directions of non-negligible variance. The SVD K_a^T C_ab K_b = U diag(s) V^T gives the
+    projections W_a = K_a U, W_b = K_b V and the canonical correlations s, decreasing.
+
+    Returns
+    -------
+    W_a : ndarray of shape (p, k)
+    W_b : ndarray of shape (q, k)
+    s : ndarray of shape (k,)
+        k = min(r_a, r_b) pairs, r the directions each view keeps (all of them when reg > 0).
+    """
+    K_a, K_b = _whitener(C_aa, reg_a), _whitener(C_bb, reg_b)
+    U, s, Vt = np.linalg.svd(K_a.T @ C_ab @ K_b, full_matrices=False)
+    return K_a @ U, K_b @ Vt.T, s
+
+
+def _whitener(C: np.ndarray, reg: float) -> np.ndarray:
+    r"""K (p x r) with K^T (C + reg tr(C)/p I) K = I_r: the inverse square root of the regularised
+    covariance on its r directions of non-negligible variance (all p when reg > 0)."""
+    p = C.shape[0]
+    values, vectors = np.linalg.eigh(C + reg * np.trace(C) / p * np.eye(p))
+    keep = values > max(values[-1], 0) * p * np.finfo(np.float64).eps
+    return vectors[:, keep] / np.sqrt(values[keep])
 
 
 def check_shapes(estimator: Any, expected: dict[str, tuple]) -> None:

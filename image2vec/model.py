@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from image2vec.arrays import check_shapes, preprocess_features, unit_rows
+from image2vec.arrays import canonical_pairs, check_shapes, preprocess_features, unit_rows
 from image2vec.errors import Image2VecError
 from image2vec.names import MODELS
 from image2vec.summary import Summary, check_words
@@ -642,23 +642,21 @@ def _square_root(covariance: np.ndarray) -> np.ndarray:
 def _retrieval_maps(stats: Any, D: Any, W: Any, covariance: np.ndarray) -> np.ndarray:
     r"""The correlation metric's maps (image side, word-sum side), shape (2, d, d).
 
-    From the centred training statistics, the covariances of the embeddings and the word sums,
-    S_r = W A W^T / N (``covariance``), S_t = D C D^T / N, S_rt = W B D^T / N (each whitened with a ridge of
-    ``RETRIEVAL_RIDGE`` times its mean eigenvalue), and the SVD
-    S_r^{-1/2} S_rt S_t^{-1/2} = U diag(rho) V^T: the maps are diag(rho^2) U^T S_r^{-1/2} and
-    diag(rho^2) V^T S_t^{-1/2}, canonical coordinates weighted by the squared correlations.
+    Canonical correlation analysis (:func:`image2vec.arrays.canonical_pairs`, each covariance
+    with a ridge of ``RETRIEVAL_RIDGE`` times its mean eigenvalue) of the embeddings and the word
+    sums from the centred training statistics, S_r = W A W^T / N (``covariance``),
+    S_t = D C D^T / N and S_rt = W B D^T / N: with projections W_r, W_t and correlations rho, the
+    maps are diag(rho^2) W_r^T and diag(rho^2) W_t^T, canonical coordinates weighted by the
+    squared correlations (rows of zeros for pairs a degenerate covariance does not have).
     """
     B, C = to_numpy(stats.B), to_numpy(stats.C)
     D, W = to_numpy(D), to_numpy(W)
-    images, words = _inverse_sqrt(covariance), _inverse_sqrt(D @ C @ D.T / stats.n)
-    u, rho, vt = np.linalg.svd(images @ (W @ B @ D.T / stats.n) @ words)
-    return np.stack([(rho**2)[:, None] * (u.T @ images), (rho**2)[:, None] * (vt @ words)])
-
-
-def _inverse_sqrt(covariance: np.ndarray) -> np.ndarray:
-    ridge = RETRIEVAL_RIDGE * max(np.trace(covariance) / len(covariance), 1e-300)
-    values, vectors = np.linalg.eigh(covariance + ridge * np.eye(len(covariance)))
-    return (vectors / np.sqrt(values)) @ vectors.T
+    images, words, rho = canonical_pairs(covariance, D @ C @ D.T / stats.n, W @ B @ D.T / stats.n,
+                                         RETRIEVAL_RIDGE, RETRIEVAL_RIDGE)
+    maps = np.zeros((2, len(covariance), len(covariance)))
+    maps[0, : len(rho)] = (rho**2)[:, None] * images.T
+    maps[1, : len(rho)] = (rho**2)[:, None] * words.T
+    return maps
 
 
 @dataclass(frozen=True)

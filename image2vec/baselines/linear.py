@@ -42,21 +42,12 @@ from sklearn.linear_model import Ridge
 from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from image2vec.arrays import check_shapes, preprocess_features, unit_rows
+from image2vec.arrays import canonical_pairs, check_shapes, preprocess_features, unit_rows
 from image2vec.baselines.imnet_glove import load_glove, phrase_vector
 from image2vec.baselines.neighbors import WordScorer
 from image2vec.summary import check_words
 
 __all__ = ["MeanVectorCCA", "ReducedRankRidge", "regularized_cca"]
-
-
-def _whitener(C: np.ndarray, reg: float) -> np.ndarray:
-    r"""K (p x r) with K^T (C + reg tr(C)/p I) K = I_r: the inverse square root of the regularised
-    covariance on its r directions of non-negligible variance (all p when reg > 0)."""
-    p = C.shape[0]
-    values, vectors = np.linalg.eigh(C + reg * np.trace(C) / p * np.eye(p))
-    keep = values > max(values[-1], 0) * p * np.finfo(np.float64).eps
-    return vectors[:, keep] / np.sqrt(values[keep])
 
 
 def regularized_cca(A: np.ndarray, B: np.ndarray, reg_a: float, reg_b: float,
@@ -89,11 +80,9 @@ def regularized_cca(A: np.ndarray, B: np.ndarray, reg_a: float, reg_b: float,
         beyond the rank of the cross-covariance have s = 0.
     """
     n = A.shape[0]
-    K_a = _whitener(A.T @ A / n, reg_a)
-    K_b = _whitener(B.T @ B / n, reg_b)
-    U, s, Vt = np.linalg.svd(K_a.T @ (A.T @ B / n) @ K_b, full_matrices=False)
+    W_a, W_b, s = canonical_pairs(A.T @ A / n, B.T @ B / n, A.T @ B / n, reg_a, reg_b)
     k = min(len(s), n - 1)
-    return K_a @ U[:, :k], K_b @ Vt[:k].T, s[:k]
+    return W_a[:, :k], W_b[:, :k], s[:k]
 
 
 class _LinearBaseline(WordScorer):
