@@ -99,8 +99,8 @@ def column_means_dask(F: dask.array.Array, X: Any, *, scheduler: Any = None,
     every row block in a task, added ``split_every`` at a time. ``F``, ``X``, ``scheduler`` and
     ``split_every`` are as in :func:`sufficient_stats_dask`, and so are the errors.
     """
-    n, f_sum, x_sum = _tree_reduce(F, X, _block_sums, (), scheduler, split_every)
-    return f_sum / n, x_sum / n
+    sums = _tree_reduce(F, X, _block_sums, (), scheduler, split_every) / F.shape[0]
+    return sums[: F.shape[1]], sums[F.shape[1] :]
 
 
 def as_row_chunks(F: Any, chunk_size: int) -> dask.array.Array:
@@ -214,15 +214,12 @@ def _block_stats(f_block: Any, x_block: Any, chunk_size: int,
                             transform=transform)
 
 
-def _block_sums(f_block: Any, x_block: Any) -> tuple[int, np.ndarray, np.ndarray]:
-    """One task: the number of rows and the float64 column sums of one row block."""
+def _block_sums(f_block: Any, x_block: Any) -> np.ndarray:
+    """One task: the float64 column sums of one row block, F's then X's, in one vector."""
     f_block, x_block = to_numpy(f_block), x_block if sp.issparse(x_block) else to_numpy(x_block)
-    return f_block.shape[0], f_block.sum(axis=0, dtype=np.float64), column_sums(x_block).astype(np.float64)
+    return np.concatenate([f_block.sum(axis=0, dtype=np.float64), column_sums(x_block).astype(np.float64)])
 
 
 def _sum_parts(parts: list[Any]) -> Any:
-    """One task of the reduction tree: the result of the union of disjoint row blocks (statistics,
-    or tuples of sums)."""
-    if isinstance(parts[0], tuple):
-        return tuple(reduce(operator.add, terms) for terms in zip(*parts))
+    """One task of the reduction tree: the result of the union of disjoint row blocks."""
     return reduce(operator.add, parts)
