@@ -160,16 +160,18 @@ def load_caption_data(
     data = load_captions(captions, images, split=split, instances=instances)
     analyzer = CaptionAnalyzer()
     every_document = analyze_captions(data.captions, analyzer, progress=progress)
-    if vocabulary is None:  # a min_count that empties the vocabulary fails before extraction
-        build_vocabulary(every_document, min_count=min_count, max_size=max_size)
+    built = vocabulary is None
+    settings = {"min_count": min_count, "max_size": max_size, "info": {"source": str(captions)},
+                "analyzer": analyzer}
+    if built:  # from every image first: a min_count that empties it fails before extraction
+        vocabulary = build_vocabulary(every_document, **settings)
     feature_set = extract_features(data.paths, store, keys=data.keys, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, logits=logits,
                                    progress=progress, client=client)
     rows = data.positions(feature_set.keys)
     documents = [every_document[i] for i in rows]
-    if vocabulary is None:  # the words of the images that were read
-        vocabulary = build_vocabulary(documents, min_count=min_count, max_size=max_size,
-                                      info={"source": str(captions)}, analyzer=analyzer)
+    if built and len(documents) < len(every_document):  # images were skipped: the words of the rest
+        vocabulary = build_vocabulary(documents, **settings)
     first_captions = [[next((c for c in doc if vocabulary.columns(c)), doc[0])] for doc in documents]
     categories = None if data.categories is None else data.categories[rows]
     X = targets(documents, vocabulary)
@@ -206,15 +208,18 @@ def load_tag_data(
     images, else 5. Targets are binary.
     """
     tagged = load_tag_tsv(tags, images)
+    all_documents = tagged.documents()
+    built = vocabulary is None
+    settings = {"min_count": min_count, "max_size": max_size, "info": {"source": str(tags)}}
+    if built:  # from every image first: a min_count that empties it fails before extraction
+        vocabulary = build_vocabulary(all_documents, **settings)
     feature_set = extract_features(tagged.paths, store, keys=tagged.keys, extractor=extractor,
                                    device=device, on_bad_image=on_bad_image, logits=logits,
                                    progress=progress, client=client)
     position = {key: i for i, key in enumerate(tagged.keys)}
-    all_documents = tagged.documents()
     documents = [all_documents[position[key]] for key in feature_set.keys]
-    if vocabulary is None:
-        vocabulary = build_vocabulary(documents, min_count=min_count, max_size=max_size,
-                                      info={"source": str(tags)})
+    if built and len(documents) < len(all_documents):  # images were skipped: the words of the rest
+        vocabulary = build_vocabulary(documents, **settings)
     X = targets(documents, vocabulary, binary=True)
     return WordData(
         keys=list(feature_set.keys), files=list(feature_set.files),

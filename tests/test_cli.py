@@ -184,13 +184,19 @@ def test_train_weak_tag_on_flickr_tags(tmp_path, capsys):
     assert "tags.tsv" in metadata["source"]
 
 
-def test_a_min_count_that_empties_the_vocabulary_fails_before_extraction(coco_mini, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("source", ["captions", "tags"])
+def test_a_min_count_that_empties_the_vocabulary_fails_before_extraction(source, coco_mini, tmp_path, capsys,
+                                                                          monkeypatch):
+    import skimage.data
+
     import image2vec.datasets
 
     monkeypatch.setattr(image2vec.datasets, "extract_features", lambda *a, **k: pytest.fail("extracted"))
-    status = main(["train", "--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
-                   "--images", str(coco_mini / "train2017"), "--min-count", "1000",
-                   "--out", str(tmp_path / "m.npz"), "--quiet"])
+    data = (["--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
+             "--images", str(coco_mini / "train2017")] if source == "captions" else
+            ["--tags", str(Path(__file__).resolve().parents[1] / "data" / "flickr-sample" / "tags.tsv"),
+             "--images", skimage.data.data_dir, "--model", "weak-tag"])
+    status = main(["train", *data, "--min-count", "1000", "--out", str(tmp_path / "m.npz"), "--quiet"])
     err = capsys.readouterr().err
     assert status == 2 and "the vocabulary is empty" in err and "min_count=1000" in err
     assert len(err.strip().splitlines()) == 1
