@@ -79,8 +79,10 @@ def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int 
     print(f"\nSummaries ({DEFAULT_MODEL}, l2, trained on all images) of {len(shown)} images:")
     for file, summary_words in zip(shown, summary.words):
         print(f"  {Path(file).name:28s} {' + '.join(summary_words)}")
-    # Query words: the two with the longest vectors, the most visual words under l2.
-    queries = [words[v] for v in np.argsort(-np.linalg.norm(model.dictionary_, axis=0))[:2]]
+    # Query words: the two whose scores vary most over the images (the columns of Sigma^{1/2} D
+    # with the longest norms: the most visual words, where D's own columns may all have norm 1).
+    spread = np.linalg.norm(model.similarity_map_ @ model.dictionary_, axis=0)
+    queries = [words[v] for v in np.argsort(-spread, kind="stable")[:2]]
     print("\nVisually similar words (correlation of the words' scores over the images) of the two "
           "most visual words:")
     for word in queries:
