@@ -49,16 +49,14 @@ def box_least_squares(
     a = xp.full(c.shape, lower, dtype=c.dtype) if init is None else xp.clip(init, lower, upper).astype(c.dtype)
     diag = xp.diagonal(Q, axis1=1, axis2=2)
     usable = diag > np.finfo(c.dtype).eps * (xp.abs(diag).max() + 1)
-    safe_diag = xp.where(usable, diag, 1)
+    step = xp.where(usable, 1 / xp.where(usable, diag, 1), 0)  # 1 / Q_ii; 0 keeps a_i where it is
     grad = c - (Q @ a[..., None])[..., 0]  # c - Q a, kept current
     for _ in range(max_sweeps):
-        largest_move = xp.zeros((), dtype=c.dtype)
+        before = a.copy()
         for i in range(c.shape[1]):
-            moved = xp.clip(a[:, i] + grad[:, i] / safe_diag[:, i], lower, upper)
-            delta = xp.where(usable[:, i], moved - a[:, i], 0)
+            delta = xp.clip(a[:, i] + grad[:, i] * step[:, i], lower, upper) - a[:, i]
             a[:, i] += delta
-            grad -= delta[:, None] * Q[:, :, i]
-            largest_move = xp.maximum(largest_move, xp.abs(delta).max())
-        if float(largest_move) <= tol:
+            grad -= delta[:, None] * Q[:, i]  # row i: column i of the symmetric Q, contiguous
+        if float(xp.abs(a - before).max()) <= tol:
             break
     return a
