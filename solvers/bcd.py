@@ -15,7 +15,7 @@ Blocks, in turn (notation of :mod:`solvers.objective`):
   tr(W (A - s I) W^T) is concave and lies below its tangent at the current W_0, so
   J(W) <= J(W_0) + const - (1/N) tr(W M^T) with M = D B^T + W_0 (s I - A); W = polar(M)
   minimises the bound and never increases J. A few such majorise-minimise steps make one W-step
-  (one step is exact when A = s I, e.g. for whitened features).
+  (one step is exact when A = s I, e.g. for whitened features, and then only one is made).
 - Optional per-image block (``sample_step``, e.g. the weak-tag A-step): a callable that receives
   (D, W) and returns new sufficient statistics.
 
@@ -122,6 +122,8 @@ def bcd(
     majorised = learn_w and terms.kind == "l2" and not terms.words_orthonormal
     if majorised and spectral_bound is None:
         spectral_bound = largest_eigenvalue(stats.A)
+    if majorised and _is_multiple_of_identity(stats.A, spectral_bound):
+        w_substeps = 1  # A = s I (whitened features): the majoriser is J itself, one step is exact
     result = SolverResult(D=D, W=W)
     previous = np.inf
     for iteration in range(1, max_iter + 1):
@@ -333,6 +335,12 @@ def polar(M: Any) -> Any:
         return 1.5 * P - 0.5 * (P @ P.T) @ P
     u, _, vt = xp.linalg.svd(M, full_matrices=False)
     return u @ vt
+
+
+def _is_multiple_of_identity(A: Any, scale: float, rtol: float = 1e-9) -> bool:
+    """Whether A = scale I up to ``rtol * scale`` in every entry."""
+    xp = get_array_module(A)
+    return float(xp.abs(A - scale * xp.eye(A.shape[0], dtype=A.dtype)).max()) <= rtol * abs(scale)
 
 
 def largest_eigenvalue(A: Any) -> float:
