@@ -57,8 +57,12 @@ DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 1e-3, "simpl
 DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.03, "weak-tag": 0.1, "simple": 0.1}
 #: Default ``tol`` per solver.
 DEFAULT_TOL = {"bcd": 1e-6, "sgd": 1e-4}
+WEAK_TAG_TOL = 1e-4  # either solver: every bcd sweep of weak-tag is a pass over the images
 #: Rows of F read at a time.
 CHUNK_ROWS = 4096
+#: The weak-tag A-step keeps the training features in the map's coordinates (N x q float64)
+#: in memory between its sweeps up to this size; larger data is read from F every sweep.
+TRANSFORM_CACHE_BYTES = 256 * 2**20
 
 
 class Image2Vec(TransformerMixin, BaseEstimator):
@@ -122,9 +126,12 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     max_iter : int, default 300
         BCD sweeps.
     tol : float, optional
-        BCD stops when a sweep lowers J by at most tol |J| (default 1e-6); SGD counts a stall
-        when a measurement does not lower J by tol |J| (default 1e-4: SGD's measurements are
-        50 steps or an epoch apart, and noisy).
+        BCD stops when a sweep lowers J by at most tol |J| (default 1e-6; 1e-4 for
+        ``weak-tag``, whose sweeps each re-weight every image's words, a pass over the images,
+        and whose alternation of weights and map creeps on: on Flickr8k its 1e-4 fit scores as
+        the 1e-6 one, in a sixth of the sweeps). SGD counts a stall when a measurement does not
+        lower J by tol |J| (default 1e-4: SGD's measurements are 50 steps or an epoch apart,
+        and noisy).
     max_steps : int, default 20000
         SGD's budget of minibatch steps.
     batch_size : int, default 256
@@ -416,7 +423,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return result, a_step
 
     def _tol(self) -> float:
-        return DEFAULT_TOL[self.solver] if self.tol is None else float(self.tol)
+        if self.tol is not None:
+            return float(self.tol)
+        return WEAK_TAG_TOL if self.model == "weak-tag" else DEFAULT_TOL[self.solver]
 
     def _targets(self, X: Any) -> sp.csr_matrix:
         """X as CSR float64 (N x V); a 1-d label vector becomes one indicator column per label."""
@@ -704,9 +713,10 @@ class _TagWeights:
     ``ip``: the maximiser of (r_n - c) . D (a * x_n) over the box, a_nv = 1 where
     d_v . (r_n - c) > 0, else 0, with c the intercept (the centred objective ignores it).
     Images are processed in chunks of rows of F, read through ``transform`` (the model's
-    preprocessing and basis), so the step never holds more than a chunk of features; each chunk
-    is copied to ``xp``'s device once and its embeddings and box-constrained fits are computed
-    there (only the chunk's new weights come back). The per-image problems need no d-dimensional
+    preprocessing and basis) and kept between sweeps only while they take at most
+    ``TRANSFORM_CACHE_BYTES`` (else the step holds one chunk of features at a time); each chunk
+    is on ``xp``'s device, where its embeddings and box-constrained fits are computed (only the
+    chunk's new weights come back). The per-image problems need no d-dimensional
     atoms: with u = a * x_n, ||r - D u||^2 = ||r||^2 - 2 u^T D^T r + u^T (D^T D) u, read off the
     Gram matrix of the chunk's words and their scores D^T r.
     """
@@ -715,6 +725,7 @@ class _TagWeights:
         self.F, self.X, self.transform, self.objective, self.xp = F, X.tocsr(), transform, objective, xp
         self.f_mean = f_mean  # the mean of transform(F)
         self.weights = np.ones(self.X.nnz)
+        self._cache = None  # the transformed chunks of F, when small (see _centred_chunks)
 
     def weighted(self) -> sp.csr_matrix:
         """X with each entry x_nv multiplied by a_nv."""
@@ -740,9 +751,7 @@ class _TagWeights:
         new = np.empty_like(self.weights)
         cross = 0
         n = self.X.shape[0]
-        for start in range(0, n, CHUNK_ROWS):  # F's rows only: X's stay sparse on the host
-            rows = slice(start, min(start + CHUNK_ROWS, n))
-            centred = self.transform(xp.asarray(self.F[rows])) - f_mean
+        for rows, centred in self._centred_chunks(f_mean):  # F's rows only: X's stay sparse on the host
             entries = slice(self.X.indptr[rows.start], self.X.indptr[rows.stop])
             block = self.X[rows]
             new[entries] = self._chunk_weights(block, self.weights[entries], D, centred @ W.T + shift)
@@ -750,7 +759,6 @@ class _TagWeights:
                 block.data = block.data * new[entries]
                 cross = cross + ((block.T @ centred).T if xp is np  # sparse on the host, dense on a device
                                  else centred.T @ xp.asarray(block.toarray()))
-            release_mapped_pages(self.F)
         self.weights = new
         weighted = self.weighted()
         if scatter is None:
@@ -760,8 +768,54 @@ class _TagWeights:
         return SufficientStats(scatter, cross, xp.asarray(words), n, xp.zeros_like(f_mean),
                                xp.zeros(len(x_mean)))
 
+    def _centred_chunks(self, f_mean: Any):
+        """(rows, transform(F[rows]) - m) for the row chunks of F, as ``xp`` arrays.
+
+        Read from F on the first sweep; kept for the later ones when all of them take at most
+        ``TRANSFORM_CACHE_BYTES`` (N x q float64), else read again every sweep (streaming).
+        """
+        if self._cache is not None:
+            yield from self._cache
+            return
+        n = self.X.shape[0]
+        kept = [] if n * len(self.f_mean) * 8 <= TRANSFORM_CACHE_BYTES else None
+        for start in range(0, n, CHUNK_ROWS):
+            rows = slice(start, min(start + CHUNK_ROWS, n))
+            centred = self.transform(self.xp.asarray(self.F[rows])) - f_mean
+            release_mapped_pages(self.F)
+            if kept is not None:
+                kept.append((rows, centred))
+            yield rows, centred
+        self._cache = kept
+
     def _chunk_weights(self, block: sp.csr_matrix, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
-        """New a on the entries of one chunk of images (padded per-image problems, on D's device).
+        """New a on the entries of one chunk of images.
+
+        ``ip``: a_nv = 1 where d_v . (r_n - c) > 0. ``l2``: the box-constrained fits, solved in
+        groups of images whose word counts differ by less than a factor 1.5 (each group padded
+        to its own largest count).
+        """
+        counts = np.diff(block.indptr)
+        if self.objective == "ip":
+            xp = self.xp
+            used, local = np.unique(block.indices, return_inverse=True)
+            rows = np.repeat(np.arange(block.shape[0]), counts)
+            scores = embedded @ D[:, xp.asarray(used)]
+            return to_numpy(scores[xp.asarray(rows), xp.asarray(local)] > 0).astype(float)
+        size_class = np.ceil(np.log(np.maximum(counts, 1)) / np.log(1.5))
+        new = np.empty(block.nnz)
+        for size in np.unique(size_class):
+            images = np.flatnonzero(size_class == size)
+            # The group's entries: the CSR ranges indptr[i]:indptr[i + 1] of its images, in order.
+            lengths = counts[images]
+            entries = (np.repeat(block.indptr[images] - np.cumsum(lengths) + lengths, lengths)
+                       + np.arange(lengths.sum()))
+            new[entries] = self._padded_weights(block[images], current[entries], D,
+                                                embedded[self.xp.asarray(images)])
+        return new
+
+    def _padded_weights(self, block: sp.csr_matrix, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
+        """New l2 weights a on the entries of some images (padded per-image problems, on D's device).
 
         Slot s of image n holds its s-th word v_ns (padding: a word of zero Gram row and score),
         so Q_nst = x_ns x_nt (d_{v_ns} . d_{v_nt}) and c_ns = x_ns d_{v_ns} . (r_n - intercept).
@@ -782,8 +836,6 @@ class _TagWeights:
         scores[:, :-1] = embedded @ columns
         c = value * xp.take_along_axis(scores, word_index, axis=1)
         entry = tuple(xp.asarray(e) for e in entry)
-        if self.objective == "ip":
-            return to_numpy(c[entry] > 0).astype(float)
         gram = xp.zeros((len(used) + 1, len(used) + 1))
         gram[:-1, :-1] = columns.T @ columns
         Q = value[:, :, None] * value[:, None, :] * gram[word_index[:, :, None], word_index[:, None, :]]

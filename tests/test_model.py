@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.sparse as sp
+from scipy.optimize import lsq_linear
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from image2vec import model as model_module
 from image2vec import systems
 from image2vec.arrays import preprocess_features
 from image2vec.errors import Image2VecError
@@ -117,6 +119,44 @@ def test_solvers_start_feasible_where_the_map_has_orthonormal_rows(model, object
     F, X, _, _, _ = planted_words(n=200)
     start = Image2Vec(model=model, objective=objective, dim=8).prepare(F, X).start
     np.testing.assert_allclose(start @ start.T, np.eye(8), atol=1e-12)
+
+
+@pytest.mark.parametrize("objective", ["l2", "ip"])
+def test_weak_tag_a_step_solves_each_images_box_problem(objective, monkeypatch):
+    """Images with 1 to 9 words (several padding groups) over three chunks: each image's new
+    weights are SciPy's box-constrained least squares (l2) or the sign rule (ip)."""
+    monkeypatch.setattr(model_module, "CHUNK_ROWS", 64)
+    rng = np.random.default_rng(0)
+    n, p, d, n_words = 150, 12, 16, 20
+    counts = rng.integers(1, 10, n)
+    X = sp.csr_matrix((rng.uniform(0.2, 1, counts.sum()),
+                       np.concatenate([rng.choice(n_words, c, replace=False) for c in counts]),
+                       np.concatenate([[0], np.cumsum(counts)])), shape=(n, n_words))
+    F = rng.standard_normal((n, p))
+    D, W = rng.standard_normal((d, n_words)), rng.standard_normal((d, p))
+    step = model_module._TagWeights(F, X, lambda f: f, np.zeros(p), objective, np)
+    step(D, W)
+    shift = D @ np.asarray(X.mean(axis=0)).ravel() if objective == "l2" else 0
+    for i in range(n):
+        entries = slice(X.indptr[i], X.indptr[i + 1])
+        words, x = X.indices[entries], X.data[entries]
+        atoms, r = D[:, words] * x, W @ F[i] + shift
+        if objective == "l2":
+            expected = lsq_linear(atoms, r, bounds=(0, 1), tol=1e-12).x
+        else:
+            expected = (atoms.T @ r > 0).astype(float)
+        np.testing.assert_allclose(step.weights[entries], expected, atol=1e-5)
+
+
+def test_weak_tag_fit_is_the_same_with_its_features_cached_or_streamed(monkeypatch):
+    F, X, _, _, _ = planted_words(n=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cached = Image2Vec(model="weak-tag", dim=8, max_iter=5).fit(F, X)
+        monkeypatch.setattr(model_module, "TRANSFORM_CACHE_BYTES", 0)
+        streamed = Image2Vec(model="weak-tag", dim=8, max_iter=5).fit(F, X)
+    np.testing.assert_allclose(cached.tag_weights_.toarray(), streamed.tag_weights_.toarray(), atol=1e-12)
+    np.testing.assert_allclose(cached.dictionary_, streamed.dictionary_, atol=1e-10)
 
 
 @pytest.mark.parametrize("objective", ["l2", "ip"])
