@@ -19,6 +19,7 @@ Writes ``bench_fit.csv`` and ``bench_fit.md`` into OUT.
 
     python experiments/bench_fit.py out/bench_fit --features experiments/results/flickr8k/features
     python experiments/bench_fit.py out/bench_fit --scale 25000 100000   # a shorter series
+    python experiments/bench_fit.py out/weak_tag --models weak-tag --scale   # one model, no series
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image counts of the scale series (default: 25000 100000 400000)")
     parser.add_argument("--ridge-max-gb", type=float, default=4.0,
                         help="largest dense target matrix Ridge is given in the series (default: 4)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                        help=f"models of the first part (default: all of {', '.join(MODELS)})")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -103,8 +106,9 @@ def ridge(F: np.ndarray, X: sp.csr_matrix, alpha: float):
     return Ridge(alpha=alpha, solver="cholesky").fit(F, X.toarray())
 
 
-def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int) -> list[dict]:
-    """Every model x objective x solver on one Flickr8k-sized data set, against Ridge.
+def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int,
+             models: Sequence[str] = MODELS) -> list[dict]:
+    """Every model (of ``models``) x objective x solver on one Flickr8k-sized data set, against Ridge.
 
     The ratio is to Ridge on the features as stored (float32: scikit-learn then computes in
     float32); Ridge on float64 features, the precision the Image2Vec solvers work in, is timed
@@ -118,7 +122,7 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
             {"part": "flickr8k size", "data": name, "system": "Ridge(cholesky), float64", "n": len(F),
              "seconds": wide_seconds, "ratio": wide_seconds / ridge_seconds, "repeats": repeats}]
     print(f"{name}: Ridge {ridge_seconds:.2f} s ({F.dtype}), {wide_seconds:.2f} s (float64)", flush=True)
-    for model in MODELS:
+    for model in models:
         for objective in OBJECTIVES:
             optimum = None
             for solver in SOLVERS:
@@ -230,9 +234,10 @@ def experiment(args: argparse.Namespace) -> None:
     train, _ = flickr8k.load_splits(args, out)
     shape = train.features.shape
     density = train.targets.nnz / train.targets.shape[0]
-    rows += part_one("Flickr8k train (real)", np.asarray(train.features), train.targets, args.repeats, args.seed)
+    rows += part_one("Flickr8k train (real)", np.asarray(train.features), train.targets, args.repeats, args.seed,
+                     args.models)
     F, X = synthetic(shape[0], shape[1], train.targets.shape[1], int(round(density)), args.seed)
-    rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed)
+    rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed, args.models)
     with tempfile.TemporaryDirectory(prefix="image2vec-bench-") as scratch:
         rows += part_two(args.scale, args.ridge_max_gb, args.seed, Path(scratch))
     out.write_csv("bench_fit.csv", rows, COLUMNS)
