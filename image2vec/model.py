@@ -789,19 +789,22 @@ class _TagWeights:
         self._cache = kept
 
     def _chunk_weights(self, block: sp.csr_matrix, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
-        """New a on the entries of one chunk of images.
+        """New a on the entries of one chunk of images, from the scores S = (R - c) D_U and the
+        Gram matrix G = D_U^T D_U of the chunk's words U (on D's device).
 
-        ``ip``: a_nv = 1 where d_v . (r_n - c) > 0. ``l2``: the box-constrained fits, solved in
-        groups of images whose word counts differ by less than a factor 1.5 (each group padded
-        to its own largest count).
+        ``ip``: a_nv = 1 where S_nv > 0. ``l2``: the box-constrained fits, solved in groups of
+        images whose word counts differ by less than a factor 1.5 (each group padded to its own
+        largest count).
         """
+        xp = self.xp
         counts = np.diff(block.indptr)
+        used, local = np.unique(block.indices, return_inverse=True)
+        columns = D[:, xp.asarray(used)]
+        scores = embedded @ columns
         if self.objective == "ip":
-            xp = self.xp
-            used, local = np.unique(block.indices, return_inverse=True)
             rows = np.repeat(np.arange(block.shape[0]), counts)
-            scores = embedded @ D[:, xp.asarray(used)]
             return to_numpy(scores[xp.asarray(rows), xp.asarray(local)] > 0).astype(float)
+        gram = columns.T @ columns
         size_class = np.ceil(np.log(np.maximum(counts, 1)) / np.log(1.5))
         new = np.empty(block.nnz)
         for size in np.unique(size_class):
@@ -810,36 +813,31 @@ class _TagWeights:
             lengths = counts[images]
             entries = (np.repeat(block.indptr[images] - np.cumsum(lengths) + lengths, lengths)
                        + np.arange(lengths.sum()))
-            new[entries] = self._padded_weights(block[images], current[entries], D,
-                                                embedded[self.xp.asarray(images)])
+            new[entries] = self._padded_weights(lengths, local[entries], block.data[entries], current[entries],
+                                                scores[xp.asarray(images)], gram)
         return new
 
-    def _padded_weights(self, block: sp.csr_matrix, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
-        """New l2 weights a on the entries of some images (padded per-image problems, on D's device).
+    def _padded_weights(self, counts: np.ndarray, words: np.ndarray, values: np.ndarray, current: np.ndarray,
+                        scores: Any, gram: Any) -> np.ndarray:
+        """New l2 weights on the entries of some images, as padded per-image problems.
 
-        Slot s of image n holds its s-th word v_ns (padding: a word of zero Gram row and score),
-        so Q_nst = x_ns x_nt (d_{v_ns} . d_{v_nt}) and c_ns = x_ns d_{v_ns} . (r_n - intercept).
+        Image n has ``counts[n]`` entries (consecutive in ``words``, ``values``); slot s holds its
+        s-th word v_ns with value x_ns (padding: value 0), so Q_nst = x_ns x_nt G_{v_ns v_nt} and
+        c_ns = x_ns S_{n v_ns}.
         """
         xp = self.xp
-        counts = np.diff(block.indptr)
-        slots = max(int(counts.max()), 1) if counts.size else 1
-        rows = np.repeat(np.arange(block.shape[0]), counts)
-        entry = (rows, np.arange(block.nnz) - block.indptr[rows])  # (image, slot)
-        used, local = np.unique(block.indices, return_inverse=True)
-        word_index = np.full((block.shape[0], slots), len(used))  # padding: the extra zero word
-        word_index[entry] = local
-        value = np.zeros((block.shape[0], slots))
-        value[entry] = block.data
+        slots = int(counts.max())
+        rows = np.repeat(np.arange(len(counts)), counts)
+        entry = (rows, np.arange(len(words)) - (np.cumsum(counts) - counts)[rows])  # (image, slot)
+        word_index = np.zeros((len(counts), slots), dtype=np.intp)
+        word_index[entry] = words
+        value = np.zeros((len(counts), slots))
+        value[entry] = values
         word_index, value = xp.asarray(word_index), xp.asarray(value)
-        columns = D[:, xp.asarray(used)]
-        scores = xp.zeros((block.shape[0], len(used) + 1))
-        scores[:, :-1] = embedded @ columns
         c = value * xp.take_along_axis(scores, word_index, axis=1)
-        entry = tuple(xp.asarray(e) for e in entry)
-        gram = xp.zeros((len(used) + 1, len(used) + 1))
-        gram[:-1, :-1] = columns.T @ columns
         Q = value[:, :, None] * value[:, None, :] * gram[word_index[:, :, None], word_index[:, None, :]]
-        init = xp.zeros((block.shape[0], slots))
+        entry = tuple(xp.asarray(e) for e in entry)
+        init = xp.zeros((len(counts), slots))
         init[entry] = xp.asarray(current)
         # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.
         return to_numpy(box_least_squares(Q, c, init=init, max_sweeps=20, tol=1e-6)[entry])
