@@ -25,7 +25,6 @@ from image2vec.evaluate import evaluate
 from image2vec.features import Extractor, extract_features, load_features, load_image
 from image2vec.model import Image2Vec
 from image2vec.persist import load_system
-from image2vec.store import Partial, RowWriter, fingerprint
 from image2vec.systems import REGISTRY
 from solvers import sufficient_stats
 from solvers.distributed import as_row_chunks, column_means_dask, sufficient_stats_dask
@@ -250,58 +249,3 @@ def test_without_distributed_the_scheduler_option_names_the_extra(tmp_path, caps
                  "--scheduler", "local:2"]) == 2
     err = capsys.readouterr().err
     assert err == "image2vec: error: --scheduler needs dask.distributed: pip install image2vec[dist]\n"
-
-
-# ------------------------------------------------------------- the progress record, without a cluster
-
-
-class Counting(Extractor):
-    """The same extractor, counting the images it sees."""
-
-    def __init__(self, inner: Extractor):
-        self.__dict__.update(inner.__dict__)
-        self.inner, self.images = inner, 0
-
-    def __call__(self, batch):
-        self.images += len(batch)
-        return self.inner(batch)
-
-
-@pytest.fixture(scope="module")
-def ten_images(coco) -> list:
-    return coco.paths[:10]
-
-
-def test_shards_recorded_out_of_order_resume_with_the_gaps_alone(tiny, ten_images, tmp_path):
-    reference = extract_features(ten_images, tmp_path / "reference", extractor=tiny, batch_size=2,
-                                 progress=False)
-    store = tmp_path / "store"
-    partial = Partial(store, fingerprint(tiny.spec, list(range(10)), ten_images, False), 10, {"features": 3})
-    writer = RowWriter(partial.folder, ["features"])  # as a worker writes its shards
-    writer.write([6, 7, 2, 3], {"features": np.full((4, 3), 7.0)})
-    writer.close()
-    partial.record(6, 8)
-    partial.record(2, 4)
-    progress = json.loads((partial.folder / "progress.json").read_text())
-    assert (progress["done"], progress["finished"]) == (0, [[2, 4], [6, 8]])
-    assert partial.missing() == [(0, 2), (4, 6), (8, 10)] and partial.n_done == 4
-    partial.record(0, 2)
-    progress = json.loads((partial.folder / "progress.json").read_text())
-    assert (progress["done"], progress["finished"]) == (4, [[6, 8]])
-    del partial
-    counting = Counting(tiny)
-    out = extract_features(ten_images, store, extractor=counting, batch_size=2, progress=False)
-    assert counting.images == 4  # rows 4, 5, 8, 9
-    np.testing.assert_array_equal(out.features[[2, 3, 6, 7]], 7.0)  # the workers' rows, kept
-    np.testing.assert_array_equal(out.features[[0, 1]], 0.0)  # recorded as done: trusted, not redone
-    np.testing.assert_allclose(out.features[[4, 5, 8, 9]], reference.features[[4, 5, 8, 9]], rtol=1e-6)
-
-
-@pytest.mark.parametrize("finished", [[[5, 99]], [[3, 3]], [["a", 4]], "all"])
-def test_a_malformed_progress_record_starts_afresh(tiny, ten_images, tmp_path, finished):
-    request = fingerprint(tiny.spec, list(range(10)), ten_images, False)
-    partial = Partial(tmp_path, request, 10, {"features": 3})
-    partial.record(0, 4)
-    record = json.loads((partial.folder / "progress.json").read_text())
-    (partial.folder / "progress.json").write_text(json.dumps({**record, "finished": finished}))
-    assert Partial(tmp_path, request, 10, {"features": 3}).missing() == [(0, 10)]

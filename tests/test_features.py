@@ -12,6 +12,7 @@ from PIL import Image
 from image2vec.cli import main
 from image2vec.errors import Image2VecError
 from image2vec.features import Extractor, available_extractors, extract_features, load_extractor, load_features
+from image2vec.store import Partial, RowWriter, fingerprint
 
 # ImageNet-1k class indices
 TEDDY_BEAR = 850
@@ -305,3 +306,46 @@ def test_cli_on_bad_image_fail(bad_images, tmp_path, capsys):
                    "--out", str(tmp_path / "s"), "--on-bad-image", "fail", "--quiet"])
     err = capsys.readouterr().err
     assert status == 2 and "truncated.jpg" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------- the progress record of a sharded store
+
+
+@pytest.fixture(scope="module")
+def ten_images(coco) -> list:
+    return coco.paths[:10]
+
+
+def test_shards_recorded_out_of_order_resume_with_the_gaps_alone(tiny, ten_images, tmp_path):
+    reference = extract_features(ten_images, tmp_path / "reference", extractor=tiny, batch_size=2,
+                                 progress=False)
+    store = tmp_path / "store"
+    partial = Partial(store, fingerprint(tiny.spec, list(range(10)), ten_images, False), 10, {"features": 3})
+    writer = RowWriter(partial.folder, ["features"])  # as a worker writes its shards
+    writer.write([6, 7, 2, 3], {"features": np.full((4, 3), 7.0)})
+    writer.close()
+    partial.record(6, 8)
+    partial.record(2, 4)
+    progress = json.loads((partial.folder / "progress.json").read_text())
+    assert (progress["done"], progress["finished"]) == (0, [[2, 4], [6, 8]])
+    assert partial.missing() == [(0, 2), (4, 6), (8, 10)] and partial.n_done == 4
+    partial.record(0, 2)
+    progress = json.loads((partial.folder / "progress.json").read_text())
+    assert (progress["done"], progress["finished"]) == (4, [[6, 8]])
+    del partial
+    counting = Counting(tiny)
+    out = extract_features(ten_images, store, extractor=counting, batch_size=2, progress=False)
+    assert counting.images == 4  # rows 4, 5, 8, 9
+    np.testing.assert_array_equal(out.features[[2, 3, 6, 7]], 7.0)  # the workers' rows, kept
+    np.testing.assert_array_equal(out.features[[0, 1]], 0.0)  # recorded as done: trusted, not redone
+    np.testing.assert_allclose(out.features[[4, 5, 8, 9]], reference.features[[4, 5, 8, 9]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("finished", [[[5, 99]], [[3, 3]], [["a", 4]], "all"])
+def test_a_malformed_progress_record_starts_afresh(tiny, ten_images, tmp_path, finished):
+    request = fingerprint(tiny.spec, list(range(10)), ten_images, False)
+    partial = Partial(tmp_path, request, 10, {"features": 3})
+    partial.record(0, 4)
+    record = json.loads((partial.folder / "progress.json").read_text())
+    (partial.folder / "progress.json").write_text(json.dumps({**record, "finished": finished}))
+    assert Partial(tmp_path, request, 10, {"features": 3}).missing() == [(0, 10)]
