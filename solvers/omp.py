@@ -270,7 +270,7 @@ def _omp_block(xp, gram, corr0, y_sq, k, tol, nonneg):
     gram_ss = inv_chol.copy()
     z = xp.zeros((b, k), dtype=dtype)
     target = xp.zeros((b, k), dtype=dtype)  # c_S
-    stacked = xp.empty((k + 1, b, n_atoms), dtype=dtype)  # [c; G_{S_1,:}; G_{S_2,:}; ...]
+    stacked = xp.empty((k, b, n_atoms), dtype=dtype)  # [c; G_{S_1,:}; ...; G_{S_{k-1},:}]
     stacked[0] = corr0
     weights = xp.zeros((b, 1, k + 1), dtype=dtype)  # [1, -x_S]
     weights[:, 0, 0] = 1
