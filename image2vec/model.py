@@ -57,7 +57,8 @@ DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 1e-3, "simpl
 DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.03, "weak-tag": 0.1, "simple": 0.1}
 #: Default ``tol`` per solver.
 DEFAULT_TOL = {"bcd": 1e-6, "sgd": 1e-4}
-WEAK_TAG_TOL = 1e-4  # either solver: every bcd sweep of weak-tag is a pass over the images
+#: weak-tag's default ``tol`` for either solver: each of its bcd sweeps is a pass over the images.
+WEAK_TAG_TOL = 1e-4
 #: Rows of F read at a time.
 CHUNK_ROWS = 4096
 #: The weak-tag A-step keeps the training features in the map's coordinates (N x q float64)
