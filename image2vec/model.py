@@ -752,7 +752,7 @@ class _TagWeights:
         new = np.empty_like(self.weights)
         cross = 0
         n = self.X.shape[0]
-        for rows, centred in self._centred_chunks(f_mean):  # F's rows only: X's stay sparse on the host
+        for rows, centred in self._centred_chunks():  # F's rows only: X's stay sparse on the host
             entries = slice(self.X.indptr[rows.start], self.X.indptr[rows.stop])
             block = self.X[rows]
             new[entries] = self._chunk_weights(block, self.weights[entries], D, centred @ W.T + shift)
@@ -769,7 +769,7 @@ class _TagWeights:
         return SufficientStats(scatter, cross, xp.asarray(words), n, xp.zeros_like(f_mean),
                                xp.zeros(len(x_mean)))
 
-    def _centred_chunks(self, f_mean: Any):
+    def _centred_chunks(self):
         """(rows, transform(F[rows]) - m) for the row chunks of F, as ``xp`` arrays.
 
         Read from F on the first sweep; kept for the later ones when all of them take at most
@@ -778,7 +778,7 @@ class _TagWeights:
         if self._cache is not None:
             yield from self._cache
             return
-        n = self.X.shape[0]
+        n, f_mean = self.X.shape[0], self.xp.asarray(self.f_mean)
         kept = [] if n * len(self.f_mean) * 8 <= TRANSFORM_CACHE_BYTES else None
         for start in range(0, n, CHUNK_ROWS):
             rows = slice(start, min(start + CHUNK_ROWS, n))
@@ -802,13 +802,16 @@ class _TagWeights:
         used, local = np.unique(block.indices, return_inverse=True)
         columns = D[:, xp.asarray(used)]
         scores = embedded @ columns
-        if self.objective == "ip":
+        if self.objective == "ip":  # x_nv S_nv > 0 (an explicitly stored x_nv = 0 gets weight 0)
             rows = np.repeat(np.arange(block.shape[0]), counts)
-            return to_numpy(scores[xp.asarray(rows), xp.asarray(local)] > 0).astype(float)
+            positive = to_numpy(scores[xp.asarray(rows), xp.asarray(local)] > 0)
+            return (positive & (block.data > 0)).astype(float)
         gram = columns.T @ columns
+        gram = (gram + gram.T) / 2  # exactly symmetric, as box_least_squares reads rows for columns
         size_class = np.ceil(np.log(np.maximum(counts, 1)) / np.log(1.5))
+        size_class[counts == 0] = -1  # images without words: nothing to weigh
         new = np.empty(block.nnz)
-        for size in np.unique(size_class):
+        for size in np.unique(size_class[size_class >= 0]):
             images = np.flatnonzero(size_class == size)
             # The group's entries: the CSR ranges indptr[i]:indptr[i + 1] of its images, in order.
             lengths = counts[images]

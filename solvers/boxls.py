@@ -47,6 +47,8 @@ def box_least_squares(
     if Q.ndim != 3 or Q.shape[1] != Q.shape[2] or c.shape != Q.shape[:2]:
         raise ValueError(f"box_least_squares: Q must be (b, m, m) and c (b, m), got {Q.shape} and {c.shape}")
     a = xp.full(c.shape, lower, dtype=c.dtype) if init is None else xp.clip(init, lower, upper).astype(c.dtype)
+    if a.size == 0:
+        return a
     diag = xp.diagonal(Q, axis1=1, axis2=2)
     usable = diag > np.finfo(c.dtype).eps * (xp.abs(diag).max() + 1)
     step = xp.where(usable, 1 / xp.where(usable, diag, 1), 0)  # 1 / Q_ii; 0 keeps a_i where it is

@@ -33,3 +33,8 @@ def test_zero_columns_keep_their_start():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"Q must be \(b, m, m\)"):
         box_least_squares(np.zeros((2, 3, 3)), np.zeros((2, 4)))
+
+
+def test_no_coordinates_is_an_empty_answer():
+    """Problems without coordinates (images without words in the weak-tag A-step)."""
+    assert box_least_squares(np.zeros((3, 0, 0)), np.zeros((3, 0))).shape == (3, 0)

@@ -123,12 +123,15 @@ def test_solvers_start_feasible_where_the_map_has_orthonormal_rows(model, object
 
 @pytest.mark.parametrize("objective", ["l2", "ip"])
 def test_weak_tag_a_step_solves_each_images_box_problem(objective, monkeypatch):
-    """Images with 1 to 9 words (several padding groups) over three chunks: each image's new
-    weights are SciPy's box-constrained least squares (l2) or the sign rule (ip)."""
+    """Images with 0 to 9 words (several padding groups) over three chunks, the second without a
+    word: each image's new weights are SciPy's box-constrained least squares (l2) or the sign
+    rule (ip)."""
     monkeypatch.setattr(model_module, "CHUNK_ROWS", 64)
     rng = np.random.default_rng(0)
     n, p, d, n_words = 150, 12, 16, 20
     counts = rng.integers(1, 10, n)
+    counts[::7] = 0
+    counts[64:128] = 0
     X = sp.csr_matrix((rng.uniform(0.2, 1, counts.sum()),
                        np.concatenate([rng.choice(n_words, c, replace=False) for c in counts]),
                        np.concatenate([[0], np.cumsum(counts)])), shape=(n, n_words))
@@ -140,6 +143,8 @@ def test_weak_tag_a_step_solves_each_images_box_problem(objective, monkeypatch):
     for i in range(n):
         entries = slice(X.indptr[i], X.indptr[i + 1])
         words, x = X.indices[entries], X.data[entries]
+        if not len(words):
+            continue
         atoms, r = D[:, words] * x, W @ F[i] + shift
         if objective == "l2":
             expected = lsq_linear(atoms, r, bounds=(0, 1), tol=1e-12).x
@@ -149,12 +154,18 @@ def test_weak_tag_a_step_solves_each_images_box_problem(objective, monkeypatch):
 
 
 def test_weak_tag_fit_is_the_same_with_its_features_cached_or_streamed(monkeypatch):
+    """Cached: the A-step reads F's chunks once; streamed: once a sweep; the fits are equal."""
     F, X, _, _, _ = planted_words(n=300)
+    monkeypatch.setattr(model_module, "CHUNK_ROWS", 128)  # three chunks
+    reads = []
+    monkeypatch.setattr(model_module, "release_mapped_pages", lambda F: reads.append(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        cached = Image2Vec(model="weak-tag", dim=8, max_iter=5).fit(F, X)
+        cached = Image2Vec(model="weak-tag", dim=8, max_iter=5, tol=0).fit(F, X)
+        assert len(reads) == 3
         monkeypatch.setattr(model_module, "TRANSFORM_CACHE_BYTES", 0)
-        streamed = Image2Vec(model="weak-tag", dim=8, max_iter=5).fit(F, X)
+        streamed = Image2Vec(model="weak-tag", dim=8, max_iter=5, tol=0).fit(F, X)
+        assert len(reads) == 3 + 5 * 3
     np.testing.assert_allclose(cached.tag_weights_.toarray(), streamed.tag_weights_.toarray(), atol=1e-12)
     np.testing.assert_allclose(cached.dictionary_, streamed.dictionary_, atol=1e-10)
 
