@@ -744,7 +744,7 @@ class _TagWeights:
         computes the weights, and C from X_a alone.
         """
         xp = self.xp
-        D, W, f_mean = xp.asarray(D), xp.asarray(W), xp.asarray(self.f_mean)
+        D, W = xp.asarray(D), xp.asarray(W)
         xbar = xp.asarray(np.asarray(self.weighted().mean(axis=0)).ravel())  # a (1, V) np.matrix first
         # r_n - c with c the intercept D xbar: the l2 step fits a with c fixed (then c = D xbar is
         # refitted), while the centred ip objective does not depend on c at all.
@@ -766,7 +766,7 @@ class _TagWeights:
             return weighted
         x_mean = np.asarray(weighted.mean(axis=0)).ravel()
         words = (weighted.T @ weighted).toarray() - n * np.outer(x_mean, x_mean)
-        return SufficientStats(scatter, cross, xp.asarray(words), n, xp.zeros_like(f_mean),
+        return SufficientStats(scatter, cross, xp.asarray(words), n, xp.zeros(len(self.f_mean)),
                                xp.zeros(len(x_mean)))
 
     def _centred_chunks(self):
@@ -793,7 +793,7 @@ class _TagWeights:
         """New a on the entries of one chunk of images, from the scores S = (R - c) D_U and the
         Gram matrix G = D_U^T D_U of the chunk's words U (on D's device).
 
-        ``ip``: a_nv = 1 where S_nv > 0. ``l2``: the box-constrained fits, solved in groups of
+        ``ip``: a_nv = 1 where x_nv S_nv > 0. ``l2``: the box-constrained fits, solved in groups of
         images whose word counts differ by less than a factor 1.5 (each group padded to its own
         largest count).
         """
