@@ -20,6 +20,7 @@ from solvers.bcd import (
 from solvers.boxls import box_least_squares
 from solvers.distributed import sufficient_stats_dask
 from solvers.objective import (
+    ObjectiveRecord,
     ObjectiveTerms,
     SufficientStats,
     incoherence_weights,
@@ -30,6 +31,7 @@ from solvers.omp import SparseCode, nnls_gram, omp, omp_gram
 from solvers.sgd import sgd, streaming_objective
 
 __all__ = [
+    "ObjectiveRecord",
     "ObjectiveTerms",
     "closed_form",
     "SolverResult",

@@ -37,7 +37,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from solvers.backend import column_norms, get_array_module, linalg_module
-from solvers.objective import L2_TERMS, ObjectiveTerms, SufficientStats, objective
+from solvers.objective import L2_TERMS, ObjectiveRecord, ObjectiveTerms, SufficientStats, objective
 
 
 @dataclass
@@ -126,17 +126,23 @@ def bcd(
     if majorised and _is_multiple_of_identity(stats.A, spectral_bound):
         w_substeps = 1  # A = s I (whitened features): the majoriser is J itself, one step is exact
     result = SolverResult(D=D, W=W)
+    record = ObjectiveRecord(terms)
+    W_B = None  # W B for the current W and statistics, shared by a record and the next D-step
     previous = np.inf
     for iteration in range(1, max_iter + 1):
-        result.D = d_step(stats, result.W, terms, D=result.D)
-        result.record(iteration, "D", objective(stats, result.D, result.W, terms))
+        W_B = result.W @ stats.B if W_B is None else W_B
+        result.D = d_step(stats, result.W, terms, D=result.D, W_B=W_B)
+        result.record(iteration, "D", record(stats, result.D, result.W, W_B=W_B))
         if learn_w:
+            D_Bt = result.D @ stats.B.T
             result.W = w_step(stats, result.D, result.W, terms, spectral_bound=spectral_bound,
-                              substeps=w_substeps)
-            result.record(iteration, "W", objective(stats, result.D, result.W, terms))
+                              substeps=w_substeps, D_Bt=D_Bt)
+            result.record(iteration, "W", record(stats, result.D, result.W, D_Bt=D_Bt))
+            W_B = None
         if sample_step is not None:
             stats = sample_step(result.D, result.W)
-            result.record(iteration, "sample", objective(stats, result.D, result.W, terms))
+            W_B = result.W @ stats.B
+            result.record(iteration, "sample", record(stats, result.D, result.W, W_B=W_B))
         result.n_iter = iteration
         current = result.objective
         exact_in_one_step = not (learn_w or sample_step is not None)
@@ -151,13 +157,14 @@ def bcd(
 
 
 def d_step(stats: SufficientStats, W: Any, terms: ObjectiveTerms = L2_TERMS, *,
-           D: Any = None) -> Any:
+           D: Any = None, W_B: Any = None) -> Any:
     """The exact minimiser of J over D for fixed W (see the module docstring).
 
     With ``terms.gamma > 0`` the penalty couples the columns; one sweep of exact column
     minimisations starting from ``D`` (or from the gamma = 0 solution) is made instead.
+    ``W_B``: the product W B when the caller has already formed it.
     """
-    target = W @ stats.B  # (d, V): sum_n r_n x_n^T
+    target = W @ stats.B if W_B is None else W_B  # (d, V): sum_n r_n x_n^T
     if terms.words_orthonormal:
         return polar(target)
     if terms.kind == "ip":
@@ -219,9 +226,13 @@ def w_step(
     *,
     spectral_bound: float | None = None,
     substeps: int = 5,
+    D_Bt: Any = None,
 ) -> Any:
-    """Update W for fixed D (see the module docstring): Procrustes, ridge, or majorised Procrustes."""
-    cross = D @ stats.B.T  # (d, p): D B^T
+    """Update W for fixed D (see the module docstring): Procrustes, ridge, or majorised Procrustes.
+
+    ``D_Bt``: the product D B^T when the caller has already formed it.
+    """
+    cross = D @ stats.B.T if D_Bt is None else D_Bt  # (d, p): D B^T
     if terms.kind == "ip":
         return polar(cross)
     if terms.words_orthonormal:

@@ -264,12 +264,57 @@ def check_rows(F: Any, X: Any) -> None:
 
 def objective(stats: SufficientStats, D: Any, W: Any, terms: ObjectiveTerms) -> float:
     """J(D, W) of the module docstring from the sufficient statistics."""
-    cross = float((W * (D @ stats.B.T)).sum())  # tr(W B D^T)
-    if terms.kind == "ip":
-        return -cross / stats.n
-    words = float(stats.C.trace()) if terms.words_orthonormal else float((D * (D @ stats.C)).sum())
-    data = float((W * (W @ stats.A)).sum()) - 2 * cross + words
-    return data / (2 * stats.n) + penalty(D, W, terms)
+    return ObjectiveRecord(terms)(stats, D, W)
+
+
+class ObjectiveRecord:
+    r"""J(D, W) evaluated again and again as a solver changes one block at a time.
+
+    J is made of three traces: tr(W A W^T), tr(W B D^T) and tr(D C D^T) (``l2`` under ``map``;
+    tr(C) under ``words``; ``ip`` has the cross term only). Each costs a d x p x p, d x p x V
+    or d x V x V product. A block coordinate step changes D or W, not both, so the record keeps
+    tr(W A W^T) while W and A are the same arrays and tr(D C D^T) while D and C are (by
+    identity: the solver must not change them in place), and the cross term is read from the
+    step's own product when it gives one: ``W_B`` = W B (a D-step's) or ``D_Bt`` = D B^T
+    (a W-step's), tr(W B D^T) = sum(D o W B) = sum(W o D B^T).
+
+    Parameters
+    ----------
+    terms : ObjectiveTerms
+    """
+
+    def __init__(self, terms: ObjectiveTerms) -> None:
+        self.terms = terms
+        self._map_trace: tuple[Any, Any, float] = (None, None, 0.0)  # (W, A, tr(W A W^T))
+        self._words_trace: tuple[Any, Any, float] = (None, None, 0.0)  # (D, C, tr(D C D^T))
+
+    def __call__(self, stats: SufficientStats, D: Any, W: Any, *, W_B: Any = None,
+                 D_Bt: Any = None) -> float:
+        """J(D, W) from ``stats``; ``W_B`` or ``D_Bt``, when given, must be those of this D and W."""
+        if W_B is not None:
+            cross = float((D * W_B).sum())
+        else:
+            cross = float((W * (D @ stats.B.T if D_Bt is None else D_Bt)).sum())
+        if self.terms.kind == "ip":
+            return -cross / stats.n
+        data = self._trace_of_map(W, stats.A) - 2 * cross + self._trace_of_words(D, stats.C)
+        return data / (2 * stats.n) + penalty(D, W, self.terms)
+
+    def _trace_of_map(self, W: Any, A: Any) -> float:
+        cached_W, cached_A, value = self._map_trace
+        if cached_W is not W or cached_A is not A:
+            value = float((W * (W @ A)).sum())
+            self._map_trace = (W, A, value)
+        return value
+
+    def _trace_of_words(self, D: Any, C: Any) -> float:
+        if self.terms.words_orthonormal:
+            return float(C.trace())
+        cached_D, cached_C, value = self._words_trace
+        if cached_D is not D or cached_C is not C:
+            value = float((D * (D @ C)).sum())
+            self._words_trace = (D, C, value)
+        return value
 
 
 def penalty(D: Any, W: Any, terms: ObjectiveTerms) -> float:

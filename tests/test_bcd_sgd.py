@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
 from solvers import (
+    ObjectiveRecord,
     ObjectiveTerms,
     bcd,
     closed_form,
@@ -126,6 +127,34 @@ def test_objective_from_stats_equals_direct_sum(xp):
     assert objective(stats, xp.asarray(D), xp.asarray(W), terms) == pytest.approx(direct, rel=1e-10)
     streamed = streaming_objective(F, X, xp.asarray(D), xp.asarray(W), terms, chunk_size=77)
     assert streamed == pytest.approx(direct, rel=1e-10)
+
+
+def test_objective_record_reuses_only_what_a_step_left_unchanged(xp):
+    """The record after D-, W- and sample-like steps equals the direct sum each time: a cached
+    trace is used while its arrays are the same, and recomputed when D, W or C change."""
+    F, X, _, _ = planted(n=400, noise=0.3)
+    rng = np.random.default_rng(7)
+    terms = ObjectiveTerms("l2", lam=0.1)
+    record = ObjectiveRecord(terms)
+
+    def direct(D, W, X):
+        return 0.5 * ((F @ W.T - X @ D.T) ** 2).sum() / 400 + 0.5 * 0.1 * (D**2).sum()
+
+    stats = on(xp, sufficient_stats(F, X))
+    D, W = rng.standard_normal((6, 20)), random_orthonormal_rows(6, 30, 4)
+    assert record(stats, xp.asarray(D), xp.asarray(W)) == pytest.approx(direct(D, W, X), rel=1e-10)
+    W_xp = xp.asarray(W)
+    D2 = rng.standard_normal((6, 20))  # a D-step: W kept, its product W B given
+    value = record(stats, xp.asarray(D2), W_xp, W_B=W_xp @ stats.B)
+    assert value == pytest.approx(direct(D2, W, X), rel=1e-10)
+    D2_xp = xp.asarray(D2)
+    W2 = random_orthonormal_rows(6, 30, 8)  # a W-step: D kept, D B^T given
+    value = record(stats, D2_xp, xp.asarray(W2), D_Bt=D2_xp @ stats.B.T)
+    assert value == pytest.approx(direct(D2, W2, X), rel=1e-10)
+    reweighted = X.multiply(rng.uniform(0, 1, X.shape)).tocsr()  # a sample step: new B and C, same A
+    new = on(xp, sufficient_stats(F, reweighted))
+    new = type(new)(stats.A, new.B, new.C, new.n, new.f_sum, new.x_sum)
+    assert record(new, D2_xp, xp.asarray(W2)) == pytest.approx(direct(D2, W2, reweighted), rel=1e-10)
 
 
 def test_words_objective_is_the_decoding_residual(xp):
