@@ -256,6 +256,10 @@ def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = L2_TER
       W = D B^T (A + N lam I)^{-1} (Mukherjee and Zhu 2011).
     - ``ip``, ``words`` (W W^T = I, D D^T = I): partial least squares, W = U_d^T and D = V_d^T
       from B = U S V^T.
+    - The minimum itself follows from the spectrum: J = (1/2N) (sum of the d smallest eigenvalues
+      of A - B S B^T) under ``map``, J = (tr(C) - s_1^2 - ... - s_d^2) / 2N from K's singular
+      values for reduced-rank (tr(W (A + N lam I) W^T) = tr(W B D^T) = sum_i s_i^2 there), and
+      J = -(s_1 + ... + s_d) / N from B's for partial least squares.
     - ``ip``, ``map`` (unit columns of D) and ``l2`` with incoherence have no closed form: W is
       the top d left singular vectors of B (``ip``) or the incoherence-free minimiser (``l2``),
       and ``converged`` is False: run :func:`bcd` from there.
@@ -280,24 +284,27 @@ def closed_form(stats: SufficientStats, dim: int, terms: ObjectiveTerms = L2_TER
         raise ValueError(f"dim={dim} exceeds what the constraint allows (p={p}, V={n_words})")
     exact = not terms.gamma and (terms.kind == "l2" or terms.words_orthonormal)
     if terms.kind == "ip":
-        left, _, right = _top_singular_pairs(stats.B, dim)
+        left, singular, right = _top_singular_pairs(stats.B, dim)
         W = left.T
         D = right.T if terms.words_orthonormal else d_step(stats, W, terms)
+        optimum = -float(singular.sum()) / stats.n
     elif not terms.words_orthonormal:  # W W^T = I
         S_BT = _ridge_solve(stats.C, stats.n * terms.lam, stats.B)  # B S (p x V)
         residual = stats.A - S_BT @ stats.B.T
         values, vectors = xp.linalg.eigh((residual + residual.T) / 2)
         W = vectors[:, :dim].T
         D = W @ S_BT
+        optimum = float(values[:dim].sum()) / (2 * stats.n)
     else:  # D D^T = I: reduced-rank ridge; with A + N lam I = L L^T and K = L^{-1} B,
         # W = D B^T (A + N lam I)^{-1} = D K^T L^{-1}.
         whiten, unwhiten = _whitening(stats.A, stats.n * terms.lam)
         K = whiten(stats.B)
-        _, _, right = _top_singular_pairs(K, dim)
+        _, singular, right = _top_singular_pairs(K, dim)
         D = right.T
         W = unwhiten(K @ D.T).T
+        optimum = (float(stats.C.trace()) - float((singular**2).sum())) / (2 * stats.n)
     result.D, result.W, result.n_iter, result.converged = D, W, 1, exact
-    result.record(1, "exact" if exact else "start", objective(stats, D, W, terms))
+    result.record(1, "exact" if exact else "start", optimum if exact else objective(stats, D, W, terms))
     return result
 
 

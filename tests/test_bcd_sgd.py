@@ -277,6 +277,9 @@ def test_reduced_rank_closed_form_is_reduced_rank_ridge(lam):
     np.testing.assert_allclose(D @ D.T, np.eye(4), atol=1e-10)
     np.testing.assert_allclose(W.T @ D, reference, atol=1e-8)
     assert result.converged
+    # The minimum read from the singular values is J evaluated at (D, W).
+    terms = ObjectiveTerms("l2", "words", lam=lam)
+    assert result.objective == pytest.approx(objective(stats, D, W, terms), rel=1e-10)
 
 
 def test_pls_closed_form_is_the_top_singular_pair_of_the_cross_covariance():
@@ -287,6 +290,8 @@ def test_pls_closed_form_is_the_top_singular_pair_of_the_cross_covariance():
     np.testing.assert_allclose(result.W.T @ result.W, u[:, :3] @ u[:, :3].T, atol=1e-9)
     np.testing.assert_allclose(result.D.T @ result.D, vt[:3].T @ vt[:3], atol=1e-9)
     assert result.objective == pytest.approx(-s[:3].sum() / stats.n, rel=1e-10)
+    terms = ObjectiveTerms("ip", "words")
+    assert result.objective == pytest.approx(objective(stats, result.D, result.W, terms), rel=1e-10)
 
 
 def test_fixed_w_is_one_exact_d_step(xp):
