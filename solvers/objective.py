@@ -237,19 +237,24 @@ def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096,
         float64 arrays of F's array module.
     """
     check_rows(F, X)
-    stats = None
+    totals = None
     for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, transform=transform, dtype=np.float64):
         sparse = sp.issparse(x_chunk)
-        part = SufficientStats(
+        part = [
             f_chunk.T @ f_chunk,
             (x_chunk.T @ f_chunk).T if sparse else f_chunk.T @ x_chunk,
-            (x_chunk.T @ x_chunk).toarray() if sparse else x_chunk.T @ x_chunk,
+            x_chunk.T @ x_chunk,  # sparse for a sparse X until the end: its pattern, not V x V
             f_chunk.shape[0],
             f_chunk.sum(axis=0),
             column_sums(x_chunk),
-        )
-        stats = part if stats is None else stats + part
-    return stats
+        ]
+        if totals is None:
+            totals = part
+        else:  # in place: a chunk's products are new arrays, no total is shared
+            for i, value in enumerate(part):
+                totals[i] += value
+    A, B, C, *rest = totals
+    return SufficientStats(A, B, C.toarray() if sp.issparse(C) else C, *rest)
 
 
 def check_rows(F: Any, X: Any) -> None:
