@@ -44,7 +44,7 @@ from solvers import (
     sgd,
     sufficient_stats,
 )
-from solvers.backend import get_array_module, gpu_available, release_mapped_pages, to_numpy
+from solvers.backend import get_array_module, gpu_available, plus_identity, release_mapped_pages, to_numpy
 from solvers.distributed import as_row_chunks, column_means_dask, sufficient_stats_dask
 from solvers.objective import column_means
 
@@ -541,7 +541,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         if (cached is None or cached[0] != mu or cached[1] is not self.dictionary_
                 or get_array_module(cached[2]) is not xp):
             D = xp.asarray(self.dictionary_)
-            self._gram_cache = (mu, self.dictionary_, D.T @ D + mu * xp.eye(D.shape[1]))
+            self._gram_cache = (mu, self.dictionary_, plus_identity(D.T @ D, mu, in_place=True))
         return mu, self._gram_cache[2]
 
     def predict(self, F: Any) -> np.ndarray:

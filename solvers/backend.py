@@ -111,6 +111,24 @@ def float_dtype(xp: ModuleType, *arrays: Any) -> Any:
     return xp.float64
 
 
+def plus_identity(M: Any, scale: float, *, in_place: bool = False) -> Any:
+    """M + scale I for a square M (numpy or CuPy), without forming I.
+
+    ``in_place``: add to M's own diagonal (M must not be shared); else a copy of M.
+    """
+    xp = get_array_module(M)
+    out = M if in_place else M.copy()
+    xp.fill_diagonal(out, xp.diagonal(out) + scale)
+    return out
+
+
+def minus_outer(M: Any, u: Any, v: Any) -> Any:
+    """M - u v^T as a new array, held in the outer product's own buffer (one allocation)."""
+    xp = get_array_module(M)
+    product = xp.outer(u, v)
+    return xp.subtract(M, product, out=product)
+
+
 def column_norms(A: Any) -> Any:
     """Euclidean norms of the columns of A, with 1 for a zero column.
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from solvers.backend import column_norms, get_array_module, linalg_module
+from solvers.backend import column_norms, get_array_module, linalg_module, plus_identity
 from solvers.objective import L2_TERMS, ObjectiveRecord, ObjectiveTerms, SufficientStats, objective
 
 
@@ -180,7 +180,7 @@ def d_step(stats: SufficientStats, W: Any, terms: ObjectiveTerms = L2_TERMS, *,
 def _ridge_solve(gram: Any, ridge: float, rhs: Any) -> Any:
     """rhs (gram + ridge I)^{-1} for a symmetric PSD gram, by Cholesky (pinv when singular)."""
     xp = get_array_module(gram, rhs)
-    system = gram + ridge * xp.eye(gram.shape[0], dtype=gram.dtype)
+    system = plus_identity(gram, ridge)
     linalg = linalg_module(xp)
     try:
         # system = L L^T, and S system = rhs  <=>  L L^T S^T = rhs^T.
@@ -315,7 +315,7 @@ def _whitening(gram: Any, ridge: float) -> tuple[Any, Any]:
     Q_+^T / sqrt(values_+) from its eigendecomposition, the same on its range.
     """
     xp = get_array_module(gram)
-    system = gram + ridge * xp.eye(gram.shape[0], dtype=gram.dtype)
+    system = plus_identity(gram, ridge)
     solve = linalg_module(xp).solve_triangular
     try:
         lower = xp.linalg.cholesky(system)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.backend import get_array_module, normalised_gram, release_mapped_pages, to_numpy
+from solvers.backend import get_array_module, minus_outer, normalised_gram, release_mapped_pages, to_numpy
 
 OBJECTIVES = ("l2", "ip")
 CONSTRAINTS = ("map", "words")
@@ -136,9 +136,9 @@ class SufficientStats:
         xp = get_array_module(self.A)
         f_mean, x_mean = self.f_sum / self.n, self.x_sum / self.n
         return SufficientStats(
-            self.A - self.n * xp.outer(f_mean, f_mean),
-            self.B - self.n * xp.outer(f_mean, x_mean),
-            self.C - self.n * xp.outer(x_mean, x_mean),
+            minus_outer(self.A, self.n * f_mean, f_mean),
+            minus_outer(self.B, self.n * f_mean, x_mean),
+            minus_outer(self.C, self.n * x_mean, x_mean),
             self.n,
             xp.zeros_like(self.f_sum),
             xp.zeros_like(self.x_sum),
