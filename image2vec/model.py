@@ -540,7 +540,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         cached = getattr(self, "_gram_cache", None)
         if (cached is None or cached[0] != mu or cached[1] is not self.dictionary_
                 or get_array_module(cached[2]) is not xp):
-            D = xp.asarray(self.dictionary_)
+            D = xp.asarray(self.dictionary_, dtype=xp.float64)
             self._gram_cache = (mu, self.dictionary_, plus_identity(D.T @ D, mu, in_place=True))
         return mu, self._gram_cache[2]
 

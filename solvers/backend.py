@@ -112,20 +112,23 @@ def float_dtype(xp: ModuleType, *arrays: Any) -> Any:
 
 
 def plus_identity(M: Any, scale: float, *, in_place: bool = False) -> Any:
-    """M + scale I for a square M (numpy or CuPy), without forming I.
+    """M + scale I for a square dense M (numpy or CuPy), without forming I.
 
-    ``in_place``: add to M's own diagonal (M must not be shared); else a copy of M.
+    A floating M keeps its dtype; an integer one becomes float64. ``in_place``: add to M's own
+    diagonal when M is floating (M must not be shared); else to a copy.
     """
     xp = get_array_module(M)
-    out = M if in_place else M.copy()
+    out = M.astype(xp.result_type(M.dtype, xp.float32), copy=not in_place)
     xp.fill_diagonal(out, xp.diagonal(out) + scale)
     return out
 
 
 def minus_outer(M: Any, u: Any, v: Any) -> Any:
-    """M - u v^T as a new array, held in the outer product's own buffer (one allocation)."""
+    """M - u v^T for a dense M, as a new array of the common dtype of M, u and v, held in the
+    outer product's own buffer (one allocation of M's size)."""
     xp = get_array_module(M)
-    product = xp.outer(u, v)
+    dtype = xp.result_type(M.dtype, u.dtype, v.dtype)
+    product = xp.outer(u.astype(dtype, copy=False), v.astype(dtype, copy=False))
     return xp.subtract(M, product, out=product)
 
 

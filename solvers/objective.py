@@ -212,13 +212,19 @@ def column_means(F: Any, X: Any, chunk_size: int = 4096, xp: Any = None,
     return f_sum / F.shape[0], x_sum / F.shape[0]
 
 
+#: Fill of X^T X above which :func:`sufficient_stats` sums it as a dense V x V array.
+DENSE_COOCCURRENCE = 0.25
+
+
 def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096,
                      transform: Callable[[Any], Any] | None = None) -> SufficientStats:
     """Accumulate A = F^T F, B = F^T X, C = X^T X and the sums in one streaming pass.
 
     Every chunk is converted to float64 before its products are formed, so float32 features
     with a large mean lose nothing in :meth:`SufficientStats.centered`. A sparse X enters by its
-    non-zeros (B = (X^T F)^T, C = X^T X as sparse products).
+    non-zeros (B = (X^T F)^T, C = X^T X as sparse products); C is summed over the chunks as a
+    sparse matrix until more than ``DENSE_COOCCURRENCE`` of its entries are non-zero, then as a
+    dense one.
 
     Parameters
     ----------
@@ -243,18 +249,48 @@ def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096,
         part = [
             f_chunk.T @ f_chunk,
             (x_chunk.T @ f_chunk).T if sparse else f_chunk.T @ x_chunk,
-            x_chunk.T @ x_chunk,  # sparse for a sparse X until the end: its pattern, not V x V
+            x_chunk.T @ x_chunk,  # sparse for a sparse X: the words' co-occurrences, not V x V
             f_chunk.shape[0],
             f_chunk.sum(axis=0),
             column_sums(x_chunk),
         ]
         if totals is None:
             totals = part
-        else:  # in place: a chunk's products are new arrays, no total is shared
-            for i, value in enumerate(part):
-                totals[i] += value
+            totals[2] = _add_cooccurrences(None, part[2])
+            continue
+        for i in (0, 1, 4, 5):  # in place: a chunk's products are new arrays, no total is shared
+            totals[i] += part[i]
+        totals[2] = _add_cooccurrences(totals[2], part[2])
+        totals[3] += part[3]
     A, B, C, *rest = totals
     return SufficientStats(A, B, C.toarray() if sp.issparse(C) else C, *rest)
+
+
+def _add_cooccurrences(total: Any, part: Any) -> Any:
+    """total + part for the X^T X of two sets of rows (``total`` None: the first part alone).
+
+    A SciPy sparse part stays sparse while at most ``DENSE_COOCCURRENCE`` of its entries are
+    non-zero, and so does the sum of two sparse ones; beyond, they are made dense. A dense total
+    is updated in place (at a sparse part's non-zeros).
+    """
+    def filled(M):
+        return sp.issparse(M) and M.nnz > DENSE_COOCCURRENCE * M.shape[0] * M.shape[1]
+
+    part = part.toarray() if filled(part) else part
+    if total is None:
+        return part
+    if sp.issparse(total) and sp.issparse(part):
+        total = total + part
+        return total.toarray() if filled(total) else total
+    if sp.issparse(total):
+        total = total.toarray()
+    if sp.issparse(part):
+        part = part.tocoo()
+        part.sum_duplicates()  # one entry per (row, column): the indexed += below adds each once
+        total[part.row, part.col] += part.data
+    else:
+        total += part
+    return total
 
 
 def check_rows(F: Any, X: Any) -> None:

@@ -31,3 +31,10 @@ def test_plus_identity_and_minus_outer_match_the_explicit_formulas(xp):
     u, v = rng.standard_normal(6), rng.standard_normal(4)
     result = minus_outer(xp.asarray(rect), xp.asarray(u), xp.asarray(v))
     np.testing.assert_allclose(to_numpy(result), rect - np.outer(u, v), rtol=0, atol=1e-15)
+    # dtypes: an integer M gets a float ridge, float32 vectors do not lower a float64 M
+    integer = plus_identity(xp.asarray(np.array([[3, 1], [1, 3]])), 0.5, in_place=True)
+    assert integer.dtype == np.float64
+    np.testing.assert_array_equal(to_numpy(integer), [[3.5, 1], [1, 3.5]])
+    assert plus_identity(xp.asarray(M, dtype=np.float32), 0.5).dtype == np.float32
+    mixed = minus_outer(xp.asarray(rect), xp.asarray(u, dtype=np.float32), xp.asarray(v, dtype=np.float32))
+    assert mixed.dtype == np.float64

@@ -51,9 +51,27 @@ def values_of(result):
     return np.array([value for _, _, value in result.trace])
 
 
-def test_sufficient_stats_stream_equals_dense_products():
-    F, X, _, _ = planted(n=301)
+def two_words_an_image(n, n_words, seed):
+    rng = np.random.default_rng(seed)
+    cols = np.concatenate([rng.choice(n_words, 2, replace=False) for _ in range(n)])
+    return sp.csr_matrix((rng.uniform(0.2, 1, 2 * n), cols, np.arange(0, 2 * n + 1, 2)), shape=(n, n_words))
+
+
+@pytest.mark.parametrize("cooccurrence", ["dense", "sparse", "turns dense"])
+def test_sufficient_stats_stream_equals_dense_products(cooccurrence):
+    """Summed over chunks of 64 rows, whether X^T X is dense in every chunk, stays sparse, or is
+    sparse in each chunk but fills up over them (a dense total updated at a part's non-zeros)."""
+    F, X, _, _ = planted(n=301)  # 20 words, 3 an image: every chunk's X^T X is dense
+    if cooccurrence == "sparse":  # 2 words an image among 400
+        X = two_words_an_image(301, 400, 5)
+        assert (X.T @ X).nnz < 0.25 * 400**2
+    elif cooccurrence == "turns dense":  # 2 among 40: a chunk fills 10%, four 31%
+        X = two_words_an_image(301, 40, 5)
+        assert (X[:64].T @ X[:64]).nnz < 0.25 * 40**2 < (X[:256].T @ X[:256]).nnz
+    else:
+        assert (X[:64].T @ X[:64]).nnz > 0.25 * 20**2
     stats = sufficient_stats(F, X, chunk_size=64)
+    assert all(type(m) is np.ndarray for m in (stats.A, stats.B, stats.C))  # no np.matrix
     dense = X.toarray()
     np.testing.assert_allclose(stats.A, F.T @ F, rtol=1e-12)
     np.testing.assert_allclose(stats.B, F.T @ dense, rtol=1e-12)
