@@ -15,11 +15,13 @@ process and run.
    VmHWM, memory-mapped pages it holds included), against Ridge where a dense target matrix
    fits in memory (``--ridge-max-gb``).
 
+``--device cuda`` fits Image2Vec on the GPU (CuPy; Ridge stays scikit-learn's, on the CPU).
 Writes ``bench_fit.csv`` and ``bench_fit.md`` into OUT.
 
     python experiments/bench_fit.py out/bench_fit --features experiments/results/flickr8k/features
     python experiments/bench_fit.py out/bench_fit --scale 25000 100000   # a shorter series
     python experiments/bench_fit.py out/weak_tag --models weak-tag --scale   # one model, no series
+    python experiments/bench_fit.py out/bench_fit_gpu --device cuda          # Image2Vec on CuPy
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import scipy.sparse as sp
 
 from image2vec.io import shared_data_dir
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
+from solvers.backend import gpu_available
 
 OUTPUTS = ("bench_fit.csv", "bench_fit.md", "features/")
 COLUMNS = ("part", "data", "system", "n", "seconds", "ratio", "converged", "sgd_seconds_to_1pct",
@@ -64,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest dense target matrix Ridge is given in the series (default: 4)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
                         help=f"models of the first part (default: all of {', '.join(MODELS)})")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the Image2Vec fits run (default: cpu; cuda needs CuPy and a "
+                             "CUDA device); Ridge runs on the CPU")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -107,7 +113,7 @@ def ridge(F: np.ndarray, X: sp.csr_matrix, alpha: float):
 
 
 def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int,
-             models: Sequence[str] = MODELS) -> list[dict]:
+             models: Sequence[str] = MODELS, device: str = "cpu") -> list[dict]:
     """Every model (of ``models``) x objective x solver on one Flickr8k-sized data set, against Ridge.
 
     The ratio is to Ridge on the features as stored (float32: scikit-learn then computes in
@@ -126,7 +132,8 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
         for objective in OBJECTIVES:
             optimum = None
             for solver in SOLVERS:
-                estimator = Image2Vec(model=model, objective=objective, solver=solver, random_state=seed)
+                estimator = Image2Vec(model=model, objective=objective, solver=solver, random_state=seed,
+                                      device=device)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     seconds, fitted = timed(lambda e=estimator: e.fit(F, X), 1 if solver == "sgd" else repeats)
@@ -167,7 +174,7 @@ if sys.argv[3] == "image2vec":
     from image2vec import Image2Vec
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Image2Vec().fit(F, X)
+        Image2Vec(device=sys.argv[4]).fit(F, X)
 else:
     from sklearn.linear_model import Ridge
     Ridge(alpha=3.0, solver="cholesky").fit(np.asarray(F), X.toarray())
@@ -181,13 +188,14 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 """
 
 
-def in_child(system: str, features: Path, targets: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(features), str(targets), system],
+def in_child(system: str, features: Path, targets: Path, device: str = "cpu") -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(features), str(targets), system, device],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def part_two(sizes: Sequence[int], ridge_max_gb: float, seed: int, scratch: Path) -> list[dict]:
+def part_two(sizes: Sequence[int], ridge_max_gb: float, seed: int, scratch: Path,
+             device: str = "cpu") -> list[dict]:
     """The default fit on memory-mapped synthetic data of growing N, each in a fresh process."""
     rows = []
     for n in sizes:
@@ -197,7 +205,7 @@ def part_two(sizes: Sequence[int], ridge_max_gb: float, seed: int, scratch: Path
         mapped.flush()
         del mapped
         sp.save_npz(targets, X)
-        ours = in_child("image2vec", features, targets)
+        ours = in_child("image2vec", features, targets, device)
         row = {"part": "scale", "data": "synthetic, memory-mapped float32", "system": "reduced-rank/l2/bcd",
                "n": n, "seconds": ours["seconds"], "peak_rss_mb": ours["peak_rss_mb"]}
         dense_gb = n * 5000 * 8 / 2**30
@@ -229,17 +237,19 @@ def table(rows: list[dict]) -> str:
 def experiment(args: argparse.Namespace) -> None:
     import flickr8k
 
+    if args.device == "cuda" and not gpu_available():
+        raise common.ExperimentError("--device cuda needs CuPy (pip install -e .[gpu]) and a CUDA device")
     out = common.OutputFolder(args.out, OUTPUTS)
     rows = []
     train, _ = flickr8k.load_splits(args, out)
     shape = train.features.shape
     density = train.targets.nnz / train.targets.shape[0]
     rows += part_one("Flickr8k train (real)", np.asarray(train.features), train.targets, args.repeats, args.seed,
-                     args.models)
+                     args.models, args.device)
     F, X = synthetic(shape[0], shape[1], train.targets.shape[1], int(round(density)), args.seed)
-    rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed, args.models)
+    rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed, args.models, args.device)
     with tempfile.TemporaryDirectory(prefix="image2vec-bench-") as scratch:
-        rows += part_two(args.scale, args.ridge_max_gb, args.seed, Path(scratch))
+        rows += part_two(args.scale, args.ridge_max_gb, args.seed, Path(scratch), args.device)
     out.write_csv("bench_fit.csv", rows, COLUMNS)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out.write_text("bench_fit.md", f"# Fit time against scikit-learn Ridge\n\n`{args.command}`, "

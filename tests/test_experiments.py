@@ -15,10 +15,12 @@ import pytest
 from PIL import Image
 
 from image2vec.datasets import SAMPLE_CAPTIONS, load_caption_data, sample_image_dir
+from solvers.backend import gpu_available
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
+import bench_fit  # noqa: E402
 import common  # noqa: E402
 import compare  # noqa: E402
 import gallery  # noqa: E402
@@ -215,6 +217,15 @@ def test_bad_input_is_one_line(tmp_path, store, capsys, argv, message):
     last = err.strip().splitlines()[-1]  # after the progress bars, if any
     assert status == 2 and last.startswith("compare.py: error: ") and message in last
     assert "Traceback" not in err
+
+
+@pytest.mark.skipif(gpu_available(), reason="the refusal is for machines without a CUDA device")
+def test_bench_fit_on_cuda_without_a_device_is_one_line(tmp_path, capsys):
+    """Refused before any data is read or the output folder is made."""
+    status, _, err = run_script(bench_fit, [str(tmp_path / "out"), "--device", "cuda"], capsys)
+    assert status == 2 and err.strip() == ("bench_fit.py: error: --device cuda needs CuPy "
+                                           "(pip install -e .[gpu]) and a CUDA device")
+    assert not (tmp_path / "out").exists()
 
 
 def test_coco_folder_without_its_split(tmp_path, coco_mini, capsys):
