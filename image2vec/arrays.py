@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from solvers.backend import get_array_module
+from solvers.backend import get_array_module, plus_identity
 
 
 def unit_rows(A: Any) -> Any:
@@ -64,7 +64,7 @@ def _whitener(C: np.ndarray, reg: float) -> np.ndarray:
     r"""K (p x r) with K^T (C + reg tr(C)/p I) K = I_r: the inverse square root of the regularised
     covariance on its r directions of non-negligible variance (all p when reg > 0)."""
     p = C.shape[0]
-    values, vectors = np.linalg.eigh(C + reg * np.trace(C) / p * np.eye(p))
+    values, vectors = np.linalg.eigh(plus_identity(C, reg * np.trace(C) / p))
     keep = values > max(values[-1], 0) * p * np.finfo(np.float64).eps
     return vectors[:, keep] / np.sqrt(values[keep])
 

@@ -359,7 +359,7 @@ def polar(M: Any) -> Any:
 def _is_multiple_of_identity(A: Any, scale: float, rtol: float = 1e-6) -> bool:
     """Whether A = scale I up to ``rtol * scale`` in every entry."""
     xp = get_array_module(A)
-    return float(xp.abs(A - scale * xp.eye(A.shape[0], dtype=A.dtype)).max()) <= rtol * abs(scale)
+    return float(xp.abs(plus_identity(A, -scale)).max()) <= rtol * abs(scale)
 
 
 def largest_eigenvalue(A: Any) -> float:

@@ -243,27 +243,20 @@ def sufficient_stats(F: Any, X: Any, *, chunk_size: int = 4096,
         float64 arrays of F's array module.
     """
     check_rows(F, X)
-    totals = None
+    A = B = C = f_sum = x_sum = None
+    n = 0
     for f_chunk, x_chunk in iter_row_chunks(F, X, chunk_size, transform=transform, dtype=np.float64):
         sparse = sp.issparse(x_chunk)
-        part = [
-            f_chunk.T @ f_chunk,
-            (x_chunk.T @ f_chunk).T if sparse else f_chunk.T @ x_chunk,
-            x_chunk.T @ x_chunk,  # sparse for a sparse X: the words' co-occurrences, not V x V
-            f_chunk.shape[0],
-            f_chunk.sum(axis=0),
-            column_sums(x_chunk),
-        ]
-        if totals is None:
-            totals = part
-            totals[2] = _add_cooccurrences(None, part[2])
-            continue
-        for i in (0, 1, 4, 5):  # in place: a chunk's products are new arrays, no total is shared
-            totals[i] += part[i]
-        totals[2] = _add_cooccurrences(totals[2], part[2])
-        totals[3] += part[3]
-    A, B, C, *rest = totals
-    return SufficientStats(A, B, C.toarray() if sp.issparse(C) else C, *rest)
+        products = (f_chunk.T @ f_chunk, (x_chunk.T @ f_chunk).T if sparse else f_chunk.T @ x_chunk,
+                    f_chunk.sum(axis=0), column_sums(x_chunk))
+        if A is None:
+            A, B, f_sum, x_sum = products
+        else:  # in place: a chunk's products are new arrays, no total is shared
+            for total, value in zip((A, B, f_sum, x_sum), products):
+                total += value
+        C = _add_cooccurrences(C, x_chunk.T @ x_chunk)  # sparse X: the words' co-occurrences
+        n += f_chunk.shape[0]
+    return SufficientStats(A, B, C.toarray() if sp.issparse(C) else C, n, f_sum, x_sum)
 
 
 def _add_cooccurrences(total: Any, part: Any) -> Any:
