@@ -44,7 +44,14 @@ from solvers import (
     sgd,
     sufficient_stats,
 )
-from solvers.backend import get_array_module, gpu_available, plus_identity, release_mapped_pages, to_numpy
+from solvers.backend import (
+    get_array_module,
+    gpu_available,
+    minus_outer,
+    plus_identity,
+    release_mapped_pages,
+    to_numpy,
+)
 from solvers.distributed import as_row_chunks, column_means_dask, sufficient_stats_dask
 from solvers.objective import column_means
 
@@ -706,6 +713,59 @@ class FitProblem:
     xp: Any
 
 
+@dataclass(frozen=True)
+class _PaddedGroup:
+    """Images of one chunk whose word counts differ by less than a factor 1.5, as padded problems.
+
+    Image i of the group has slot s for its s-th word; padding slots have word 0 and value 0.
+    """
+
+    entries: np.ndarray  # (m,) the group's entries, positions among the chunk's entries (host)
+    images: Any  # (g,) the images, rows of the chunk
+    words: Any  # (g, slots) the chunk-local word of each slot
+    values: Any  # (g, slots) x_ns
+    slots: tuple[Any, Any]  # (image, slot) of each of the m entries
+
+
+@dataclass(frozen=True)
+class _ChunkLayout:
+    """What the A-step needs of one chunk of rows of X, computed once (X does not change).
+
+    ``used``: the words that occur in the chunk; ``local``: each entry's word among them;
+    ``entry_rows``: each entry's row of the chunk (``ip``); ``groups``: the padded problems (``l2``).
+    """
+
+    rows: slice
+    block: sp.csr_matrix
+    used: Any
+    local: Any
+    entry_rows: Any
+    groups: list[_PaddedGroup]
+
+    @classmethod
+    def of(cls, X: sp.csr_matrix, rows: slice, xp) -> _ChunkLayout:
+        block = X[rows]
+        counts = np.diff(block.indptr)
+        used, local = np.unique(block.indices, return_inverse=True)
+        size_class = np.ceil(np.log(np.maximum(counts, 1)) / np.log(1.5))
+        size_class[counts == 0] = -1  # images without words: nothing to weigh
+        groups = []
+        for size in np.unique(size_class[size_class >= 0]):
+            images = np.flatnonzero(size_class == size)
+            lengths = counts[images]
+            starts = np.cumsum(lengths) - lengths  # each image's first entry in the group
+            image = np.repeat(np.arange(len(images)), lengths)
+            slot = np.arange(lengths.sum()) - starts[image]
+            entries = block.indptr[images][image] + slot  # the CSR ranges of its images, in order
+            words = np.zeros((len(images), int(lengths.max())), dtype=np.intp)
+            values = np.zeros(words.shape)
+            words[image, slot], values[image, slot] = local[entries], block.data[entries]
+            groups.append(_PaddedGroup(entries, xp.asarray(images), xp.asarray(words), xp.asarray(values),
+                                       (xp.asarray(image), xp.asarray(slot))))
+        entry_rows = np.repeat(np.arange(block.shape[0]), counts)
+        return cls(rows, block, xp.asarray(used), xp.asarray(local), xp.asarray(entry_rows), groups)
+
+
 class _TagWeights:
     """The weak-tag A-step: per-image weights a_n in [0, 1] on the image's own words.
 
@@ -719,13 +779,17 @@ class _TagWeights:
     is on ``xp``'s device, where its embeddings and box-constrained fits are computed (only the
     chunk's new weights come back). The per-image problems need no d-dimensional
     atoms: with u = a * x_n, ||r - D u||^2 = ||r||^2 - 2 u^T D^T r + u^T (D^T D) u, read off the
-    Gram matrix of the chunk's words and their scores D^T r.
+    Gram matrix of the chunk's words and their scores D^T r. How each chunk's entries fall into
+    padded problems depends on X only: it is worked out once (:class:`_ChunkLayout`).
     """
 
     def __init__(self, F: Any, X: sp.csr_matrix, transform, f_mean: np.ndarray, objective: str, xp):
         self.F, self.X, self.transform, self.objective, self.xp = F, X.tocsr(), transform, objective, xp
         self.f_mean = f_mean  # the mean of transform(F)
         self.weights = np.ones(self.X.nnz)
+        n = self.X.shape[0]
+        self.layouts = [_ChunkLayout.of(self.X, slice(start, min(start + CHUNK_ROWS, n)), xp)
+                        for start in range(0, n, CHUNK_ROWS)]
         self._cache = None  # the transformed chunks of F, when small (see _centred_chunks)
 
     def weighted(self) -> sp.csr_matrix:
@@ -751,26 +815,25 @@ class _TagWeights:
         shift = D @ xbar if self.objective == "l2" else 0
         new = np.empty_like(self.weights)
         cross = 0
-        n = self.X.shape[0]
-        for rows, centred in self._centred_chunks():  # F's rows only: X's stay sparse on the host
-            entries = slice(self.X.indptr[rows.start], self.X.indptr[rows.stop])
-            block = self.X[rows]
-            new[entries] = self._chunk_weights(block, self.weights[entries], D, centred @ W.T + shift)
+        for layout, centred in zip(self.layouts, self._centred_chunks(), strict=True):  # X stays on the host
+            entries = slice(self.X.indptr[layout.rows.start], self.X.indptr[layout.rows.stop])
+            new[entries] = self._chunk_weights(layout, self.weights[entries], D, centred @ W.T + shift)
             if scatter is not None:
-                block.data = block.data * new[entries]
+                block = layout.block
+                block = sp.csr_matrix((block.data * new[entries], block.indices, block.indptr), shape=block.shape)
                 cross = cross + ((block.T @ centred).T if xp is np  # sparse on the host, dense on a device
                                  else centred.T @ xp.asarray(block.toarray()))
         self.weights = new
         weighted = self.weighted()
         if scatter is None:
             return weighted
-        x_mean = np.asarray(weighted.mean(axis=0)).ravel()
-        words = (weighted.T @ weighted).toarray() - n * np.outer(x_mean, x_mean)
+        n, x_mean = self.X.shape[0], np.asarray(weighted.mean(axis=0)).ravel()
+        words = minus_outer((weighted.T @ weighted).toarray(), n * x_mean, x_mean)
         return SufficientStats(scatter, cross, xp.asarray(words), n, xp.zeros(len(self.f_mean)),
                                xp.zeros(len(x_mean)))
 
     def _centred_chunks(self):
-        """(rows, transform(F[rows]) - m) for the row chunks of F, as ``xp`` arrays.
+        """transform(F[rows]) - m for the row chunks of F, as ``xp`` arrays.
 
         Read from F on the first sweep; kept for the later ones when all of them take at most
         ``TRANSFORM_CACHE_BYTES`` (N x q float64), else read again every sweep (streaming).
@@ -780,68 +843,38 @@ class _TagWeights:
             return
         n, f_mean = self.X.shape[0], self.xp.asarray(self.f_mean)
         kept = [] if n * len(self.f_mean) * 8 <= TRANSFORM_CACHE_BYTES else None
-        for start in range(0, n, CHUNK_ROWS):
-            rows = slice(start, min(start + CHUNK_ROWS, n))
-            centred = self.transform(self.xp.asarray(self.F[rows])) - f_mean
+        for layout in self.layouts:
+            centred = self.transform(self.xp.asarray(self.F[layout.rows])) - f_mean
             release_mapped_pages(self.F)
             if kept is not None:
-                kept.append((rows, centred))
-            yield rows, centred
+                kept.append(centred)
+            yield centred
         self._cache = kept
 
-    def _chunk_weights(self, block: sp.csr_matrix, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
+    def _chunk_weights(self, layout: _ChunkLayout, current: np.ndarray, D: Any, embedded: Any) -> np.ndarray:
         """New a on the entries of one chunk of images, from the scores S = (R - c) D_U and the
         Gram matrix G = D_U^T D_U of the chunk's words U (on D's device).
 
-        ``ip``: a_nv = 1 where x_nv S_nv > 0. ``l2``: the box-constrained fits, solved in groups of
-        images whose word counts differ by less than a factor 1.5 (each group padded to its own
-        largest count).
+        ``ip``: a_nv = 1 where x_nv S_nv > 0. ``l2``: the box-constrained fits of the padded
+        groups, Q_nst = x_ns x_nt G_{v_ns v_nt} and c_ns = x_ns S_{n v_ns}, warm-started at the
+        current weights.
         """
         xp = self.xp
-        counts = np.diff(block.indptr)
-        used, local = np.unique(block.indices, return_inverse=True)
-        columns = D[:, xp.asarray(used)]
+        columns = D[:, layout.used]
         scores = embedded @ columns
         if self.objective == "ip":  # x_nv S_nv > 0 (an explicitly stored x_nv = 0 gets weight 0)
-            rows = np.repeat(np.arange(block.shape[0]), counts)
-            positive = to_numpy(scores[xp.asarray(rows), xp.asarray(local)] > 0)
-            return (positive & (block.data > 0)).astype(float)
+            positive = to_numpy(scores[layout.entry_rows, layout.local] > 0)
+            return (positive & (layout.block.data > 0)).astype(float)
         gram = columns.T @ columns
         gram = (gram + gram.T) / 2  # exactly symmetric, as box_least_squares reads rows for columns
-        size_class = np.ceil(np.log(np.maximum(counts, 1)) / np.log(1.5))
-        size_class[counts == 0] = -1  # images without words: nothing to weigh
-        new = np.empty(block.nnz)
-        for size in np.unique(size_class[size_class >= 0]):
-            images = np.flatnonzero(size_class == size)
-            # The group's entries: the CSR ranges indptr[i]:indptr[i + 1] of its images, in order.
-            lengths = counts[images]
-            entries = (np.repeat(block.indptr[images] - np.cumsum(lengths) + lengths, lengths)
-                       + np.arange(lengths.sum()))
-            new[entries] = self._padded_weights(lengths, local[entries], block.data[entries], current[entries],
-                                                scores[xp.asarray(images)], gram)
+        new = np.empty(layout.block.nnz)
+        for group in layout.groups:
+            c = group.values * scores[group.images[:, None], group.words]
+            Q = (group.values[:, :, None] * group.values[:, None, :]
+                 * gram[group.words[:, :, None], group.words[:, None, :]])
+            init = xp.zeros(group.words.shape)
+            init[group.slots] = xp.asarray(current[group.entries])
+            # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.
+            fitted = box_least_squares(Q, c, init=init, max_sweeps=20, tol=1e-6)
+            new[group.entries] = to_numpy(fitted[group.slots])
         return new
-
-    def _padded_weights(self, counts: np.ndarray, words: np.ndarray, values: np.ndarray, current: np.ndarray,
-                        scores: Any, gram: Any) -> np.ndarray:
-        """New l2 weights on the entries of some images, as padded per-image problems.
-
-        Image n has ``counts[n]`` entries (consecutive in ``words``, ``values``); slot s holds its
-        s-th word v_ns with value x_ns (padding: value 0), so Q_nst = x_ns x_nt G_{v_ns v_nt} and
-        c_ns = x_ns S_{n v_ns}.
-        """
-        xp = self.xp
-        slots = int(counts.max())
-        rows = np.repeat(np.arange(len(counts)), counts)
-        entry = (rows, np.arange(len(words)) - (np.cumsum(counts) - counts)[rows])  # (image, slot)
-        word_index = np.zeros((len(counts), slots), dtype=np.intp)
-        word_index[entry] = words
-        value = np.zeros((len(counts), slots))
-        value[entry] = values
-        word_index, value = xp.asarray(word_index), xp.asarray(value)
-        c = value * xp.take_along_axis(scores, word_index, axis=1)
-        Q = value[:, :, None] * value[:, None, :] * gram[word_index[:, :, None], word_index[:, None, :]]
-        entry = tuple(xp.asarray(e) for e in entry)
-        init = xp.zeros((len(counts), slots))
-        init[entry] = xp.asarray(current)
-        # Warm-started sweeps: each lowers the objective, the outer iterations finish the job.
-        return to_numpy(box_least_squares(Q, c, init=init, max_sweeps=20, tol=1e-6)[entry])
