@@ -46,7 +46,10 @@ def box_least_squares(
     xp = get_array_module(Q, c)
     if Q.ndim != 3 or Q.shape[1] != Q.shape[2] or c.shape != Q.shape[:2]:
         raise ValueError(f"box_least_squares: Q must be (b, m, m) and c (b, m), got {Q.shape} and {c.shape}")
-    a = xp.full(c.shape, lower, dtype=c.dtype) if init is None else xp.clip(init, lower, upper).astype(c.dtype)
+    if init is None:
+        a = xp.full(c.shape, lower, dtype=c.dtype)
+    else:  # clip makes a new array, changed in place below
+        a = xp.clip(init, lower, upper).astype(c.dtype, copy=False)
     if a.size == 0:
         return a
     diag = xp.diagonal(Q, axis1=1, axis2=2)
