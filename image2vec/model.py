@@ -732,7 +732,8 @@ class _ChunkLayout:
     """What the A-step needs of one chunk of rows of X, computed once (X does not change).
 
     ``used``: the words that occur in the chunk; ``local``: each entry's word among them;
-    ``entry_rows``: each entry's row of the chunk (``ip``); ``groups``: the padded problems (``l2``).
+    ``entry_rows``: each entry's row of the chunk (``ip``, else None); ``groups``: the padded
+    problems (``l2``, else empty).
     """
 
     rows: slice
@@ -743,10 +744,13 @@ class _ChunkLayout:
     groups: list[_PaddedGroup]
 
     @classmethod
-    def of(cls, X: sp.csr_matrix, rows: slice, xp) -> _ChunkLayout:
+    def of(cls, X: sp.csr_matrix, rows: slice, objective: str, xp) -> _ChunkLayout:
         block = X[rows]
         counts = np.diff(block.indptr)
         used, local = np.unique(block.indices, return_inverse=True)
+        if objective == "ip":
+            entry_rows = np.repeat(np.arange(block.shape[0]), counts)
+            return cls(rows, block, xp.asarray(used), xp.asarray(local), xp.asarray(entry_rows), [])
         size_class = np.ceil(np.log(np.maximum(counts, 1)) / np.log(1.5))
         size_class[counts == 0] = -1  # images without words: nothing to weigh
         groups = []
@@ -762,8 +766,7 @@ class _ChunkLayout:
             words[image, slot], values[image, slot] = local[entries], block.data[entries]
             groups.append(_PaddedGroup(entries, xp.asarray(images), xp.asarray(words), xp.asarray(values),
                                        (xp.asarray(image), xp.asarray(slot))))
-        entry_rows = np.repeat(np.arange(block.shape[0]), counts)
-        return cls(rows, block, xp.asarray(used), xp.asarray(local), xp.asarray(entry_rows), groups)
+        return cls(rows, block, xp.asarray(used), xp.asarray(local), None, groups)
 
 
 class _TagWeights:
@@ -788,7 +791,7 @@ class _TagWeights:
         self.f_mean = f_mean  # the mean of transform(F)
         self.weights = np.ones(self.X.nnz)
         n = self.X.shape[0]
-        self.layouts = [_ChunkLayout.of(self.X, slice(start, min(start + CHUNK_ROWS, n)), xp)
+        self.layouts = [_ChunkLayout.of(self.X, slice(start, min(start + CHUNK_ROWS, n)), objective, xp)
                         for start in range(0, n, CHUNK_ROWS)]
         self._cache = None  # the transformed chunks of F, when small (see _centred_chunks)
 
