@@ -8,7 +8,9 @@ process and run.
    caption targets, and synthetic data of the same shape. Every model x objective x solver is
    fitted with its defaults; the median wall time of ``--repeats`` fits (one for sgd), its
    ratio to Ridge's median, whether it converged, and for sgd the time at which its objective
-   first came within 1% of the bcd optimum (statistics pass included).
+   first came within 1% of the bcd optimum (statistics pass included). Ridge is timed
+   alternately with each system (Ridge, fit, Ridge, fit...), so that a change in the machine's
+   load during the run hits both sides of every ratio alike.
 2. Scale (synthetic, COCO to YFCC sized): N = 25k, 100k, 400k images, p = 1,280 float32
    features in a memory-mapped ``.npy``, V = 5,000 words, about 10 an image (sparse). The
    default fit, each in a fresh process: wall time and peak resident memory (the process's
@@ -106,6 +108,18 @@ def timed(fit: Callable[[], object], repeats: int) -> tuple[float, object]:
     return median(times), result
 
 
+def timed_against(fit: Callable[[], object], peer: Callable[[], object], repeats: int,
+                  ) -> tuple[float, float, object]:
+    """Median wall times of ``fit`` and ``peer`` over ``repeats`` alternating rounds (peer, then
+    fit), and the last result of ``fit``."""
+    fit_seconds, peer_seconds = [], []
+    for _ in range(repeats):
+        peer_seconds.append(timed(peer, 1)[0])
+        seconds, result = timed(fit, 1)
+        fit_seconds.append(seconds)
+    return median(fit_seconds), median(peer_seconds), result
+
+
 def ridge(F: np.ndarray, X: sp.csr_matrix, alpha: float):
     from sklearn.linear_model import Ridge
 
@@ -117,8 +131,8 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
     """Every model (of ``models``) x objective x solver on one Flickr8k-sized data set, against Ridge.
 
     The ratio is to Ridge on the features as stored (float32: scikit-learn then computes in
-    float32); Ridge on float64 features, the precision the Image2Vec solvers work in, is timed
-    too.
+    float32), timed alternately with the system (:func:`timed_against`); Ridge on float64
+    features, the precision the Image2Vec solvers work in, is timed once for the whole set.
     """
     ridge_seconds, _ = timed(lambda: ridge(F, X, alpha=3.0), repeats)
     wide = F.astype(np.float64)
@@ -136,17 +150,21 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
                                       device=device)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    seconds, fitted = timed(lambda e=estimator: e.fit(F, X), 1 if solver == "sgd" else repeats)
+                    seconds, peer_seconds, fitted = timed_against(
+                        lambda e=estimator: e.fit(F, X), lambda: ridge(F, X, alpha=3.0),
+                        1 if solver == "sgd" else repeats)
                 trace = fitted.objective_trace_
                 row = {"part": "flickr8k size", "data": name, "system": f"{model}/{objective}/{solver}",
-                       "n": len(F), "seconds": seconds, "ratio": seconds / ridge_seconds,
-                       "converged": fitted.converged_, "repeats": 1 if solver == "sgd" else repeats}
+                       "n": len(F), "seconds": seconds, "ratio": seconds / peer_seconds,
+                       "converged": fitted.converged_, "ridge_seconds": peer_seconds,
+                       "repeats": 1 if solver == "sgd" else repeats}
                 if solver == "bcd":
                     optimum = trace[-1][2]
                 elif optimum is not None:
                     row["sgd_seconds_to_1pct"] = _time_to_within(fitted, optimum, 0.01)
                 rows.append(row)
-                print(f"{name}: {row['system']} {seconds:.2f} s ({row['ratio']:.1f}x Ridge)", flush=True)
+                print(f"{name}: {row['system']} {seconds:.2f} s ({row['ratio']:.1f}x Ridge's "
+                      f"{peer_seconds:.2f} s)", flush=True)
     return rows
 
 

@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,20 @@ def test_bench_fit_on_cuda_without_a_device_is_one_line(tmp_path, capsys):
     assert status == 2 and err.strip() == ("bench_fit.py: error: --device cuda needs CuPy "
                                            "(pip install -e .[gpu]) and a CUDA device")
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_fit_times_ridge_alternately_with_each_system():
+    """Ridge, fit, Ridge, fit...: each side's median over the rounds, the last fit's result."""
+    calls = []
+
+    def fit():
+        calls.append("fit")
+        time.sleep(0.05)
+        return len(calls)
+
+    fit_seconds, ridge_seconds, result = bench_fit.timed_against(fit, lambda: calls.append("ridge"), 3)
+    assert calls == ["ridge", "fit"] * 3 and result == 6
+    assert fit_seconds >= 0.05 > ridge_seconds
 
 
 def test_coco_folder_without_its_split(tmp_path, coco_mini, capsys):
