@@ -36,13 +36,13 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from statistics import median
 
 import common
 import numpy as np
 import scipy.sparse as sp
+import timing
 
 from image2vec.io import shared_data_dir
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
@@ -98,28 +98,6 @@ def synthetic(n: int, p: int, n_words: int, per_image: int, seed: int,
     return F, X
 
 
-def timed(fit: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median wall time of ``repeats`` calls and the last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fit()
-        times.append(time.perf_counter() - start)
-    return median(times), result
-
-
-def timed_against(fit: Callable[[], object], peer: Callable[[], object], repeats: int,
-                  ) -> tuple[float, float, object]:
-    """Median wall times of ``fit`` and ``peer`` over ``repeats`` alternating rounds (peer, then
-    fit), and the last result of ``fit``."""
-    fit_seconds, peer_seconds = [], []
-    for _ in range(repeats):
-        peer_seconds.append(timed(peer, 1)[0])
-        seconds, result = timed(fit, 1)
-        fit_seconds.append(seconds)
-    return median(fit_seconds), median(peer_seconds), result
-
-
 def ridge(F: np.ndarray, X: sp.csr_matrix, alpha: float):
     from sklearn.linear_model import Ridge
 
@@ -131,12 +109,13 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
     """Every model (of ``models``) x objective x solver on one Flickr8k-sized data set, against Ridge.
 
     The ratio is to Ridge on the features as stored (float32: scikit-learn then computes in
-    float32), timed alternately with the system (:func:`timed_against`); Ridge on float64
+    float32), timed alternately with the system (``timing.median_times``); Ridge on float64
     features, the precision the Image2Vec solvers work in, is timed once for the whole set.
     """
-    ridge_seconds, _ = timed(lambda: ridge(F, X, alpha=3.0), repeats)
     wide = F.astype(np.float64)
-    wide_seconds, _ = timed(lambda: ridge(wide, X, alpha=3.0), repeats)
+    times, _ = timing.median_times({F.dtype.name: lambda: ridge(F, X, alpha=3.0),
+                                    "float64": lambda: ridge(wide, X, alpha=3.0)}, repeats, warm_up=False)
+    ridge_seconds, wide_seconds = times[F.dtype.name], times["float64"]
     rows = [{"part": "flickr8k size", "data": name, "system": f"Ridge(cholesky), {F.dtype}", "n": len(F),
              "seconds": ridge_seconds, "ratio": 1.0, "repeats": repeats},
             {"part": "flickr8k size", "data": name, "system": "Ridge(cholesky), float64", "n": len(F),
@@ -148,16 +127,17 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
             for solver in SOLVERS:
                 estimator = Image2Vec(model=model, objective=objective, solver=solver, random_state=seed,
                                       device=device)
+                rounds = 1 if solver == "sgd" else repeats
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    seconds, peer_seconds, fitted = timed_against(
-                        lambda e=estimator: e.fit(F, X), lambda: ridge(F, X, alpha=3.0),
-                        1 if solver == "sgd" else repeats)
+                    times, results = timing.median_times(
+                        {"ridge": lambda: ridge(F, X, alpha=3.0), "fit": lambda e=estimator: e.fit(F, X)},
+                        rounds, warm_up=False)
+                seconds, peer_seconds, fitted = times["fit"], times["ridge"], results["fit"]
                 trace = fitted.objective_trace_
                 row = {"part": "flickr8k size", "data": name, "system": f"{model}/{objective}/{solver}",
                        "n": len(F), "seconds": seconds, "ratio": seconds / peer_seconds,
-                       "converged": fitted.converged_, "ridge_seconds": peer_seconds,
-                       "repeats": 1 if solver == "sgd" else repeats}
+                       "converged": fitted.converged_, "ridge_seconds": peer_seconds, "repeats": rounds}
                 if solver == "bcd":
                     optimum = trace[-1][2]
                 elif optimum is not None:

@@ -27,29 +27,12 @@ import datetime
 import os
 import platform
 import time
-from collections.abc import Callable
-from statistics import median
 
 import numpy as np
+import timing
 from threadpoolctl import threadpool_limits
 
 from solvers import omp
-
-
-def median_times(runs: dict[str, Callable[[], object]], repeats: int,
-                 sync: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Median wall time of each callable over ``repeats`` rounds (after one warm-up call each)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()
-        sync()
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: median(values) for name, values in times.items()}
 
 
 def supports(dense: np.ndarray) -> np.ndarray:
@@ -98,7 +81,7 @@ def bench_cpu(args: argparse.Namespace) -> None:
         runs["SPAMS spams.omp"] = lambda: spams.omp(Yf, Df, L=k, numThreads=args.threads)
     # Every implementation runs under the same BLAS thread limit (SPAMS also gets numThreads).
     with threadpool_limits(args.threads):
-        times = median_times(runs, args.repeats)
+        times, _ = timing.median_times(runs, args.repeats)
         ours_dense = omp(D, Y, k).toarray()
         if spams is not None:
             agree = (supports(ours_dense) == supports(spams.omp(Yf, Df, L=k).toarray().T)).all(axis=1).mean()
@@ -143,7 +126,7 @@ def bench_gpu(args: argparse.Namespace) -> None:
             cupy.cuda.Device().synchronize()
             torch.cuda.synchronize()
 
-        times = median_times(runs, args.repeats, sync)
+        times, _ = timing.median_times(runs, args.repeats, sync=sync)
         report(times, f"solvers.omp cupy {name}", args, peers=(f"omp-gpu (torch) {name}", f"GEMM floor cupy {name}"))
 
 

@@ -27,6 +27,7 @@ import compare  # noqa: E402
 import gallery  # noqa: E402
 import l2_vs_ip  # noqa: E402
 import similar_words  # noqa: E402
+import timing  # noqa: E402
 import weak_tags  # noqa: E402
 
 FAST = ["--dim", "8", "--folds", "2"]
@@ -229,8 +230,10 @@ def test_bench_fit_on_cuda_without_a_device_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_bench_fit_times_ridge_alternately_with_each_system():
-    """Ridge, fit, Ridge, fit...: each side's median over the rounds, the last fit's result."""
+@pytest.mark.parametrize("warm_up", [False, True])
+def test_benchmarks_time_every_implementation_in_turn(warm_up):
+    """Round after round each callable in turn (after one untimed call each with warm_up): the
+    medians of each one's times and its last result (bench_fit's Ridge beside every fit)."""
     calls = []
 
     def fit():
@@ -238,9 +241,11 @@ def test_bench_fit_times_ridge_alternately_with_each_system():
         time.sleep(0.05)
         return len(calls)
 
-    fit_seconds, ridge_seconds, result = bench_fit.timed_against(fit, lambda: calls.append("ridge"), 3)
-    assert calls == ["ridge", "fit"] * 3 and result == 6
-    assert fit_seconds >= 0.05 > ridge_seconds
+    times, results = timing.median_times({"ridge": lambda: calls.append("ridge"), "fit": fit}, 3,
+                                         warm_up=warm_up)
+    assert calls == ["ridge", "fit"] * (4 if warm_up else 3)
+    assert results == {"ridge": None, "fit": len(calls)}
+    assert times["fit"] >= 0.05 > times["ridge"]
 
 
 def test_coco_folder_without_its_split(tmp_path, coco_mini, capsys):
