@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 from bench_omp import best_time
 
 from image2vec.features import extract_features, load_extractor, load_image
-from image2vec.io import shared_data_dir
 
-COCO_MINI_IMAGES = shared_data_dir() / "coco-mini" / "train2017"
+COCO_MINI_IMAGES = common.shared_data_dir() / "coco-mini" / "train2017"
 
 
 def main() -> None:

@@ -44,7 +44,6 @@ import numpy as np
 import scipy.sparse as sp
 import timing
 
-from image2vec.io import shared_data_dir
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
 from solvers.backend import gpu_available
 
@@ -57,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_fit.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_output_argument(parser)
-    parser.add_argument("--flickr8k", type=Path, default=shared_data_dir() / "flickr8k",
+    parser.add_argument("--flickr8k", type=Path, default=common.shared_data_dir() / "flickr8k",
                         help="Flickr8k folder (default: the shared data folder's flickr8k)")
     parser.add_argument("--features", type=Path, metavar="STORE",
                         help="feature stores of experiments/flickr8k.py (STORE/train, STORE/dev)")

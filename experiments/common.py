@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -177,6 +178,12 @@ class OutputFolder:
 
 
 # ------------------------------------------------------------------------------------------- data
+
+
+def shared_data_dir() -> Path:
+    """The project's shared data folder: ``$IMAGE2VEC_SHARED_DATA``, else ``shared/data`` beside
+    the checkout (the experiments run from a checkout; the library itself reads no such path)."""
+    return Path(os.environ.get("IMAGE2VEC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:

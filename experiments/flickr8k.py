@@ -61,7 +61,6 @@ from image2vec.evaluate import (
     score_metrics,
     with_intervals,
 )
-from image2vec.io import shared_data_dir
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
 
 OUTPUTS = ("search.csv", "chosen.json", "results.csv", "results.md", "differences.md",
@@ -108,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flickr8k.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_output_argument(parser)
-    parser.add_argument("--flickr8k", type=Path, default=shared_data_dir() / "flickr8k",
+    parser.add_argument("--flickr8k", type=Path, default=common.shared_data_dir() / "flickr8k",
                         help="Flickr8k folder: Flicker8k_Dataset/ and Flickr8k_text/ "
                         "(default: the shared data folder's flickr8k)")
     parser.add_argument("--features", type=Path, metavar="STORE",

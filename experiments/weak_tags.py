@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--tags", type=Path, metavar="TSV",
                       help="tag file: image file <TAB> comma-separated tags (default: the "
-                      "project's 16-image Flickr sample, data/flickr-sample/tags.tsv)")
+                      "project's 16-image Flickr sample, image2vec/resources/sample/tags.tsv)")
     data.add_argument("--images", type=Path, metavar="DIR",
                       help="image folder of --tags (default for the sample: scikit-image's data "
                       "folder)")

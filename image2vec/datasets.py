@@ -21,6 +21,7 @@ from image2vec.captions import load_captions
 from image2vec.errors import Image2VecError
 from image2vec.features import extract_features
 from image2vec.flickr import load_tag_tsv
+from image2vec.io import resource_path
 from image2vec.vocabulary import (
     CaptionAnalyzer,
     Vocabulary,
@@ -29,7 +30,7 @@ from image2vec.vocabulary import (
     targets,
 )
 
-SAMPLE_CAPTIONS = Path(__file__).resolve().parents[1] / "data" / "sample" / "captions_sample.json"
+SAMPLE_CAPTIONS = resource_path("sample", "captions_sample.json")
 
 
 def sample_image_dir() -> Path:

@@ -20,13 +20,13 @@ from typing import TextIO
 from urllib.parse import unquote_plus
 
 from image2vec.errors import Image2VecError
-from image2vec.io import open_regular, resolve_under
+from image2vec.io import open_regular, resolve_under, resource_path
 
 __all__ = ["TaggedImages", "normalize_tags", "load_tag_tsv", "load_yfcc100m", "load_sample",
            "SAMPLE_TSV"]
 
 #: The hand-tagged sample shipped with the project (images from scikit-image's data folder).
-SAMPLE_TSV = Path(__file__).resolve().parents[1] / "data" / "flickr-sample" / "tags.tsv"
+SAMPLE_TSV = resource_path("sample", "tags.tsv")
 
 # YFCC100M metadata: 23 columns in the original release, 25 (line number, id, hash, ...) in the
 # later one. Columns (0-based) of the photo id, the user tags and the photo/video marker.

@@ -1,6 +1,6 @@
 """Safe file I/O: atomic writes (temporary file + rename), reading regular files only, JSON
-reading with one-line errors, paths confined to a folder, the cache folder, and the location of
-the project's shared data.
+reading with one-line errors, paths confined to a folder, the cache folder, and the files that
+ship inside the package (the embedded sample, the pretrained model).
 
 Every file the toolkit writes goes through :func:`atomic_write`, so a reader never sees a
 half-written file: an interrupted write leaves the previous version (or nothing) in place. Every
@@ -23,10 +23,7 @@ from typing import IO, Any, BinaryIO
 from image2vec.errors import Image2VecError
 
 __all__ = ["atomic_write", "write_json", "open_regular", "read_json", "parse_json", "resolve_under",
-           "cache_dir", "shared_data_dir"]
-
-#: The checkout this package runs from (its ``shared/data`` sibling holds the shared data).
-REPO = Path(__file__).resolve().parents[1]
+           "cache_dir", "resource_path"]
 
 
 @contextlib.contextmanager
@@ -167,13 +164,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "image2vec"
 
 
-def shared_data_dir() -> Path:
-    """The project's shared data folder: ``$IMAGE2VEC_SHARED_DATA``, else ``../shared/data``.
+def resource_path(*parts: str) -> Path:
+    """The path of a file shipped inside the package, under ``image2vec/resources``.
 
-    The default is relative to the checkout (``shared/data`` beside it); the folder may not
-    exist, which callers report in their own terms.
+    Read through :mod:`importlib.resources`, so it is the installed package's own copy wherever
+    the package is installed (a wheel, an editable checkout); nothing outside the package is
+    read. The package must be installed as files (not imported from a zip archive).
+
+    Parameters
+    ----------
+    *parts : str
+        Path components below ``resources``, e.g. ``("sample", "tags.tsv")``.
     """
-    return Path(os.environ.get("IMAGE2VEC_SHARED_DATA") or REPO.parent / "shared" / "data")
+    from importlib.resources import files
+
+    return Path(str(files("image2vec").joinpath("resources", *parts)))
 
 
 def resolve_under(root: str | os.PathLike, name: str) -> Path:

@@ -3,12 +3,12 @@ the feature extractors (the default network, and a tiny one for feature stores i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from image2vec.io import shared_data_dir
 from solvers.backend import gpu_available
 
 
@@ -27,7 +27,7 @@ def xp(request):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The project's shared data folder (``$IMAGE2VEC_SHARED_DATA`` or ``../shared/data``)."""
-    path = shared_data_dir()
+    path = Path(os.environ.get("IMAGE2VEC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     if not path.is_dir():
         pytest.fail(f"shared data folder {path} is missing: set IMAGE2VEC_SHARED_DATA")
     return path

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from image2vec import __version__
 from image2vec.baselines.imnet_glove import load_glove
 from image2vec.cli import main
+from image2vec.flickr import SAMPLE_TSV
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_train_weak_tag_on_flickr_tags(tmp_path, capsys):
 
     from image2vec import systems
 
-    tags = Path(__file__).resolve().parents[1] / "data" / "flickr-sample" / "tags.tsv"
+    tags = SAMPLE_TSV
     model = tmp_path / "tags.npz"
     assert main(["train", "--tags", str(tags), "--images", skimage.data.data_dir, "--model", "weak-tag",
                  "--dim", "8", "--min-count", "2", "--out", str(model), "--quiet"]) == 0
@@ -194,7 +194,7 @@ def test_a_min_count_that_empties_the_vocabulary_fails_before_extraction(source,
     monkeypatch.setattr(image2vec.datasets, "extract_features", lambda *a, **k: pytest.fail("extracted"))
     data = (["--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
              "--images", str(coco_mini / "train2017")] if source == "captions" else
-            ["--tags", str(Path(__file__).resolve().parents[1] / "data" / "flickr-sample" / "tags.tsv"),
+            ["--tags", str(SAMPLE_TSV),
              "--images", skimage.data.data_dir, "--model", "weak-tag"])
     status = main(["train", *data, "--min-count", "1000", "--out", str(tmp_path / "m.npz"), "--quiet"])
     err = capsys.readouterr().err

