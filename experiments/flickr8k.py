@@ -459,7 +459,7 @@ def objective_traces(out: common.OutputFolder, train: WordData, seed: int) -> li
                     for row in csv.DictReader(fh)]
     rows = []
     for model in ("reduced-rank", "learn-all"):
-        problem = Image2Vec(model=model, random_state=seed).prepare(train.features, train.targets)
+        problem = Image2Vec(model=model, random_state=seed)._prepare(train.features, train.targets)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results = {"closed form": closed_form(problem.stats, problem.dim, problem.terms),

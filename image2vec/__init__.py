@@ -6,7 +6,7 @@ vectors of the words that describe it, r_n ~= D x_n; sparse recovery reads the w
 The names a user reaches for first are importable from the package itself and loaded on first
 use (so that ``import image2vec`` and the command line start fast)::
 
-    from image2vec import Image2Vec, load_caption_data, evaluate, save, load
+    from image2vec import Image2Vec, load_caption_data, evaluate, save, load, load_pretrained
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _PUBLIC = {
     "make_system": "image2vec.systems",
     "save": "image2vec.systems",
     "load": "image2vec.systems",
+    "load_pretrained": "image2vec.pretrained",
     "evaluate": "image2vec.evaluate",
     "cross_validate": "image2vec.evaluate",
     "load_caption_data": "image2vec.datasets",

@@ -59,7 +59,7 @@ MODEL_OPTIONS = ("objective", "solver", "dim", "lam", "gamma", "readout", "atten
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from image2vec import systems
-    from image2vec.cluster import connect
+    from image2vec.cluster import connect, use_scheduler
     from image2vec.datasets import reads_logits
 
     out = _output_file(args.out)
@@ -82,11 +82,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         accepted = inspect.signature(system.fit).parameters
         if data.categories is not None and "labels" in accepted:
             fit_params["labels"] = data.categories  # category labels of the common-space baselines
-        if client is not None and "scheduler" in accepted:
-            fit_params["scheduler"] = client  # the passes over the features as Dask tasks
         start = time.perf_counter()
-        try:
-            system.fit(inputs, data.targets, **fit_params)
+        try:  # on a cluster, the passes over the features run as Dask tasks
+            with use_scheduler(client):
+                system.fit(inputs, data.targets, **fit_params)
         except ValueError as exc:  # scikit-learn style parameter errors: one line, no traceback
             raise Image2VecError(str(exc)) from None
         seconds = time.perf_counter() - start
@@ -156,16 +155,25 @@ def _shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _load_model(path: str, device: str = "cpu"):
-    """(system, metadata) of a model file; an Image2Vec model loads without the baselines' torch.
+def _load_model(path: str | None, device: str = "cpu"):
+    """(system, metadata) of a model file, or of the pretrained model when ``path`` is None.
 
-    A system with a ``device`` setting computes on ``device`` (``--device``), wherever it was
-    trained: a model fitted on a GPU reads out on the CPU and the other way round.
+    An Image2Vec model loads without the baselines' torch. The pretrained model is named on
+    stderr (so that ``--json`` output stays clean): the user sees which model answered. A system
+    with a ``device`` setting computes on ``device`` (``--device``), wherever it was trained: a
+    model fitted on a GPU reads out on the CPU and the other way round.
     """
     from image2vec.names import SavedSystems
     from image2vec.persist import load_system
 
-    system, metadata, _ = load_system(path, SavedSystems())
+    if path is None:
+        from image2vec.pretrained import describe, load_pretrained
+
+        system, metadata = load_pretrained(return_metadata=True)
+        print(f"image2vec: using {describe(system, metadata)}; --model MODEL.npz for another",
+              file=sys.stderr)
+    else:
+        system, metadata, _ = load_system(path, SavedSystems())
     if "device" in system.get_params():
         system.set_params(device=device)
     return system, metadata
@@ -215,7 +223,8 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
 def _cmd_similar(args: argparse.Namespace) -> int:
     system, _ = _load_model(args.model)
     if not hasattr(system, "similar"):
-        raise Image2VecError(f"{args.model} is a baseline without word vectors: similar needs an Image2Vec model")
+        raise Image2VecError(f"{args.model} is a baseline without word vectors: similar needs an "
+                             "Image2Vec model")
     if args.word is not None:
         _print_similar(system, args.word, args.n)
         return 0
@@ -282,9 +291,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from image2vec.evaluate import evaluate
 
     system, metadata = _load_model(args.model, args.device)
+    name = args.model or "the pretrained model"
     if args.instances and not hasattr(system, "embed_texts"):
         raise Image2VecError("--instances adds the cross-modal mAP@50 of cvs, mcvs and rvs "
-                             f"models; {args.model} is not one")
+                             f"models; {name} is not one")
     args.extractor = metadata.get("extractor", "efficientnet-lite0")
     with tempfile.TemporaryDirectory(prefix="image2vec-") as scratch, connect(args.scheduler) as client:
         store = Path(args.features) if args.features else Path(scratch)
@@ -300,7 +310,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({key: None if isinstance(value, float) and value != value else value
                           for key, value in result.items()}))
     else:
-        print(f"{args.model} on {result['n_images']} images, k={args.k}: "
+        print(f"{name} on {result['n_images']} images, k={args.k}: "
               + ", ".join(f"{key} {result[key]:.3f}" for key in ("precision", "recall", "f1", "map")
                           + tuple(key for key in result if key.startswith(("recall@", "map@")))))
     return 0
@@ -438,6 +448,9 @@ def _add_scheduler_option(parser: argparse.ArgumentParser, what: str) -> None:
                              "worker processes on this machine (needs pip install image2vec[dist])")
 
 
+PRETRAINED_HELP = "model file (default: the pretrained Flickr8k model that ships with image2vec)"
+
+
 def _add_model_parsers(sub) -> None:
     from image2vec.names import SYSTEM_NAMES
 
@@ -469,7 +482,7 @@ def _add_model_parsers(sub) -> None:
     train.set_defaults(func=_cmd_train)
 
     summarize = sub.add_parser("summarize", help="summarize images in k words")
-    summarize.add_argument("--model", required=True, metavar="MODEL.npz")
+    summarize.add_argument("--model", metavar="MODEL.npz", help=PRETRAINED_HELP)
     summarize.add_argument("-k", type=_positive_int, default=3, help="words per image (default: 3)")
     summarize.add_argument("--json", action="store_true", help="print a JSON list")
     summarize.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -479,14 +492,14 @@ def _add_model_parsers(sub) -> None:
     summarize.set_defaults(func=_cmd_summarize)
 
     similar = sub.add_parser("similar", help="visually similar words (interactive without WORD)")
-    similar.add_argument("--model", required=True, metavar="MODEL.npz")
+    similar.add_argument("--model", metavar="MODEL.npz", help=PRETRAINED_HELP)
     similar.add_argument("-n", type=_positive_int, default=5, help="how many (default: 5)")
     similar.add_argument("word", nargs="?",
                          help="the word (any case); omitted: read words from standard input")
     similar.set_defaults(func=_cmd_similar)
 
     retrieve = sub.add_parser("retrieve", help="rank images by a sum of words")
-    retrieve.add_argument("--model", required=True, metavar="MODEL.npz")
+    retrieve.add_argument("--model", metavar="MODEL.npz", help=PRETRAINED_HELP)
     retrieve.add_argument("--images", required=True, metavar="DIR", help="folder of images to rank")
     retrieve.add_argument("--features", metavar="STORE",
                           help="feature store that caches the folder's features (default: one per "
@@ -498,7 +511,7 @@ def _add_model_parsers(sub) -> None:
     retrieve.set_defaults(func=_cmd_retrieve)
 
     evaluate = sub.add_parser("evaluate", help="score a model on captioned images")
-    evaluate.add_argument("--model", required=True, metavar="MODEL.npz")
+    evaluate.add_argument("--model", metavar="MODEL.npz", help=PRETRAINED_HELP)
     _add_data_options(evaluate, tags=False)
     evaluate.add_argument("--instances", metavar="ANN.json",
                           help="COCO instances file: adds the cross-modal mAP@50 of cvs, mcvs, rvs")

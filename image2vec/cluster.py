@@ -12,6 +12,7 @@ workers once, summarizes and scores the images chunk by chunk (:class:`ClusterSy
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 from collections.abc import Iterator
@@ -25,9 +26,12 @@ from image2vec.summary import Summary
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["connect", "ClusterSystem"]
+__all__ = ["connect", "use_scheduler", "active_scheduler", "ClusterSystem"]
 
 logger = logging.getLogger(__name__)
+
+#: The Dask scheduler that :meth:`image2vec.model.Image2Vec.fit` runs its passes on (None: here).
+_SCHEDULER: contextvars.ContextVar[Any] = contextvars.ContextVar("image2vec_scheduler", default=None)
 
 #: Images per task of :class:`ClusterSystem`.
 CHUNK_IMAGES = 4096
@@ -88,6 +92,38 @@ def connect(scheduler: str | None) -> Iterator[distributed.Client | None]:
             raise Image2VecError(f"the Dask scheduler at {scheduler} has no worker (waited "
                                  f"{timeout}): start some with dask worker {client.scheduler.address}") from None
         yield client
+
+
+@contextlib.contextmanager
+def use_scheduler(scheduler: distributed.Client | str | None) -> Iterator[None]:
+    """Fit on a Dask scheduler inside the ``with`` block, as scikit-learn's ``parallel_config``.
+
+    The passes of :meth:`image2vec.model.Image2Vec.fit` over the features (the means and the
+    sufficient statistics) run as Dask tree reductions on ``scheduler``; the solver runs in this
+    process. Infrastructure is not an estimator parameter: the fitted model is the same (to
+    rounding) and is saved without it.
+
+    Parameters
+    ----------
+    scheduler : distributed.Client, str or None
+        A client, or a Dask scheduler name (``"threads"``, ``"processes"``, ``"sync"``); None
+        runs the passes in this process.
+
+    Examples
+    --------
+    >>> with distributed.Client() as client, use_scheduler(client):  # doctest: +SKIP
+    ...     model = Image2Vec().fit(F, X, words=words)
+    """
+    token = _SCHEDULER.set(scheduler)
+    try:
+        yield
+    finally:
+        _SCHEDULER.reset(token)
+
+
+def active_scheduler() -> distributed.Client | str | None:
+    """The scheduler of the innermost :func:`use_scheduler` block (None outside any)."""
+    return _SCHEDULER.get()
 
 
 class ClusterSystem:

@@ -30,6 +30,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from image2vec.arrays import canonical_pairs, check_shapes, preprocess_features, unit_rows
+from image2vec.cluster import active_scheduler
 from image2vec.errors import Image2VecError
 from image2vec.names import MODELS
 from image2vec.summary import Summary, check_words
@@ -45,6 +46,7 @@ from solvers import (
     sufficient_stats,
 )
 from solvers.backend import (
+    as_generator,
     get_array_module,
     gpu_available,
     minus_outer,
@@ -150,8 +152,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         SGD divides its step by ``decay`` when J stalls.
     n_iter_no_change : int, default 2
         SGD stalls in a row before the step decays (at the smallest step: before it stops).
-    random_state : int, Generator or None
-        Seeds the JL projection and SGD's row order.
+    random_state : int, RandomState, Generator or None
+        Seeds the JL projection and SGD's row order (see :func:`solvers.backend.as_generator`).
+        A generator object is not saved with the model (the file records None).
     device : {"cpu", "cuda"}, default "cpu"
         Where the solvers run (``cuda`` needs CuPy and a CUDA device).
 
@@ -214,7 +217,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "decay": [Interval(Real, 1, None, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "random_state": ["random_state"],
+        "random_state": ["random_state", np.random.Generator],
         "device": [StrOptions({"cpu", "cuda"})],
     }
 
@@ -288,7 +291,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             raise ValueError("gamma (co-occurrence incoherence) applies to the learn-all, weak-tag "
                              "and simple models, not to reduced-rank (orthonormal word rows)")
 
-    def fit(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> Image2Vec:
+    def fit(self, X: Any, y: Any, words: Any = None) -> Image2Vec:
         """Learn D and W (and tag weights) from image features and word targets.
 
         scikit-learn names the arguments X and y; in the notation of DESIGN.md they are the
@@ -303,16 +306,13 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             or one label per image (each label becomes a word).
         words : sequence of str of length V, optional
             Vocabulary; default the labels, or "w0", "w1", ...
-        scheduler : distributed.Client or str, optional
-            Run the passes over the features as Dask tasks (see :meth:`prepare`); the solver
-            runs in this process.
 
         Returns
         -------
         self
         """
         start = time.perf_counter()
-        problem = self.prepare(X, y, words, scheduler)
+        problem = self._prepare(X, y, words)
         result, a_step = self._solve(problem)
         targets = problem.targets if a_step is None else a_step.weighted()
         W = to_numpy(result.W)
@@ -334,19 +334,20 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def prepare(self, X: Any, y: Any, words: Any = None, scheduler: Any = None) -> FitProblem:
+    def _prepare(self, X: Any, y: Any, words: Any = None) -> FitProblem:
         """The problem that :meth:`fit` solves: validated data, statistics, objective, start.
 
-        Runs the first half of :meth:`fit` (parameter and data validation, the pass for mu, the
-        pass for the sufficient statistics, the principal basis, the effective ``dim_``) and
+        The first half of :meth:`fit` (parameter and data validation, the pass for mu, the
+        pass for the sufficient statistics, the principal basis, the effective ``dim_``); it
         sets the fitted attributes it determines (``feature_mean_``, ``words_``, ``lam_``,
-        ``dim_``, ``n_features_in_``). Useful to time or compare the solvers on exactly the
-        problem the estimator would solve.
+        ``dim_``, ``n_features_in_``). The experiments use it to time or compare the solvers on
+        exactly the problem the estimator would solve.
 
-        ``scheduler``: None runs the two passes here; anything else (a ``distributed.Client``,
-        ``"threads"``, ``"processes"``) runs them as Dask tree reductions over row chunks of F
+        Inside :func:`image2vec.cluster.use_scheduler` (a ``distributed.Client``, ``"threads"``,
+        ``"processes"``) the two passes run as Dask tree reductions over row chunks of F
         (:func:`solvers.distributed.sufficient_stats_dask`), equal to rounding; the tasks of a
-        memory-mapped F read their rows from its file (which every worker must see).
+        memory-mapped F read their rows from its file (which every worker must see). Otherwise
+        they run here.
 
         Returns
         -------
@@ -362,6 +363,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.lam_ = 0.0 if self.objective == "ip" else float(
             DEFAULT_LAM[self.model] if self.lam is None else self.lam)
         xp = self._array_module()
+        scheduler = active_scheduler()
         if scheduler is None:
             self.feature_mean_, _ = column_means(F, X, CHUNK_ROWS)
         else:  # the same passes as Dask tasks; the preprocessing travels as a bound method
@@ -398,7 +400,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         there).
         """
         if self.model == "simple":
-            rng = np.random.default_rng(self.random_state)
+            rng = as_generator(self.random_state)
             return xp.asarray(rng.standard_normal((self.dim_, width)) / np.sqrt(self.dim_))
         if self.model == "reduced-rank" and self.objective == "l2":
             return xp.zeros((self.dim_, width))

@@ -6,6 +6,9 @@ everything else (numbers, strings, lists) into one JSON document stored in the s
 the format version, the image2vec version, the system's registry name, the name and dtype of
 every array, and free metadata (e.g. the feature extractor).
 
+Float arrays may be stored at half precision (``float_storage="float16"``, as the pretrained
+model that ships in the package is) and are read back as float64.
+
 Loading trusts nothing in the file. It reads the archive member by member with
 ``allow_pickle=False`` and accepts exactly the arrays the document declares, each stored
 uncompressed with a plain numeric or string dtype and a header whose shape accounts for the
@@ -43,8 +46,28 @@ _MAX_INFO_BYTES = 64 * 2**20
 _KINDS = "biufU"
 
 
-def save_system(system: Any, name: str, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Write a fitted ``system`` registered as ``name`` to ``path`` (.npz), atomically."""
+def save_system(system: Any, name: str, path: str | os.PathLike, metadata: dict | None = None,
+                float_storage: str | None = None) -> None:
+    """Write a fitted ``system`` registered as ``name`` to ``path`` (.npz), atomically.
+
+    Parameters
+    ----------
+    system : fitted estimator
+    name : str
+        Its registry name.
+    path : path-like
+    metadata : dict, optional
+        Free JSON metadata (the feature extractor, the training data, ...).
+    float_storage : {None, "float16"}
+        ``"float16"`` stores every float array at half precision (relative rounding 2^-11),
+        half the size of float32, for a model that ships in the package; :func:`load_system`
+        reads such arrays back as float64. None stores the arrays as they are.
+
+    Raises
+    ------
+    Image2VecError
+        A fitted attribute that JSON cannot hold, or a float array outside float16's range.
+    """
     arrays: dict[str, np.ndarray] = {}
     values: dict[str, Any] = {}
     sparse: list[str] = []
@@ -57,11 +80,11 @@ def save_system(system: Any, name: str, path: str | os.PathLike, metadata: dict 
                 arrays[f"{attribute}.{part}"] = np.asarray(getattr(csr, part))
             sparse.append(attribute)
         elif isinstance(value, np.ndarray):
-            arrays[attribute] = value
+            arrays[attribute] = _stored(value, attribute, float_storage)
         else:
             values[attribute] = value
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, "image2vec_version": __version__,
-            "system": name, "params": system.get_params(), "values": values, "sparse": sparse,
+            "system": name, "params": _saved_params(system.get_params()), "values": values, "sparse": sparse,
             "arrays": {key: array.dtype.str for key, array in arrays.items()},
             "metadata": metadata or {}}
     try:
@@ -70,6 +93,26 @@ def save_system(system: Any, name: str, path: str | os.PathLike, metadata: dict 
         raise Image2VecError(f"cannot save {name}: a fitted attribute is not JSON-serialisable ({exc})") from None
     with atomic_write(path) as fh:
         np.savez(fh, **{_INFO: np.array(document)}, **arrays)
+
+
+def _saved_params(params: dict) -> dict:
+    """The constructor parameters as saved: a random generator object as None (its state is
+    not part of the fitted model, and JSON cannot hold it)."""
+    generators = (np.random.Generator, np.random.RandomState)
+    return {key: None if isinstance(value, generators) else value for key, value in params.items()}
+
+
+def _stored(array: np.ndarray, attribute: str, float_storage: str | None) -> np.ndarray:
+    """``array`` as it is written: float arrays at ``float_storage`` precision, if given."""
+    if float_storage is None or array.dtype.kind != "f":
+        return array
+    if float_storage != "float16":
+        raise ValueError(f"float_storage must be None or 'float16', got {float_storage!r}")
+    largest = float(np.finfo(np.float16).max)
+    if array.size and not np.abs(array).max() <= largest:
+        raise Image2VecError(f"cannot store {attribute} at float16: its values exceed float16's "
+                             f"range ({largest:g})")
+    return array.astype(np.float16)
 
 
 def _plain(value: Any) -> Any:
@@ -152,6 +195,8 @@ def _read_model(archive: zipfile.ZipFile, path: str | os.PathLike) -> tuple[dict
         if arrays[key].dtype.str != dtype:
             raise Image2VecError(f"{path}: array {key} is {arrays[key].dtype.str}, its metadata "
                                  f"says {dtype}: refused")
+        if arrays[key].dtype == np.float16:  # a storage format only: models compute in float64
+            arrays[key] = arrays[key].astype(np.float64)
     return info, arrays
 
 

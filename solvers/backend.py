@@ -30,6 +30,18 @@ def get_array_module(*arrays: Any) -> ModuleType:
     return np
 
 
+def as_generator(random_state: Any) -> np.random.Generator:
+    """A NumPy ``Generator`` for any seed scikit-learn accepts, or a ``Generator`` itself.
+
+    None: fresh entropy; an int: ``default_rng(seed)``; a ``Generator``: itself (its draws
+    advance it); a legacy ``RandomState``: a generator seeded by one draw from it (which
+    advances it too, as scikit-learn's estimators do).
+    """
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    return np.random.default_rng(random_state)
+
+
 def linalg_module(xp: ModuleType) -> ModuleType:
     """SciPy-style linear algebra (``solve_triangular``, ``cho_factor``...) for ``xp``."""
     if xp is np:

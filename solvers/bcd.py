@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from solvers.backend import column_norms, get_array_module, linalg_module, plus_identity
+from solvers.backend import as_generator, column_norms, get_array_module, linalg_module, plus_identity
 from solvers.objective import L2_TERMS, ObjectiveRecord, ObjectiveTerms, SufficientStats, objective
 
 
@@ -372,7 +372,7 @@ def random_orthonormal_rows(dim: int, n_features: int, random_state: Any = None,
     """A d x p matrix with orthonormal rows, uniformly distributed (QR of a Gaussian matrix)."""
     if dim > n_features:
         raise ValueError(f"dim={dim} cannot exceed the feature dimension p={n_features} when W W^T = I")
-    rng = np.random.default_rng(random_state)
+    rng = as_generator(random_state)
     q, r = np.linalg.qr(rng.standard_normal((n_features, dim)))
     return xp.asarray((q * np.sign(np.diagonal(r))).T)
 

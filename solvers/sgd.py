@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
-from solvers.backend import column_norms, get_array_module
+from solvers.backend import as_generator, column_norms, get_array_module
 from solvers.bcd import SolverResult, polar
 from solvers.objective import (
     L2_TERMS,
@@ -122,7 +122,7 @@ def sgd(
     _check_settings(batch_size=batch_size, max_steps=max_steps, learning_rate=learning_rate,
                     decay=decay, tol=tol, n_iter_no_change=n_iter_no_change)
     xp = xp or get_array_module(W)
-    rng = np.random.default_rng(random_state)
+    rng = as_generator(random_state)
     n, n_words = X.shape
     dtype = xp.float32 if getattr(F, "dtype", None) == np.float32 else xp.float64
     W = xp.asarray(W, dtype=dtype)

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from image2vec import features
 from image2vec.arrays import preprocess_features
 from image2vec.cli import main
-from image2vec.cluster import ClusterSystem
+from image2vec.cluster import ClusterSystem, active_scheduler, use_scheduler
 from image2vec.datasets import load_caption_data
 from image2vec.errors import Image2VecError
 from image2vec.evaluate import evaluate
@@ -137,13 +137,31 @@ def test_statistics_on_the_cluster_equal_the_streaming_pass(client, reference):
     assert not np.allclose(stats.A, sufficient_stats(F, X).A)  # the transform was applied
 
 
+def test_use_scheduler_routes_the_passes_of_fit_to_dask_and_ends_with_its_block(monkeypatch):
+    rng = np.random.default_rng(0)
+    F, X = rng.standard_normal((40, 6)), (rng.random((40, 5)) < 0.4).astype(float)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a pass ran in this process inside use_scheduler")
+
+    local = Image2Vec(dim=3).fit(F, X)
+    with monkeypatch.context() as patch, use_scheduler("sync"):
+        patch.setattr("image2vec.model.sufficient_stats", refused)
+        patch.setattr("image2vec.model.column_means", refused)
+        tasks = Image2Vec(dim=3).fit(F, X)
+    assert active_scheduler() is None
+    np.testing.assert_allclose(tasks.decision_function(F), local.decision_function(F),
+                               atol=1e-9 * np.abs(local.decision_function(F)).max())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["reduced-rank", "learn-all"])
 def test_fit_on_the_cluster_equals_the_single_process_fit(client, data, model, monkeypatch):
     monkeypatch.setattr("image2vec.model.CHUNK_ROWS", 16)  # five row chunks
     F, X, words = data.features, data.targets, list(data.vocabulary.words)
     single = Image2Vec(model=model, dim=16).fit(F, X, words=words)
-    spread = Image2Vec(model=model, dim=16).fit(F, X, words=words, scheduler=client)
+    with use_scheduler(client):
+        spread = Image2Vec(model=model, dim=16).fit(F, X, words=words)
     np.testing.assert_allclose(spread.feature_mean_, single.feature_mean_, rtol=1e-12, atol=1e-12)
     # the embedding space is determined up to a rotation: compare what does not depend on it
     np.testing.assert_allclose(spread.decision_function(F), single.decision_function(F), atol=1e-8)

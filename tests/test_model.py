@@ -117,7 +117,7 @@ def test_weak_tag_down_weights_noise_tags(objective, solver):
                                               ("weak-tag", "ip")])
 def test_solvers_start_feasible_where_the_map_has_orthonormal_rows(model, objective):
     F, X, _, _, _ = planted_words(n=200)
-    start = Image2Vec(model=model, objective=objective, dim=8).prepare(F, X).start
+    start = Image2Vec(model=model, objective=objective, dim=8)._prepare(F, X).start
     np.testing.assert_allclose(start @ start.T, np.eye(8), atol=1e-12)
 
 
@@ -307,6 +307,39 @@ def test_save_load_roundtrip(tmp_path):
         assert "dictionary_" in data.files
 
 
+def test_float16_storage_halves_the_file_and_loads_back_as_float64(tmp_path):
+    F, X, _, _, _ = planted_words(n=200)
+    model = Image2Vec(dim=8, random_state=0).fit(F, X)
+    systems.save(model, tmp_path / "full.npz")
+    systems.save(model, tmp_path / "half.npz", float_storage="float16")
+    assert (tmp_path / "half.npz").stat().st_size < 0.7 * (tmp_path / "full.npz").stat().st_size
+    loaded, _ = systems.load(tmp_path / "half.npz")
+    assert loaded.dictionary_.dtype == np.float64
+    # float16 keeps 11 significant bits: every array within 2^-11 of its largest value
+    for name in ("dictionary_", "image_map_", "offset_", "similarity_map_", "retrieval_maps_"):
+        original = getattr(model, name)
+        np.testing.assert_allclose(getattr(loaded, name), original, rtol=2.0**-11,
+                                   atol=2.0**-11 * np.abs(original).max(), err_msg=name)
+    assert (loaded.summarize(F).indices == model.summarize(F).indices).mean() > 0.95
+    model.offset_ = model.offset_ + 1e5  # beyond float16's range (65504): refused, not inf
+    with pytest.raises(Image2VecError, match="offset_ at float16"):
+        systems.save(model, tmp_path / "big.npz", float_storage="float16")
+    assert not (tmp_path / "big.npz").exists()
+
+
+@pytest.mark.parametrize("seed", [np.random.default_rng(7), np.random.RandomState(7), 7])
+def test_random_state_takes_every_seed_scikit_learn_takes_and_a_generator(tmp_path, seed):
+    F, X, _, _, _ = planted_words(n=100)
+    model = Image2Vec(model="simple", dim=4, random_state=seed).fit(F, X)
+    if isinstance(seed, int):  # the same JL projection as a generator of the same seed
+        again = Image2Vec(model="simple", dim=4, random_state=np.random.default_rng(seed)).fit(F, X)
+        np.testing.assert_array_equal(again.image_map_, model.image_map_)
+    systems.save(model, tmp_path / "m.npz")  # a generator object is not saved, the model is
+    loaded, _ = systems.load(tmp_path / "m.npz")
+    assert loaded.random_state == (seed if isinstance(seed, int) else None)
+    np.testing.assert_array_equal(loaded.image_map_, model.image_map_)
+
+
 def test_load_refuses_other_versions_and_broken_files(tmp_path):
     F, X, _, _, _ = planted_words(n=100)
     systems.save(Image2Vec(dim=8).fit(F, X), tmp_path / "m.npz")
@@ -454,7 +487,7 @@ def test_correlation_retrieval_is_cca_of_embeddings_and_word_sums_and_rotation_f
     np.testing.assert_allclose(scores, expected, atol=1e-8)
     rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))[0]
     rotated = Image2Vec(dim=8, metric="correlation").fit(F, X)
-    problem_stats = rotated.prepare(F, X).stats
+    problem_stats = rotated._prepare(F, X).stats
     from image2vec.model import _covariance, _retrieval_maps
 
     D, W = rotation @ model.dictionary_, rotation @ model.image_map_
