@@ -342,6 +342,17 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative_float(text: str) -> float:
+    """A finite float >= 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a positive integer")
 
@@ -452,24 +463,29 @@ PRETRAINED_HELP = "model file (default: the pretrained Flickr8k model that ships
 
 
 def _add_model_parsers(sub) -> None:
-    from image2vec.names import SYSTEM_NAMES
+    from image2vec import names
 
+    lams = ", ".join(f"{model} {lam:g}" for model, lam in names.DEFAULT_LAM.items())
     train = sub.add_parser("train", help="train a model (or a baseline) and save it",
                            description="Extract and cache features, build the vocabulary, train, "
                                        "and save the model as one .npz file.")
     _add_data_options(train, tags=True)
     train.add_argument("--instances", metavar="ANN.json", help="COCO instances file (categories)")
-    train.add_argument("--model", choices=SYSTEM_NAMES, default="reduced-rank", help="default: reduced-rank")
+    train.add_argument("--model", choices=names.SYSTEM_NAMES, default=names.DEFAULT_MODEL,
+                       help=f"default: {names.DEFAULT_MODEL}")
     # Model settings default to None: the system's own default, and an option that a system
     # does not take (--objective for prior) is refused rather than ignored.
-    train.add_argument("--objective", choices=("l2", "ip"), help="Image2Vec models (default: l2)")
-    train.add_argument("--solver", choices=("bcd", "sgd"), help="Image2Vec models (default: bcd)")
+    train.add_argument("--objective", choices=names.OBJECTIVES,
+                       help=f"Image2Vec models (default: {names.DEFAULT_OBJECTIVE})")
+    train.add_argument("--solver", choices=names.SOLVERS,
+                       help=f"Image2Vec models (default: {names.DEFAULT_SOLVER})")
     train.add_argument("--dim", type=_positive_int,
-                       help="embedding dimension of the Image2Vec models (default: 256)")
+                       help=f"embedding dimension of the Image2Vec models (default: {names.DEFAULT_DIM})")
     train.add_argument("--min-count", type=_positive_int, default=None,
                        help="keep words in at least this many images (default: 2 below 1000 "
                             "training images, else 5)")
-    train.add_argument("--lam", type=float, help="ridge weight (l2 objective; default 1e-3)")
+    train.add_argument("--lam", type=_non_negative_float,
+                       help=f"ridge weight (l2 objective; default per model: {lams})")
     train.add_argument("--gamma", type=float, help="co-occurrence incoherence (l2; default 0)")
     train.add_argument("--readout", choices=("omp", "rank", "cosine"),
                        help="summary read-out: omp (default) or rank for the Image2Vec models, "

@@ -32,7 +32,17 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from image2vec.arrays import canonical_pairs, check_shapes, preprocess_features, unit_rows
 from image2vec.cluster import active_scheduler
 from image2vec.errors import Image2VecError
-from image2vec.names import MODELS
+from image2vec.names import (
+    DEFAULT_DIM,
+    DEFAULT_LAM,
+    DEFAULT_MODEL,
+    DEFAULT_OBJECTIVE,
+    DEFAULT_PRIOR_WEIGHT,
+    DEFAULT_SOLVER,
+    MODELS,
+    OBJECTIVES,
+    SOLVERS,
+)
 from image2vec.summary import Summary, check_words
 from solvers import (
     ObjectiveTerms,
@@ -57,13 +67,7 @@ from solvers.backend import (
 from solvers.distributed import as_row_chunks, column_means_dask, sufficient_stats_dask
 from solvers.objective import column_means
 
-OBJECTIVES = ("l2", "ip")
-SOLVERS = ("bcd", "sgd")
 READOUTS = ("omp", "rank")
-#: Defaults of ``lam`` (the l2 ridge) and ``prior_weight`` (the OMP read-out's word-frequency
-#: prior) per model, chosen on the Flickr8k dev split (experiments/flickr8k.py).
-DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 1e-3, "simple": 0.1}
-DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.03, "weak-tag": 0.1, "simple": 0.1}
 #: Default ``tol`` per solver.
 DEFAULT_TOL = {"bcd": 1e-6, "sgd": 1e-4}
 #: weak-tag's default ``tol`` for either solver: each of its bcd sweeps is a pass over the images.
@@ -223,10 +227,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        model: str = "reduced-rank",
-        objective: str = "l2",
-        solver: str = "bcd",
-        dim: int = 256,
+        model: str = DEFAULT_MODEL,
+        objective: str = DEFAULT_OBJECTIVE,
+        solver: str = DEFAULT_SOLVER,
+        dim: int = DEFAULT_DIM,
         lam: float | None = None,
         gamma: float = 0.0,
         k: int = 3,

@@ -1,8 +1,9 @@
-"""The registry of trainable systems: the Image2Vec models and the baselines, one interface.
+"""The trainable systems: the Image2Vec models and the baselines, one interface.
 
 Every system has ``fit(F, X, words=...)``, ``decision_function(F)`` and ``summarize(F, k)``, is
 built by :func:`make_system` from the name the command line uses (``--model NAME``), and is
-saved and loaded by :func:`save` / :func:`load`.
+saved and loaded by :func:`save` / :func:`load`. The names and classes are those of the one
+registry, :mod:`image2vec.names`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,15 @@ import inspect
 import os
 from typing import Any
 
-from image2vec.baselines.common_space import CommonSpaceSummarizer
-from image2vec.baselines.imnet_glove import ImnetGlove
-from image2vec.baselines.linear import MeanVectorCCA, ReducedRankRidge
-from image2vec.baselines.neighbors import FrequencyPrior, NearestNeighborTransfer
-from image2vec.model import MODELS, Image2Vec
+from image2vec import names
+from image2vec.model import Image2Vec
 from image2vec.persist import load_system, save_system
 
-BASELINES: dict[str, type] = {"prior": FrequencyPrior, "knn": NearestNeighborTransfer,
-                              "cvs": CommonSpaceSummarizer, "mcvs": CommonSpaceSummarizer,
-                              "rvs": CommonSpaceSummarizer, "imnet-glove": ImnetGlove,
-                              "cca": MeanVectorCCA, "ridge": ReducedRankRidge}
-REGISTRY: dict[str, type] = {"image2vec": Image2Vec, **BASELINES}
-SYSTEM_NAMES = (*MODELS, *BASELINES)
+#: Baseline name -> class (the classes of :data:`image2vec.names.CLASSES`).
+BASELINES: dict[str, type] = {name: names.system_class(name) for name in names.BASELINES}
+#: Saved name -> class, for :func:`load`.
+REGISTRY: dict[str, type] = {name: names.system_class(name) for name in names.SAVED_NAMES}
+SYSTEM_NAMES = names.SYSTEM_NAMES
 
 
 def make_system(name: str, options: dict[str, Any] | None = None, **params: Any) -> Any:
@@ -50,7 +47,7 @@ def make_system(name: str, options: dict[str, Any] | None = None, **params: Any)
         An unknown name, an option the system does not take, or settings its ``check_params``
         refuses (so that a bad combination fails before any data is loaded).
     """
-    if name in MODELS:
+    if name in names.MODELS:
         cls, params = Image2Vec, {**params, "model": name}
     elif name in BASELINES:
         cls, params = BASELINES[name], {**params, "variant": name}

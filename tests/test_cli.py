@@ -34,6 +34,35 @@ def test_version_and_help(capsys):
     assert exit_.value.code == 0 and __version__ in capsys.readouterr().out
 
 
+def test_the_pretrained_model_answers_without_model_and_says_so(capsys):
+    from image2vec.datasets import sample_image_dir
+
+    chelsea = str(sample_image_dir() / "chelsea.png")  # scikit-image's photo of a cat
+    assert main(["summarize", "--json", chelsea]) == 0
+    captured = capsys.readouterr()
+    assert "using the pretrained model" in captured.err and "Flickr8k" in captured.err
+    assert "cat" in json.loads(captured.out)[0]["words"]  # the JSON on stdout is clean
+    assert main(["similar", "dog", "-n", "3"]) == 0
+    neighbours = capsys.readouterr().out
+    assert neighbours.startswith("dog: ") and neighbours.count("(") == 3
+
+
+def test_help_texts_state_the_defaults_the_code_uses(capsys):
+    from image2vec.model import Image2Vec
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    rng = np.random.default_rng(0)
+    F, X = rng.standard_normal((30, 6)), (rng.random((30, 4)) < 0.5).astype(float)
+    for model in ("reduced-rank", "learn-all", "weak-tag", "simple"):
+        fitted = Image2Vec(model=model, dim=2, max_iter=2, random_state=0).fit(F, X)
+        assert f"{model} {fitted.lam_:g}" in text  # the lam each model's fit actually used
+    defaults = Image2Vec().get_params()
+    assert f"default: {defaults['dim']})" in text and f"(default: {defaults['objective']})" in text
+    assert f"(default: {defaults['solver']})" in text
+
+
 def test_summarize_json(trained, coco_mini, capsys):
     model, _ = trained
     files = images_of(coco_mini, 3)
