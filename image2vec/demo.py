@@ -36,8 +36,10 @@ from image2vec.names import DEFAULT_MODEL, MODELS
 COMBINATIONS = [(model, objective) for model in MODELS for objective in ("l2", "ip")]
 SHOWN = 20  # images summarized, printed and drawn (the first ones of a large COCO folder)
 COLUMNS = ("system", "precision", "recall", "f1", "map", "recall@1", "seconds")
-#: Words whose similar words and retrieved images the pretrained model shows (those it knows).
-PRETRAINED_QUERIES = ("dog", "beach", "snow", "bike", "cat", "horse")
+#: Words whose similar words the pretrained model shows, and words of things the sample's
+#: pictures show (a cat, motorcycles, grass) that retrieve images from the folder.
+SIMILAR_QUERIES = ("dog", "beach", "snow")
+RETRIEVAL_QUERIES = ("cat", "motorcycle", "grass")
 
 
 def run_demo(out: str | Path, coco: str | Path | None = None, random_state: int = 0, dim: int = 64) -> list[dict]:
@@ -113,12 +115,12 @@ def show_pretrained(data, shown: list[str]) -> list[list[str]]:
     print(f"\n1. Using {describe(model, metadata)}.\n   Summaries (3 words) of {len(shown)} images:")
     for file, summary_words in zip(shown, summary.words):
         print(f"  {Path(file).name:28s} {' + '.join(summary_words)}")
-    known = [word for word in PRETRAINED_QUERIES if word in set(model.words_)]
+    known = set(model.words_)
     print("\n   Visually similar words:")
-    for word in known[:3]:
+    for word in (w for w in SIMILAR_QUERIES if w in known):
         print(f"  {word}: " + ", ".join(f"{w} ({c:.2f})" for w, c in model.similar(word, 5)))
     print(f"\n   Images of the folder retrieved by a word (score: {model.metric}, higher is closer):")
-    for word in known[3:]:
+    for word in (w for w in RETRIEVAL_QUERIES if w in known):
         order, scores = model.retrieve([word], data.features, 3)
         print(f"  {word}: " + ", ".join(f"{Path(data.files[i]).name} ({s:.2f})" for i, s in zip(order, scores)))
     return summary.words

@@ -37,11 +37,11 @@ def test_version_and_help(capsys):
 def test_the_pretrained_model_answers_without_model_and_says_so(capsys):
     from image2vec.datasets import sample_image_dir
 
-    chelsea = str(sample_image_dir() / "chelsea.png")  # scikit-image's photo of a cat
-    assert main(["summarize", "--json", chelsea]) == 0
+    motorcycle = str(sample_image_dir() / "motorcycle_left.png")  # scikit-image's motorcycle
+    assert main(["summarize", "--json", motorcycle]) == 0
     captured = capsys.readouterr()
     assert "using the pretrained model" in captured.err and "Flickr8k" in captured.err
-    assert "cat" in json.loads(captured.out)[0]["words"]  # the JSON on stdout is clean
+    assert "motorcycle" in json.loads(captured.out)[0]["words"]  # the JSON on stdout is clean
     assert main(["similar", "dog", "-n", "3"]) == 0
     neighbours = capsys.readouterr().out
     assert neighbours.startswith("dog: ") and neighbours.count("(") == 3
