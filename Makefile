@@ -1,4 +1,5 @@
 # Two entry points: `make demo` (the main job on a small embedded default) and `make test`.
+# `make test-min` runs the suite on the oldest versions setup.cfg allows (.venv-min, requirements-min.txt).
 # Each creates .venv with the pinned dependencies of requirements.txt when it is missing or stale.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 OUT ?= out
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test test-min lint bench venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+test-min:
+	bash .ci/min-versions $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -32,4 +36,4 @@ bench: $(STAMP)
 	$(PY) experiments/bench_omp.py
 
 clean:
-	rm -rf $(VENV) $(OUT) *.egg-info
+	rm -rf $(VENV) .venv-min $(OUT) *.egg-info

@@ -26,11 +26,24 @@ def xp(request):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The project's shared data folder (``$IMAGE2VEC_SHARED_DATA`` or ``../shared/data``)."""
+    """The project's shared data folder (``$IMAGE2VEC_SHARED_DATA`` or ``../shared/data``).
+
+    Without it (an unpacked sdist, a checkout on its own) the tests that need it are skipped; in CI
+    (``CI=true``, or ``IMAGE2VEC_REQUIRE_SHARED_DATA=1`` as ``.ci/run`` sets) they fail instead.
+    """
     path = Path(os.environ.get("IMAGE2VEC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     if not path.is_dir():
-        pytest.fail(f"shared data folder {path} is missing: set IMAGE2VEC_SHARED_DATA")
+        message = f"shared data folder {path} is missing: set IMAGE2VEC_SHARED_DATA"
+        if _shared_data_required():
+            pytest.fail(message)
+        pytest.skip(message)
     return path
+
+
+def _shared_data_required() -> bool:
+    """Whether a missing shared data folder fails the tests that need it rather than skipping them."""
+    return (os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+            or os.environ.get("IMAGE2VEC_REQUIRE_SHARED_DATA") == "1")
 
 
 @pytest.fixture(scope="session")

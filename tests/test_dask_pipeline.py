@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from tolerance import assert_close
 
 from image2vec import features
 from image2vec.arrays import preprocess_features
@@ -176,11 +177,10 @@ def test_summaries_and_scores_mapped_over_chunks_equal_the_single_process_ones(c
     mapped = ClusterSystem(fitted, client, chunk_size=16)
     summary, expected = mapped.summarize(F, 4), fitted.summarize(F, 4)
     np.testing.assert_array_equal(summary.indices, expected.indices)
-    np.testing.assert_allclose(summary.scores, expected.scores, rtol=1e-12)
+    assert_close(summary.scores, expected.scores, rtol=1e-12)
     assert summary.words == expected.words and len(summary.words) == 80
-    np.testing.assert_allclose(mapped.decision_function(F), fitted.decision_function(F), rtol=1e-12)
-    np.testing.assert_allclose(mapped.retrieval_scores(F, data.queries),
-                               fitted.retrieval_scores(F, data.queries), rtol=1e-12, atol=1e-12)
+    assert_close(mapped.decision_function(F), fitted.decision_function(F), rtol=1e-12)
+    assert_close(mapped.retrieval_scores(F, data.queries), fitted.retrieval_scores(F, data.queries), rtol=1e-12)
     assert not hasattr(mapped, "embed_texts") and mapped.words_ is fitted.words_
     result = evaluate(mapped, F, data.truth, k=3, queries=data.queries)
     assert result == pytest.approx(evaluate(fitted, F, data.truth, k=3, queries=data.queries))

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from scipy.optimize import lsq_linear
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from tolerance import assert_close
 
 from image2vec import model as model_module
 from image2vec import systems
@@ -245,7 +246,7 @@ def test_outputs_shapes_and_consistency():
     model = Image2Vec(dim=8, k=4, random_state=0).fit(F, X, words=[f"word{v}" for v in range(X.shape[1])])
     embedded = model.transform(F)
     assert embedded.shape == (200, 8)
-    np.testing.assert_allclose(model.decision_function(F), embedded @ model.dictionary_)
+    assert_close(model.decision_function(F), embedded @ model.dictionary_, rtol=1e-7)
     summary = model.summarize(F)
     assert summary.indices.shape == (200, 4)
     assert all(w.startswith("word") for row in summary.words for w in row)
