@@ -285,32 +285,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from image2vec import serve
     except ImportError:
         raise Image2VecError("serve needs the web extra: pip install 'image2vec[web]'") from None
-    from image2vec.features import load_extractor
 
-    system, metadata = _load_model(args.model, args.device) if args.model else serve._default_model()
-    if not hasattr(system, "retrieve"):
-        raise Image2VecError("the model is a baseline: serve needs an Image2Vec model")
-    folder = None
-    if args.images:
-        root = Path(args.images)
-        if not root.is_dir():
-            raise Image2VecError(f"image folder {root} does not exist or is not a folder")
-        files = serve.folder_files(root, IMAGE_SUFFIXES)
-        if not files:
-            raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {root}")
-        store = Path(args.features) if args.features else _folder_cache(root, metadata)
-        folder = serve.Folder(root, files, store, [_file_fingerprint(f) for f in files])
-    sock = serve.bind(args.host, args.port)
-    with sock:
-        service = serve.Service(system, metadata, load_extractor(metadata.get("extractor", "efficientnet-lite0"),
-                                                                 args.device), folder)
-        service.warm_up()
-        if folder is not None:
-            folder.start(service)
+    service = serve.build_service(args.model, args.images, args.features, args.device)
+    with serve.bind(args.host, args.port) as sock:
         host, port = sock.getsockname()[:2]
         if not serve.is_loopback(sock):
             print(f"image2vec: warning: serving on {host}, not on this machine alone: whoever reaches "
-                  "it can use the page" + (" and see the folder's images" if folder else ""), file=sys.stderr)
+                  "it can use the page" + (" and see the folder's images" if args.images else ""),
+                  file=sys.stderr)
+        if service.folder is not None:
+            service.folder.start(service)
         print(f"image2vec: serving {args.model or 'the default model'} at "
               f"http://{f'[{host}]' if ':' in host else host}:{port}/ (Ctrl-C to stop)", flush=True)
         serve.serve(service, sock)

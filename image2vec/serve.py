@@ -233,6 +233,47 @@ class Service:
         return self.folder
 
 
+def build_service(model: str | None, images: str | None = None, features: str | None = None,
+                  device: str = "cpu") -> Service:
+    """The service of ``image2vec serve``: the model, its extractor (warmed up) and the folder.
+
+    Parameters
+    ----------
+    model : str or None
+        Model file; None: :func:`_default_model`.
+    images : str, optional
+        Folder of images to search; its features are not extracted yet (``folder.start``).
+    features : str, optional
+        Feature store caching the folder's features (default: ``image2vec retrieve``'s cache).
+    device : {"cpu", "cuda"}
+
+    Raises
+    ------
+    Image2VecError
+        A bad model file, a baseline (no word vectors), a folder that is missing or has no image.
+    """
+    from image2vec.cli import IMAGE_SUFFIXES, _file_fingerprint, _folder_cache, _load_model
+    from image2vec.features import load_extractor
+
+    system, metadata = _load_model(model, device) if model else _default_model()
+    if not hasattr(system, "retrieve"):
+        raise Image2VecError("the model is a baseline: serve needs an Image2Vec model")
+    folder = None
+    if images:
+        root = Path(images)
+        if not root.is_dir():
+            raise Image2VecError(f"image folder {root} does not exist or is not a folder")
+        files = folder_files(root, IMAGE_SUFFIXES)
+        if not files:
+            raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {root}")
+        store = Path(features) if features else _folder_cache(root, metadata)
+        folder = Folder(root, files, store, [_file_fingerprint(f) for f in files])
+    extractor = load_extractor(metadata.get("extractor", "efficientnet-lite0"), device)
+    service = Service(system, metadata, extractor, folder)
+    service.warm_up()
+    return service
+
+
 def create_app(service: Service):
     """The Starlette application of the page and its JSON API."""
     from starlette.applications import Starlette

@@ -40,9 +40,10 @@ async function loadModel() {
   try {
     const m = await ask("/api/model");
     const parts = [`${m.system} model`, `${m.n_words} words`, `dimension ${m.dim}`, `features: ${m.extractor}`];
-    if (m.source) parts.push(`trained on ${m.n_images ?? "?"} images of ${m.source}`);
+    if (m.source) parts.push(`trained on ${m.n_images ?? "?"} images of ${m.source.split("/").pop()}`);
     if (m.trained) parts.push(`on ${m.trained}`);
     $("model-info").textContent = parts.join(" \u00b7 ");
+    $("model-info").title = m.source || "";
     if (m.folder) watchFolder(m.folder);
     else say("search-message", "No image folder: start the server with --images DIR to search one.", true);
   } catch (e) {
