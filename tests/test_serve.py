@@ -308,13 +308,14 @@ def chromium() -> tuple[str, str]:
 
 
 def test_the_page_in_a_real_browser(setup, capsys):
+    browser, driver_path = chromium()
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service as DriverService
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = chromium()
     model, folder, work = setup
     image = images(folder)[1]
     expected = cli_summary(model, image, 3, capsys)["words"]
@@ -329,7 +330,10 @@ def test_the_page_in_a_real_browser(setup, capsys):
     process, url = start_server(model, "--images", str(folder), "--features", str(work / "browser-store"))
     driver = None
     try:
-        driver = webdriver.Chrome(service=DriverService(driver_path), options=options)
+        try:
+            driver = webdriver.Chrome(service=DriverService(driver_path), options=options)
+        except WebDriverException as exc:
+            pytest.skip(f"chromium does not start here: {exc.msg}")
         wait = WebDriverWait(driver, 60)
         driver.get(url)
         wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "search-message"), "12 images in"))
@@ -359,3 +363,19 @@ def test_the_page_in_a_real_browser(setup, capsys):
         finally:
             process.kill()
     assert process.returncode == 130
+
+
+def test_the_benchmark_times_the_server_against_its_peers(setup, tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import bench_serve
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    assert bench_serve.main(["--model", str(setup[0]), "--images", str(setup[1]), "--photos", "2",
+                             "--repeats", "2", "--cli-repeats", "1", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "bench_serve.md").read_text()
+    assert report == capsys.readouterr().out
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in report.splitlines()
+            if line.startswith("| ") and "---" not in line and "how" not in line}
+    assert set(rows) == {"server", "in process", "cli"} and rows["in process"][1] == "1.00 |"
+    assert all(float(ms) > 0 for ms, _ in rows.values())
