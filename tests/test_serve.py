@@ -339,6 +339,10 @@ def test_the_page_in_a_real_browser(setup, capsys):
         wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "search-message"), "12 images in"))
         assert "reduced-rank model" in driver.find_element(By.ID, "model-info").text
 
+        (work / "notes.jpg").write_text("a text file named like a photo")
+        driver.find_element(By.ID, "file").send_keys(str(work / "notes.jpg"))
+        wait.until(expected_conditions.text_to_be_present_in_element(
+            (By.ID, "summary-message"), "image notes.jpg is not an image file"))
         driver.find_element(By.ID, "file").send_keys(str(image))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#summary-words .word"))
         shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#summary-words .word")]
