@@ -76,7 +76,8 @@ class Folder:
         self.by_name = {f.name: f for f in files}
         self.state, self.error = "extracting", ""
         self.features: np.ndarray | None = None
-        self.names: list[str] = []
+        self.names: list[str] = []  # the images whose features were extracted, in their rows' order
+        self.rows: dict[str, int] = {}
 
     def start(self, service: Service) -> threading.Thread:
         """Extract (or read from the cache) the features in a daemon thread; returns it."""
@@ -94,10 +95,11 @@ class Folder:
                                            progress=False)
             self.features = service.checked(np.array(feature_set.features), "the folder's features")
             self.names = [Path(f).name for f in feature_set.files]
+            self.rows = {name: row for row, name in enumerate(self.names)}
             self.state = "ready"
         except Exception as exc:  # shown on the page; the rest of it keeps working
-            logger.exception("extracting the features of %s failed", self.root)
             self.error, self.state = str(exc) or type(exc).__name__, "failed"
+            logger.error("the features of %s could not be extracted: %s", self.root, self.error)
 
     def status(self) -> dict:
         """{"state": extracting | ready | failed, "done", "total", "error"}."""
@@ -184,9 +186,9 @@ class Service:
     def summarize_folder_image(self, name: str, k: int) -> dict:
         """The summary of image ``name`` of the folder, from its cached features."""
         folder = self._ready_folder()
-        if name not in folder.names:
+        if name not in folder.rows:
             raise Image2VecError(f"no image {name!r} in the folder")
-        return {"name": name, **self._summary(folder.features[[folder.names.index(name)]], k)}
+        return {"name": name, **self._summary(folder.features[[folder.rows[name]]], k)}
 
     def _summary(self, features: np.ndarray, k: int) -> dict:
         with self.lock:

@@ -216,6 +216,19 @@ def test_search_during_extraction_says_so_and_the_page_shows_progress(service, s
         assert client.post("/api/summarize", content=images(folder)[0].read_bytes()).status_code == 200
 
 
+def test_the_progress_of_an_extraction_is_read_from_its_store(tmp_path):
+    from image2vec.store import Partial, extraction_progress
+
+    assert extraction_progress(tmp_path / "store", 10) == 0
+    partial = Partial(tmp_path / "store", "request", 10, {"features": 3})
+    assert extraction_progress(tmp_path / "store", 10) == 0
+    partial.record(0, 4)
+    partial.record(6, 8)
+    assert extraction_progress(tmp_path / "store", 10) == 6
+    (tmp_path / "store" / "partial" / "progress.json").write_text("{not json")
+    assert extraction_progress(tmp_path / "store", 10) == 0
+
+
 def test_images_are_served_only_from_the_folder(client, setup):
     _, folder, _ = setup
     image = images(folder)[0]
