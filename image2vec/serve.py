@@ -36,6 +36,15 @@ from typing import Any
 
 import numpy as np
 
+# The command line's model loading, checks, folder cache and word look-up (with its suggestions)
+from image2vec.cli import (
+    IMAGE_SUFFIXES,
+    _checked_inputs,
+    _file_fingerprint,
+    _folder_cache,
+    _load_model,
+    _vocabulary_word,
+)
 from image2vec.errors import Image2VecError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +60,8 @@ ASSETS = {"serve.html": "text/html; charset=utf-8", "serve.js": "text/javascript
 
 
 def _default_model() -> tuple[Any, dict]:
-    """(system, metadata) of the model ``serve`` shows when no ``--model`` is given."""
+    """(system, metadata) of the model ``serve`` shows when no ``--model`` is given: the
+    pretrained model, once the package has one; until then a one-line error."""
     raise Image2VecError("no default model yet: give --model MODEL.npz (a model written by "
                          "image2vec train)")
 
@@ -149,8 +159,6 @@ class Service:
 
     def checked(self, features: np.ndarray, source: str) -> np.ndarray:
         """``features`` when the model can read them (the command line's check)."""
-        from image2vec.cli import _checked_inputs
-
         return _checked_inputs(features, self.system, [source] * len(features), source)
 
     def info(self) -> dict:
@@ -203,8 +211,6 @@ class Service:
 
     def similar(self, word: str, n: int) -> dict:
         """The ``n`` words most similar to ``word`` (looked up as the command line does)."""
-        from image2vec.cli import _vocabulary_word
-
         word = _vocabulary_word(self.system, word)
         with self.lock:
             neighbours = self.system.similar(word, n)
@@ -212,8 +218,6 @@ class Service:
 
     def search(self, query: str, n: int) -> dict:
         """The folder's ``n`` best images for the sum of the words of ``query``."""
-        from image2vec.cli import _vocabulary_word
-
         words = [_vocabulary_word(self.system, w) for w in query.replace(",", " ").replace("+", " ").split()]
         if not words:
             raise Image2VecError("type one or more words of the model's vocabulary")
@@ -254,7 +258,6 @@ def build_service(model: str | None, images: str | None = None, features: str | 
     Image2VecError
         A bad model file, a baseline (no word vectors), a folder that is missing or has no image.
     """
-    from image2vec.cli import IMAGE_SUFFIXES, _file_fingerprint, _folder_cache, _load_model
     from image2vec.features import load_extractor
 
     system, metadata = _load_model(model, device) if model else _default_model()
