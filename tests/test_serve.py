@@ -369,6 +369,12 @@ def test_the_page_in_a_real_browser(setup, capsys):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#similar .word"))
         assert driver.find_element(By.ID, "similar-title").text == f"words that look like {expected[0]}"
 
+        driver.find_element(By.CSS_SELECTOR, "#results .thumb").click()  # summarized from the cache
+        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "summary-title"), first))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#summary-words .word"))
+        assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#summary-words .word")] == \
+            cli_summary(model, folder / first, 3, capsys)["words"]
+
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))
     finally:
