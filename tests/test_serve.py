@@ -330,11 +330,12 @@ def test_the_page_in_a_real_browser(setup, capsys):
     from selenium.webdriver.support.ui import WebDriverWait
 
     model, folder, work = setup
-    image = images(folder)[1]
-    expected = cli_summary(model, image, 3, capsys)["words"]
+    capsys.readouterr()
     assert main(["retrieve", "--model", str(model), "--images", str(folder), "--features",
                  str(work / "browser-store"), "-n", "1", "dog"]) == 0
     first = Path(capsys.readouterr().out.splitlines()[1].split(". ", 1)[1].rsplit("  (", 1)[0]).name
+    image = next(path for path in images(folder) if path.name != first)  # the upload is another image
+    expected = cli_summary(model, image, 3, capsys)["words"]
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
@@ -369,6 +370,7 @@ def test_the_page_in_a_real_browser(setup, capsys):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#similar .word"))
         assert driver.find_element(By.ID, "similar-title").text == f"words that look like {expected[0]}"
 
+        assert driver.find_element(By.ID, "summary-title").text == image.name
         driver.find_element(By.CSS_SELECTOR, "#results .thumb").click()  # summarized from the cache
         wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "summary-title"), first))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#summary-words .word"))
