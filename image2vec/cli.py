@@ -90,7 +90,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise Image2VecError(str(exc)) from None
         seconds = time.perf_counter() - start
     systems.save(system, out, metadata={"extractor": data.extractor, "n_images": len(data.keys),
-                                         "source": str(args.captions or args.tags)})
+                                         "source": str(args.captions or args.tags),
+                                         "trained": time.strftime("%Y-%m-%d", time.gmtime())})
     print(f"{out}: {args.model} model, {len(data.vocabulary)} words, trained on "
           f"{len(data.keys)} images in {seconds:.1f} s")
     return 0
@@ -285,6 +286,30 @@ def _file_fingerprint(path: Path) -> list:
     return [path.name, stat.st_size, stat.st_mtime_ns]
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from image2vec import serve
+    except ImportError:
+        raise Image2VecError("serve needs the web extra: pip install 'image2vec[web]'") from None
+
+    service = serve.build_service(args.model, args.images, args.features, args.device)
+    with serve.bind(args.host, args.port) as sock:
+        host, port = sock.getsockname()[:2]
+        if not serve.is_loopback(sock):
+            print(f"image2vec: warning: serving on {host}, not on this machine alone: whoever reaches "
+                  "it can use the page" + (" and see the folder's images" if args.images else ""),
+                  file=sys.stderr)
+        if service.folder is not None:
+            service.folder.start(service)
+        print(f"image2vec: serving {args.model or 'the default model'} at "
+              f"http://{f'[{host}]' if ':' in host else host}:{port}/ (Ctrl-C to stop)", flush=True)
+        serve.serve(service, sock)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from image2vec.cluster import ClusterSystem, connect
     from image2vec.datasets import reads_logits, vocabulary_of
@@ -359,6 +384,13 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _port(text: str) -> int:
+    port = _non_negative_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return port
 
 
 def _int_at_least(text: str, least: int, what: str) -> int:
@@ -525,6 +557,22 @@ def _add_model_parsers(sub) -> None:
     retrieve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     retrieve.add_argument("words", nargs="+", metavar="WORD")
     retrieve.set_defaults(func=_cmd_retrieve)
+
+    serve = sub.add_parser("serve", help="a local web page for a model: summaries, image search, similar words",
+                           description="Start a local web server for a model and print its URL: drop an image "
+                                       "to see its words, search the images of --images DIR by words, click "
+                                       "a word to see the words that look alike. Needs pip install "
+                                       "'image2vec[web]'.")
+    serve.add_argument("--model", metavar="MODEL.npz", help="the model (default: the pretrained model)")
+    serve.add_argument("--images", metavar="DIR", help="folder of images to search")
+    serve.add_argument("--features", metavar="STORE",
+                       help="feature store that caches the folder's features (default: the cache of "
+                            "image2vec retrieve)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine alone)")
+    serve.add_argument("--port", type=_port, default=8765, help="default: 8765 (0: a free port)")
+    serve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    serve.set_defaults(func=_cmd_serve)
 
     evaluate = sub.add_parser("evaluate", help="score a model on captioned images")
     evaluate.add_argument("--model", metavar="MODEL.npz", help=PRETRAINED_HELP)

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Preprocessing", "Extractor", "available_extractors", "load_extractor", "load_image",
-           "FeatureSet", "extract_features", "load_features"]
+           "decode_image", "FeatureSet", "extract_features", "load_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -361,20 +361,35 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         fh = open_regular(path, "image")
     except Image2VecError as exc:
         raise BadImageError(str(exc)) from None
+    with fh:
+        return decode_image(fh, path)
+
+
+def decode_image(fh: BinaryIO, name: str | os.PathLike) -> Image.Image:
+    """Decode the image in the open binary file ``fh`` as :func:`load_image` does (same limits).
+
+    ``name`` names the image in the messages (an uploaded file has no path).
+
+    Raises
+    ------
+    BadImageError
+        Not an image, truncated, over Pillow's pixel limit, or of a pixel type without a known
+        range.
+    """
     try:
-        with fh, warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fh) as image:
-                return _eight_bit_rgb(image, path)
+                return _eight_bit_rgb(image, name)
     except BadImageError:
         raise
     except UnidentifiedImageError:
-        raise BadImageError(f"image {path} is not an image file") from None
+        raise BadImageError(f"image {name} is not an image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(f"image {path} has too many pixels (over Pillow's decompression-bomb "
+        raise BadImageError(f"image {name} has too many pixels (over Pillow's decompression-bomb "
                             f"limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"image {path} is truncated or unreadable ({exc})") from None
+        raise BadImageError(f"image {name} is truncated or unreadable ({exc})") from None
 
 
 def _eight_bit_rgb(image: Image.Image, path: str | os.PathLike) -> Image.Image:

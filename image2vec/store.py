@@ -40,7 +40,8 @@ import numpy as np
 from image2vec.errors import Image2VecError
 from image2vec.io import atomic_write, read_json, write_json
 
-__all__ = ["FeatureSet", "fingerprint", "read_index", "load_features", "Partial", "RowWriter", "finish"]
+__all__ = ["FeatureSet", "fingerprint", "read_index", "load_features", "Partial", "RowWriter", "finish",
+           "extraction_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +260,18 @@ class Partial:
         write_json(self.folder / "progress.json",
                    {"fingerprint": self.fingerprint, "done": prefix,
                     "finished": self.ranges[1:] if prefix else self.ranges, "bad": self.bad})
+
+
+def extraction_progress(store: str | os.PathLike, n: int) -> int:
+    """How many of the ``n`` images an extraction in progress in ``store`` has processed (0 when
+    none has started, or the progress file is not yet readable), read from ``progress.json``."""
+    try:
+        progress = read_json(Path(store) / "partial" / "progress.json", "extraction progress file",
+                             missing_ok=True)
+    except Image2VecError:  # replaced while read: the next look finds it
+        return 0
+    ranges = _done_ranges(progress, n) if isinstance(progress, dict) else None
+    return sum(stop - start for start, stop in ranges or [])
 
 
 def _done_ranges(progress: dict, n: int) -> list[list[int]] | None:
