@@ -56,10 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_fit.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_output_argument(parser)
-    parser.add_argument("--flickr8k", type=Path, default=common.shared_data_dir() / "flickr8k",
-                        help="Flickr8k folder (default: the shared data folder's flickr8k)")
-    parser.add_argument("--features", type=Path, metavar="STORE",
-                        help="feature stores of experiments/flickr8k.py (STORE/train, STORE/dev)")
+    common.add_flickr8k_arguments(parser)
     parser.add_argument("--repeats", type=common.positive_int, default=3,
                         help="fits timed per bcd system and per Ridge (default: 3; sgd: 1)")
     parser.add_argument("--scale", type=int, nargs="*", default=[25_000, 100_000, 400_000], metavar="N",

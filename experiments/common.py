@@ -186,6 +186,16 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("IMAGE2VEC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+def add_flickr8k_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--flickr8k DIR`` (the official layout) and ``--features STORE`` (its feature stores:
+    ``STORE/train``, ``STORE/dev``, as :func:`flickr8k.load_splits` reads them)."""
+    parser.add_argument("--flickr8k", type=Path, default=shared_data_dir() / "flickr8k",
+                        help="Flickr8k folder: Flicker8k_Dataset/ and Flickr8k_text/ "
+                        "(default: the shared data folder's flickr8k)")
+    parser.add_argument("--features", type=Path, metavar="STORE",
+                        help="feature stores STORE/train and STORE/dev (default: OUT/features)")
+
+
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
     """The positional output folder."""
     parser.add_argument("out", type=Path, help="output folder (created; an existing one must be "

@@ -45,7 +45,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import common
@@ -107,11 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flickr8k.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_output_argument(parser)
-    parser.add_argument("--flickr8k", type=Path, default=common.shared_data_dir() / "flickr8k",
-                        help="Flickr8k folder: Flicker8k_Dataset/ and Flickr8k_text/ "
-                        "(default: the shared data folder's flickr8k)")
-    parser.add_argument("--features", type=Path, metavar="STORE",
-                        help="feature store folder (default: OUT/features)")
+    common.add_flickr8k_arguments(parser)
     parser.add_argument("--systems", nargs="+", default=["all"], metavar="SYSTEM",
                         help="MODEL[/OBJECTIVE[/SOLVER]], baseline names or all (default: all)")
     parser.add_argument("--no-search", action="store_true",

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import flickr8k
 import numpy as np
 import scipy.sparse as sp
 
@@ -53,10 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pretrained.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_output_argument(parser)
-    parser.add_argument("--flickr8k", type=Path, default=common.shared_data_dir() / "flickr8k",
-                        help="Flickr8k folder in the official layout (default: ../shared/data/flickr8k)")
-    parser.add_argument("--features", type=Path, metavar="STORE",
-                        help="feature store folder with train/ and dev/ (default: OUT/features)")
+    common.add_flickr8k_arguments(parser)
     parser.add_argument("--dims", type=common.positive_int, nargs="+", default=[128, 192, 256],
                         help="embedding dimensions tried (default: 128 192 256)")
     parser.add_argument("--max-bytes", type=common.positive_int, default=2 * 2**20,
@@ -69,20 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace, out: common.OutputFolder) -> tuple[WordData, WordData, Any, Any, list]:
+def load(args: argparse.Namespace, out: common.OutputFolder) -> tuple[WordData, WordData, np.ndarray, Any, Any]:
     """Flickr8k train (own vocabulary) and dev (train's vocabulary), for the dev figures; and the
     features, targets and words of train + dev with the vocabulary of those 7,000 images (as
     ``image2vec train --split train+dev`` builds it), read from the same two feature stores."""
-    text = args.flickr8k / "Flickr8k_text" / "Flickr8k.token.txt"
-    images = args.flickr8k / "Flicker8k_Dataset"
-    for path, what in ((text, "Flickr8k token file"), (images, "Flickr8k image folder")):
-        if not path.exists():
-            raise common.ExperimentError(f"{what} {path} does not exist (see the README: Data)")
+    train, dev = flickr8k.load_splits(args, out)  # the stores of experiments/flickr8k.py
+    text, images = args.flickr8k / "Flickr8k_text" / "Flickr8k.token.txt", args.flickr8k / "Flicker8k_Dataset"
     store = args.features if args.features is not None else out.folder("features")
-    # logits too: the stores are those of experiments/flickr8k.py, which the two runs can share
-    train = load_caption_data(text, images, split="train", store=store / "train", logits=True)
-    dev = load_caption_data(text, images, split="dev", store=store / "dev", vocabulary=train.vocabulary,
-                            logits=True)
     analyzer = CaptionAnalyzer()
     documents = analyze_captions(load_captions(text, images, split="train+dev").captions, analyzer)
     vocabulary = build_vocabulary(documents, info={"source": str(text)}, analyzer=analyzer)
