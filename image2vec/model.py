@@ -639,6 +639,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                             "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
                             "target_mean_": (n_words,), "words_": (n_words,),
                             "retrieval_maps_": (2, dim, dim), "similarity_map_": (dim, dim)})
+        if not np.any(self.dictionary_):
+            raise ValueError("dictionary_ is all zero: no word has a vector")
 
 
 #: Ridge of the covariances whitened by the correlation metric, relative to their mean eigenvalue.
