@@ -62,7 +62,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from image2vec.cluster import connect
     from image2vec.datasets import reads_logits
 
-    out = _output_file(args.out)
+    out = _output_file(args.out, inputs={"--captions": args.captions, "--tags": args.tags,
+                                         "--instances": args.instances, "--split": args.split},
+                       folders={"--images": args.images, "--features": args.features},
+                       companion=None if args.features else ".features")
     if args.tags and args.instances:
         raise Image2VecError("--instances (COCO categories) goes with --captions, not --tags")
     if args.tags and args.split:
@@ -97,13 +100,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_file(path: str) -> Path:
-    """``path`` as a file to write, refused at once when it cannot be one."""
+def _output_file(path: str, inputs: dict[str, str | None], folders: dict[str, str | None],
+                 companion: str | None = None) -> Path:
+    """``path`` as a file to write, refused at once when it cannot be one.
+
+    It must be a new path or a regular file, with a name the file system takes (also with the
+    suffix ``companion``, a folder written beside it), and none of the run's ``inputs`` (option
+    -> file) nor a file inside one of its ``folders`` (option -> folder: existing files there
+    are inputs; inside a feature store, any file).
+    """
     out = Path(path)
+    limit = os.pathconf(out.parent if out.parent.is_dir() else ".", "PC_NAME_MAX")
+    for name in (out.name, out.name + (companion or "")):
+        if len(os.fsencode(name)) > limit:
+            raise Image2VecError(f"--out {_shown(str(out))}: the name is too long ({len(os.fsencode(name))} "
+                                 f"bytes{' with ' + companion if name != out.name else ''}; this "
+                                 f"file system takes {limit})")
     if out.is_dir():
         raise Image2VecError(f"--out {out} is a folder: give a file name such as {out / 'model.npz'}")
     if not out.parent.is_dir():
         raise Image2VecError(f"the folder of --out {out} does not exist")
+    if os.path.lexists(out) and not out.is_file():
+        raise Image2VecError(f"--out {out} exists and is not a regular file (a named pipe, device "
+                             "or dangling link): give a new name")
+    for option, name in inputs.items():
+        if name and out.exists() and os.path.exists(name) and os.path.samefile(out, name):
+            raise Image2VecError(f"--out {out} is an input of this run ({option} {name}): give "
+                                 "another name")
+    for option, folder in folders.items():
+        if folder and os.path.isdir(folder) and out.resolve().is_relative_to(Path(folder).resolve()):
+            if option == "--features":
+                raise Image2VecError(f"--out {out} is inside the feature store {folder}: give a "
+                                     "name outside it")
+            if out.exists():
+                raise Image2VecError(f"--out {out} is an input of this run (a file in {option} "
+                                     f"{folder}): give another name")
     try:  # a read-only folder or file system is refused now, not after the training
         with tempfile.TemporaryFile(dir=out.parent):
             pass
@@ -271,8 +302,15 @@ def _folder_cache(folder: Path, metadata: dict) -> Path:
 
 
 def _file_fingerprint(path: Path) -> list:
-    """[name, size, modification time in ns]: a file whose fingerprint is unchanged is unchanged."""
-    stat = path.stat()
+    """[name, size, modification time in ns]: a file whose fingerprint is unchanged is unchanged.
+
+    A file that cannot be examined (a dangling link) gets size and time -1: the extraction
+    skips it, with the other unreadable images.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return [path.name, -1, -1]
     return [path.name, stat.st_size, stat.st_mtime_ns]
 
 
@@ -525,6 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name the terminal's encoding cannot spell
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,

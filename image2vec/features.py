@@ -215,7 +215,7 @@ def _lite0_build(weights: Path | None):
             return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
 
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(_load_state_dict(_lite0_weights(weights)))
+    _load_weights(net, _lite0_weights(weights))
     return PooledEfficientNet(net), net._fc, net._fc.in_features
 
 
@@ -225,15 +225,27 @@ _REGISTRY["efficientnet-lite0"] = _Entry(_lite0_version, _lite0_build,
                                          Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3))
 
 
-def _load_state_dict(path: Path) -> dict:
+def _load_weights(net: torch.nn.Module, path: Path) -> None:
+    """Load the weights file ``path`` (tensors only, no pickle) into ``net``."""
+    import pickle
+
     import torch
 
-    if not path.is_file():
-        raise Image2VecError(f"weights file {path} does not exist")
+    with open_regular(path, "weights file") as fh:
+        try:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Image2VecError(f"cannot read weights file {path}: not a PyTorch weights file "
+                                 f"({reason[:200]})") from None
+    if not isinstance(state, dict):
+        raise Image2VecError(f"cannot read weights file {path}: it holds a {type(state).__name__}, "
+                             "not a state dict of tensors")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise Image2VecError(f"cannot read weights file {path}: {exc}") from None
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise Image2VecError(f"weights file {path} does not fit the network: "
+                             f"{str(exc).strip().splitlines()[0][:200]}") from None
 
 
 def _torchvision_weights(arch: str, weights: Path | None):
@@ -268,7 +280,7 @@ def _torchvision_version(arch: str) -> Callable[[Path | None], str]:
 def _torchvision_net(arch: str, weights: Path | None):
     torchvision, path = _torchvision_weights(arch, weights)
     net = torchvision.models.get_model(arch, weights=None)
-    net.load_state_dict(_load_state_dict(path))
+    _load_weights(net, path)
     return net
 
 

@@ -46,7 +46,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a short temporary name: any name the file system takes for ``path`` can be written
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     text = {} if "b" in mode else {"encoding": "utf-8", "errors": "backslashreplace"}
     try:
         with open(fd, mode, **text) as fh:

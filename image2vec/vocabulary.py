@@ -40,7 +40,7 @@ from image2vec.errors import Image2VecError
 from image2vec.io import cache_dir, read_json, write_json
 
 __all__ = ["load_wordnet", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
-           "SMALL_DATA_IMAGES", "default_min_count", "build_vocabulary", "targets"]
+           "SMALL_DATA_IMAGES", "MAX_WORD_LENGTH", "default_min_count", "build_vocabulary", "targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ _PENN_TO_WORDNET = {"NN": "n", "NNS": "n", "NNP": "n", "NNPS": "n",
 _WORDNET_POS = ("n", "v", "a", "r")
 STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
 
+#: The longest word or tag a vocabulary takes (English words reach 45 letters; tags are phrases).
+MAX_WORD_LENGTH = 64
 #: Training sets with fewer images than this are "small data": default ``min_count`` 2, else 5.
 SMALL_DATA_IMAGES = 1000
 
@@ -385,6 +387,12 @@ def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: in
     if max_size is not None and max_size < 1:
         raise Image2VecError(f"max_size must be >= 1, got {max_size}")
     df = Counter(w for doc in documents for w in {w for words in doc for w in words})
+    absurd = [w for w in df if len(w) > MAX_WORD_LENGTH]
+    if absurd:  # longer than any real word or tag: each would cost its length in every array
+        logger.warning("vocabulary: %d word(s) longer than %d characters left out (first: %.40r...)",
+                       len(absurd), MAX_WORD_LENGTH, absurd[0])
+        for word in absurd:
+            del df[word]
     kept = sorted((w for w, c in df.items() if c >= min_count), key=lambda w: (-df[w], w))
     if max_size is not None:
         kept = kept[:max_size]
