@@ -408,6 +408,8 @@ def _eight_bit_rgb(image: Image.Image, path: str | os.PathLike) -> Image.Image:
 
 #: Batches in a shard of a cluster run: a worker that dies loses at most this much work.
 SHARD_BATCHES = 8
+#: How many skipped images are named one warning line each; the rest are counted in one line.
+SHOWN_BAD_IMAGES = 5
 
 
 class _ImageFiles:
@@ -566,6 +568,9 @@ def extract_features(
         else:
             _extract_on_cluster(client, extractor, files, keys, partial, batch_size, on_bad_image, bar)
             partial.reopen()
+    if len(partial.bad) > SHOWN_BAD_IMAGES:
+        logger.warning("skipped %d unreadable images in all, the first %d named one a line; the "
+                       "feature store's index.json lists them", len(partial.bad), SHOWN_BAD_IMAGES)
     return finish(store, partial, spec, keys, files)
 
 
@@ -575,7 +580,8 @@ def _note_bad(partial: Partial, bad: list[tuple[int, str]], keys: list, files: l
     for i, reason in bad:
         if on_bad_image == "fail":
             raise Image2VecError(f"{reason}; fix or remove it, or use --on-bad-image skip")
-        logger.warning("skipping bad image: %s", reason)
+        if len(partial.bad) < SHOWN_BAD_IMAGES:
+            logger.warning("skipping bad image: %s", reason)
         partial.bad.append({"key": keys[i], "file": str(files[i]), "reason": reason, "position": i})
 
 

@@ -58,6 +58,9 @@ from solvers.objective import column_means
 OBJECTIVES = ("l2", "ip")
 SOLVERS = ("bcd", "sgd")
 READOUTS = ("omp", "rank")
+#: The largest ``lam`` and ``gamma``: the features have unit norm, so a larger penalty leaves D zero
+#: to a millionth of its scale (and 1e308 overflows the fit).
+MAX_PENALTY = 1e6
 #: Defaults of ``lam`` (the l2 ridge) and ``prior_weight`` (the OMP read-out's word-frequency
 #: prior) per model, chosen on the Flickr8k dev split (experiments/flickr8k.py).
 DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 1e-3, "simple": 0.1}
@@ -100,9 +103,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         feature directions the map can use and, for ``reduced-rank``, the number of words.
     lam : float, optional
         Ridge weight of the ``l2`` objective (on D, or on W for ``reduced-rank``); default
-        :data:`DEFAULT_LAM` of the model. Refused with ``ip``.
+        :data:`DEFAULT_LAM` of the model, at most :data:`MAX_PENALTY`. Refused with ``ip``.
     gamma : float, default 0
-        Co-occurrence incoherence weight (``l2`` with learn-all, weak-tag or simple).
+        Co-occurrence incoherence weight (``l2`` with learn-all, weak-tag or simple), at most
+        :data:`MAX_PENALTY`.
     k : int, default 3
         Summary length of :meth:`predict`.
     readout : {"omp", "rank"}, default "omp"
@@ -198,8 +202,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         "objective": [StrOptions(set(OBJECTIVES))],
         "solver": [StrOptions(set(SOLVERS))],
         "dim": [Interval(Integral, 1, None, closed="left")],
-        "lam": [None, Interval(Real, 0, None, closed="left")],
-        "gamma": [Interval(Real, 0, None, closed="left")],
+        "lam": [None, Interval(Real, 0, MAX_PENALTY, closed="both")],
+        "gamma": [Interval(Real, 0, MAX_PENALTY, closed="both")],
         "k": [Interval(Integral, 1, None, closed="left")],
         "readout": [StrOptions(set(READOUTS))],
         "prior_weight": [None, Interval(Real, 0, None, closed="left")],
