@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -182,9 +183,12 @@ def _checked_inputs(inputs, system, files: list[str], source: str):
     return inputs
 
 
-def _shown(path: str) -> str:
-    """A file name printable on any terminal: bytes that are not UTF-8 as ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def _shown(text: str) -> str:
+    """A file name or word printable on any terminal: bytes that are not UTF-8 as ``\\xNN``, and
+    control and format characters (terminal escapes, bidi overrides) as their escapes."""
+    text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C"
+                   else c for c in text)
 
 
 def _load_model(path: str, device: str = "cpu"):
@@ -239,7 +243,7 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         for row in rows:
-            print(f"{_shown(row['image'])}: {' + '.join(row['words']) or '(no word)'}")
+            print(f"{_shown(row['image'])}: {' + '.join(map(_shown, row['words'])) or '(no word)'}")
     return 0
 
 
@@ -265,7 +269,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 def _print_similar(system, word: str, n: int) -> None:
     word = _vocabulary_word(system, word)
     neighbours = system.similar(word, n)
-    print(f"{word}: " + ", ".join(f"{w} ({c:.2f})" for w, c in neighbours))
+    print(f"{_shown(word)}: " + ", ".join(f"{_shown(w)} ({c:.2f})" for w, c in neighbours))
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
@@ -282,10 +286,11 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     store = Path(args.features) if args.features else _folder_cache(folder, metadata)
     features, kept = _extract(files, store, system, metadata, args, on_bad_image="skip",
                               keys=[_file_fingerprint(f) for f in files])
-    order, distances = system.retrieve(words, features, args.n)
-    print(f"images nearest to {' + '.join(words)}:")
-    for rank, (i, distance) in enumerate(zip(order, distances), start=1):
-        print(f"{rank:3d}. {_shown(kept[i])}  (distance {distance:.3f})")
+    order, values = system.retrieve(words, features, args.n)
+    label = "distance" if getattr(system, "metric", None) == "euclidean" else "score"  # best first
+    print(f"images nearest to {' + '.join(_shown(w) for w in words)}:")
+    for rank, (i, value) in enumerate(zip(order, values), start=1):
+        print(f"{rank:3d}. {_shown(kept[i])}  ({label} {value:.3f})")
     return 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
@@ -66,6 +66,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Pillow's modes of 16-bit integer images (the channel is scaled from [0, 65535]).
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 class BadImageError(Image2VecError):
@@ -356,7 +357,10 @@ def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image as 8-bit RGB, keeping Pillow's decompression-bomb limit.
+    """Open an image as 8-bit RGB, upright, keeping Pillow's decompression-bomb limit.
+
+    A photo whose EXIF orientation says it was taken sideways is turned upright (Pillow's
+    ``exif_transpose``), as image viewers show it.
 
     16-bit integer images are scaled from [0, 65535] and float images from [0, 1] to the 8-bit
     range (Pillow alone would clip them to white and black).
@@ -377,6 +381,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with fh, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fh) as image:
+                if image.getexif().get(_ORIENTATION, 1) != 1:  # a photo taken sideways: upright
+                    image = ImageOps.exif_transpose(image)
                 return _eight_bit_rgb(image, path)
     except BadImageError:
         raise

@@ -578,7 +578,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return int(matches[0])
 
     def similar(self, word: str, n: int = 5) -> list[tuple[str, float]]:
-        """The n words visually nearest to ``word``: the correlation of their word scores.
+        """The n words visually nearest to ``word`` (never itself; all others when n is larger):
+        the correlation of their word scores.
 
         Two words are visually similar when their scores d_v . r go up and down together over the
         training images: the cosine of the columns of Sigma^{1/2} D, with Sigma the covariance
@@ -591,8 +592,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         vectors = self.similarity_map_ @ self.dictionary_
         norms = np.linalg.norm(vectors, axis=0)
         cosine = vectors.T @ vectors[:, v] / np.maximum(norms * norms[v], 1e-300)
-        cosine[v] = -np.inf
-        order = np.argsort(-cosine, kind="stable")[:n]
+        others = np.flatnonzero(np.arange(cosine.size) != v)  # never the word itself
+        order = others[np.argsort(-cosine[others], kind="stable")][:n]
         return [(str(self.words_[u]), float(cosine[u])) for u in order]
 
     def retrieve(self, words: list[str], F: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

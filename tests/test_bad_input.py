@@ -114,32 +114,41 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def run_limited(script: str, *args: str, margin_mib: int = 512) -> subprocess.CompletedProcess:
+    """``script`` in a fresh Python whose address space may grow by ``margin_mib`` only, from the
+    point where it calls ``limit()``."""
+    prelude = """
+import resource
+def limit():
+    with open("/proc/self/status") as fh:
+        size = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (size + MARGIN * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+""".replace("MARGIN", str(margin_mib))
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux's /proc to set a memory limit")
+    return subprocess.run([sys.executable, "-c", prelude + script, *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+
+
 # ---------------------------------------------------------------- 1. bounded work per image
 
 
 def test_case01_a_thin_image_costs_a_bounded_amount_of_memory(tmp_path):
     """40000 x 1 and 1 x 20000 images are preprocessed under a 512 MiB address-space margin;
     scaling their short side to 256 first took 11 GB and 5.8 GB."""
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs Linux's /proc to set a memory limit")
     Image.new("RGB", (40000, 1), (200, 10, 10)).save(tmp_path / "wide.png")
     Image.new("L", (1, 20000), 90).save(tmp_path / "tall.png")
     assert (tmp_path / "wide.png").stat().st_size < 1000
-    script = """
-import resource, sys
+    run = run_limited("""
+import sys
 import torch
 from image2vec.features import Preprocessing, load_image
 images = [load_image(path) for path in sys.argv[1:]]
-with open("/proc/self/status") as fh:
-    size = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (size + 512 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+limit()
 for image in images:
     x = Preprocessing()(image)
     print(tuple(x.shape), round(float(x[0].mean()), 3))
-"""
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "wide.png"),
-                          str(tmp_path / "tall.png")], capture_output=True, text=True, cwd=REPO,
-                         timeout=120)
+""", str(tmp_path / "wide.png"), str(tmp_path / "tall.png"))
     assert run.returncode == 0, run.stderr[-2000:]
     wide, tall = run.stdout.splitlines()
     assert wide == f"(3, 224, 224) {round((200 / 255 - 0.485) / 0.229, 3)}"
@@ -595,22 +604,6 @@ def test_words_are_looked_up_without_regard_to_case(model, capsys):
 # One test (or more) per class of failure; each failed on the code before the fix.
 
 
-def run_limited(script: str, *args: str, margin_mib: int = 512) -> subprocess.CompletedProcess:
-    """``script`` in a fresh Python whose address space may grow by ``margin_mib`` only, from the
-    point where it calls ``limit()``."""
-    prelude = """
-import resource
-def limit():
-    with open("/proc/self/status") as fh:
-        size = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (size + %d * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
-""" % margin_mib
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs Linux's /proc to set a memory limit")
-    return subprocess.run([sys.executable, "-c", prelude + script, *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
-
-
 def lying_sizes(path: Path, member: str, claim: int) -> None:
     """Make the zip directory of ``path`` claim ``claim`` bytes for ``member`` (local header and
     central directory), with an .npy header that claims as much: the member holds far less."""
@@ -633,16 +626,14 @@ def lying_sizes(path: Path, member: str, claim: int) -> None:
         archive.writestr(member, header + data[header_len:])
     raw = bytearray(path.read_bytes())
     name = member.encode()
-    local = raw.find(b"PK\x03\x04" + raw[4:4])  # every local header; patch the member's
-    while local != -1:
-        if raw[local + 30: local + 30 + len(name)] == name:
-            struct.pack_into("<II", raw, local + 18, claim, claim)
-        local = raw.find(b"PK\x03\x04", local + 4)
-    central = raw.find(b"PK\x01\x02")
-    while central != -1:
-        if raw[central + 46: central + 46 + len(name)] == name:
-            struct.pack_into("<II", raw, central + 20, claim, claim)
-        central = raw.find(b"PK\x01\x02", central + 4)
+    # the sizes in the member's local header (name at +30, sizes at +18) and in its central
+    # directory entry (name at +46, sizes at +20)
+    for signature, name_at, sizes_at in [(b"PK\x03\x04", 30, 18), (b"PK\x01\x02", 46, 20)]:
+        at = raw.find(signature)
+        while at != -1:
+            if raw[at + name_at: at + name_at + len(name)] == name:
+                struct.pack_into("<II", raw, at + sizes_at, claim, claim)
+            at = raw.find(signature, at + 4)
     path.write_bytes(bytes(raw))
 
 
@@ -796,8 +787,8 @@ def test_issue28_class03_an_all_zero_dictionary(model, images, captioned, tmp_pa
 
 def test_issue28_class04_integers_python_will_not_convert(model, images, tmp_path, capsys):
     huge = "9" * 5000
-    (tmp_path / "c.json").write_text('{"images": [{"id": %s, "file_name": "0.png"}], "annotations": '
-                                     '[{"id": 1, "image_id": %s, "caption": "a dog"}]}' % (huge, huge))
+    (tmp_path / "c.json").write_text('{"images": [{"id": ' + huge + ', "file_name": "0.png"}], '
+                                     '"annotations": [{"id": 1, "image_id": ' + huge + ', "caption": "a dog"}]}')
     with pytest.raises(Image2VecError, match="integer of 5000 digits"):
         load_coco(tmp_path / "c.json", images)
     captions = coco_file(tmp_path / "big.json", [{"id": 10**20, "file_name": "0.png"}],
