@@ -283,6 +283,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    if args.features:
+        _check_folder_store(Path(args.features), folder)
     store = Path(args.features) if args.features else _folder_cache(folder, metadata)
     features, kept = _extract(files, store, system, metadata, args, on_bad_image="skip",
                               keys=[_file_fingerprint(f) for f in files])
@@ -304,6 +306,22 @@ def _folder_cache(folder: Path, metadata: dict) -> Path:
 
     key = json.dumps([str(folder.resolve()), metadata.get("extractor", "efficientnet-lite0")])
     return cache_dir() / "folders" / hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:20]
+
+
+def _check_folder_store(store: Path, folder: Path) -> None:
+    """Refuse ``--features STORE`` for ``retrieve`` when the store holds features that another
+    command made (``features``, ``train``): retrieve would replace them with the folder's."""
+    from image2vec.store import read_index
+
+    index = read_index(store)
+    if index is None:
+        return
+    keys, files = index.get("keys") or [], index.get("files") or []
+    if not (all(isinstance(k, list) and len(k) == 3 for k in keys)
+            and all(Path(f).parent.resolve() == folder.resolve() for f in files)):
+        raise Image2VecError(f"feature store {store} holds the features of other images (made by "
+                             "features or train) that retrieve would replace: give a new folder, "
+                             "or leave out --features")
 
 
 def _file_fingerprint(path: Path) -> list:

@@ -18,6 +18,7 @@ scipy.sparse CSR matrix, never a dense N x V array.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -76,15 +77,25 @@ def _debian_wordnet_corpus(source: Path) -> Path:
     """An NLTK corpus folder with the files of ``source`` plus a ``lexnames`` file.
 
     Built once under ``<cache>/nltk_data`` as copies (about 30 MB: NLTK refuses symlinks and
-    hard links to files outside its data folders), in a temporary folder renamed into place.
+    hard links to files outside its data folders), in a temporary folder renamed into place;
+    where the cache folder cannot be written, in a temporary folder removed at exit.
     """
     # Not "corpora/wordnet": NLTK's own lazy loader would then find it and fail on the missing
     # index.sense instead of reporting that its data is not installed.
     target = cache_dir() / "nltk_data" / "corpora" / "wordnet-debian"
     if (target / "lexnames").is_file() and (target / "data.noun").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
+    except OSError as exc:  # a read-only cache: a copy for this process, removed at its exit
+        logger.info("cannot write in the cache folder %s (%s): WordNet copied to a temporary "
+                    "folder", cache_dir(), exc.strerror or exc)
+        private = Path(tempfile.mkdtemp(prefix="image2vec-wordnet-"))
+        atexit.register(shutil.rmtree, private, True)
+        target = private / "nltk_data" / "corpora" / "wordnet-debian"
+        target.parent.mkdir(parents=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
     try:
         for f in source.iterdir():
             if f.is_file():

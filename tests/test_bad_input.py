@@ -850,8 +850,9 @@ def test_issue28_class07_a_dangling_symlink_is_skipped_like_an_unreadable_image(
 def test_issue28_class08_a_garbage_weights_file(tmp_path):
     from image2vec.features import load_extractor
 
-    for name, data in [("garbage.pt", os.urandom(4096)), ("text.pt", b"not weights at all\n"),
-                       ("empty.pt", b"")]:
+    garbage = [(f"garbage{seed}.pt", np.random.default_rng(seed).bytes(4096)) for seed in range(30)]
+    for name, data in [*garbage, ("text.pt", b"not weights at all\n"), ("empty.pt", b""),
+                       ("pickled.pt", b"\x80\x04K\x01.")]:
         (tmp_path / name).write_bytes(data)
         with pytest.raises(Image2VecError, match=f"cannot read weights file .*{name}"):
             load_extractor("efficientnet-lite0", weights=tmp_path / name)
@@ -1037,3 +1038,34 @@ def test_issue28_words_are_printed_with_control_characters_escaped(model, tmp_pa
 
     assert _shown("a\x1b[2Jb\u202ec") == "a\\x1b[2Jb\\u202ec"
     assert _shown("日本 café") == "日本 café"
+
+
+def test_issue28_retrieve_does_not_replace_a_store_made_by_another_command(model, images, tiny, tmp_path,
+                                                                           capsys):
+    extract_features(sorted(images.iterdir()), tmp_path / "train-store", extractor=tiny, progress=False)
+    before = (tmp_path / "train-store" / "index.json").read_bytes()
+    assert main(["retrieve", "--model", str(model), "--images", str(images), "--features",
+                 str(tmp_path / "train-store"), "dog"]) == 2
+    one_error_line(capsys.readouterr().err, "holds the features of other images")
+    assert (tmp_path / "train-store" / "index.json").read_bytes() == before
+    for _ in range(2):  # retrieve's own store: made, then read again
+        assert main(["retrieve", "--model", str(model), "--images", str(images), "--features",
+                     str(tmp_path / "mine"), "dog"]) == 0
+
+
+def test_issue28_wordnet_needs_no_writable_cache_folder(tmp_path):
+    from image2vec.vocabulary import DEBIAN_WORDNET
+
+    if not (Path(DEBIAN_WORDNET) / "data.noun").is_file():
+        pytest.skip("needs Debian's wordnet-base")
+    (tmp_path / "file").write_text("a file, not a folder")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    script = ("import sys; from image2vec.vocabulary import DEBIAN_WORDNET, _debian_wordnet_corpus\n"
+              "from pathlib import Path\n"
+              "root = _debian_wordnet_corpus(Path(DEBIAN_WORDNET)); print((root / 'lexnames').is_file())")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "IMAGE2VEC_CACHE": str(tmp_path / "file" / "cache"),
+                              "TMPDIR": str(scratch)}, timeout=120)
+    assert run.stdout.strip() == "True", run.stderr[-2000:]
+    assert list(scratch.iterdir()) == []  # the private copy is removed at exit
