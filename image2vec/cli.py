@@ -401,6 +401,14 @@ def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
 
 
+def _seed(text: str) -> int:
+    """A random seed: an integer in [0, 2**32 - 1], as scikit-learn and NumPy take them."""
+    value = _non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 4294967295], got {text!r}")
+    return value
+
+
 def _int_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
@@ -460,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--coco", metavar="ROOT",
                       help="a COCO folder (annotations/captions_train2017.json, train2017/) "
                            "instead of the embedded sample")
-    demo.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
+    demo.add_argument("--random-state", type=_seed, default=0, help="seed (default: 0)")
     demo.set_defaults(func=_cmd_demo)
 
     _add_features_parser(sub)
@@ -525,7 +533,7 @@ def _add_model_parsers(sub) -> None:
     train.add_argument("--attention", choices=("full", "no_cross", "none"),
                        help="attention ablation of cvs, mcvs, rvs (default: full)")
     train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")
-    train.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
+    train.add_argument("--random-state", type=_seed, default=0, help="seed (default: 0)")
     train.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
     train.set_defaults(func=_cmd_train)
 

@@ -381,9 +381,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with fh, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fh) as image:
-                if image.getexif().get(_ORIENTATION, 1) != 1:  # a photo taken sideways: upright
-                    image = ImageOps.exif_transpose(image)
-                return _eight_bit_rgb(image, path)
+                return _eight_bit_rgb(_upright(image), path)
     except BadImageError:
         raise
     except UnidentifiedImageError:
@@ -393,6 +391,16 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                             f"limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"image {path} is truncated or unreadable ({exc})") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says; as stored when it has none, or an
+    unreadable EXIF block (a broken tag is no reason to refuse the pixels)."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError):
+        return image
+    return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
 def _eight_bit_rgb(image: Image.Image, path: str | os.PathLike) -> Image.Image:

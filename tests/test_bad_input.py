@@ -1069,3 +1069,12 @@ def test_issue28_wordnet_needs_no_writable_cache_folder(tmp_path):
                               "TMPDIR": str(scratch)}, timeout=120)
     assert run.stdout.strip() == "True", run.stderr[-2000:]
     assert list(scratch.iterdir()) == []  # the private copy is removed at exit
+
+
+@pytest.mark.parametrize("seed", ["100000000000000000000", "4294967296", "-1", "²"])
+def test_issue28_a_seed_numpy_cannot_take_is_a_usage_error(seed):
+    """Refused when parsed: scikit-learn and torch refused it only after the features."""
+    run = run_cli("train", "--captions", "c.json", "--images", "x", "--out", "m.npz",
+                  "--random-state", seed)
+    assert run.returncode == 2 and "argument --random-state: expected" in run.stderr
+    assert "Traceback" not in run.stderr
