@@ -24,6 +24,7 @@ must be a split list file.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ import scipy.sparse as sp
 
 from image2vec.coco import CocoCaptions, load_coco
 from image2vec.errors import Image2VecError
-from image2vec.io import read_json, resolve_under
+from image2vec.io import open_regular, read_json, resolve_under
 
 __all__ = ["CaptionedImages", "FORMATS", "detect_format", "load_captions"]
 
@@ -193,10 +194,8 @@ def load_captions(
 def _identify(path: str | os.PathLike) -> tuple[str, dict | None]:
     """The format of ``path`` and, for a JSON format, the parsed file."""
     path = Path(path)
-    if not path.is_file():
-        raise Image2VecError(f"captions file {path} does not exist or is not a file")
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, "captions file") as fh:
             head = fh.read(65536)
     except OSError as exc:
         raise Image2VecError(f"cannot read captions file {path}: {exc.strerror or exc}") from None
@@ -223,7 +222,7 @@ def _identify(path: str | os.PathLike) -> tuple[str, dict | None]:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line without its end) of a UTF-8 text file, with one-line errors."""
     try:
-        with open(path, encoding="utf-8-sig") as fh:
+        with io.TextIOWrapper(open_regular(path, "file"), encoding="utf-8-sig") as fh:
             for lineno, line in enumerate(fh, 1):
                 yield lineno, line.rstrip("\r\n")
     except UnicodeDecodeError as exc:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from image2vec.cluster import connect, use_scheduler
     from image2vec.datasets import reads_logits
 
-    out = _output_file(args.out)
+    out = _output_file(args.out, inputs={"--captions": args.captions, "--tags": args.tags,
+                                         "--instances": args.instances, "--split": args.split},
+                       folders={"--images": args.images, "--features": args.features},
+                       companion=None if args.features else ".features")
     if args.tags and args.instances:
         raise Image2VecError("--instances (COCO categories) goes with --captions, not --tags")
     if args.tags and args.split:
@@ -97,13 +101,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_file(path: str) -> Path:
-    """``path`` as a file to write, refused at once when it cannot be one."""
+def _output_file(path: str, inputs: dict[str, str | None], folders: dict[str, str | None],
+                 companion: str | None = None) -> Path:
+    """``path`` as a file to write, refused at once when it cannot be one.
+
+    It must be a new path or a regular file, with a name the file system takes (also with the
+    suffix ``companion``, a folder written beside it), and none of the run's ``inputs`` (option
+    -> file) nor a file inside one of its ``folders`` (option -> folder: existing files there
+    are inputs; inside a feature store, any file).
+    """
     out = Path(path)
+    limit = os.pathconf(out.parent if out.parent.is_dir() else ".", "PC_NAME_MAX")
+    for name in (out.name, out.name + (companion or "")):
+        if len(os.fsencode(name)) > limit:
+            raise Image2VecError(f"--out {_shown(str(out))}: the name is too long ({len(os.fsencode(name))} "
+                                 f"bytes{' with ' + companion if name != out.name else ''}; this "
+                                 f"file system takes {limit})")
     if out.is_dir():
         raise Image2VecError(f"--out {out} is a folder: give a file name such as {out / 'model.npz'}")
     if not out.parent.is_dir():
         raise Image2VecError(f"the folder of --out {out} does not exist")
+    if os.path.lexists(out) and not out.is_file():
+        raise Image2VecError(f"--out {out} exists and is not a regular file (a named pipe, device "
+                             "or dangling link): give a new name")
+    for option, name in inputs.items():
+        if name and out.exists() and os.path.exists(name) and os.path.samefile(out, name):
+            raise Image2VecError(f"--out {out} is an input of this run ({option} {name}): give "
+                                 "another name")
+    for option, folder in folders.items():
+        if folder and os.path.isdir(folder) and out.resolve().is_relative_to(Path(folder).resolve()):
+            if option == "--features":
+                raise Image2VecError(f"--out {out} is inside the feature store {folder}: give a "
+                                     "name outside it")
+            if out.exists():
+                raise Image2VecError(f"--out {out} is an input of this run (a file in {option} "
+                                     f"{folder}): give another name")
     try:  # a read-only folder or file system is refused now, not after the training
         with tempfile.TemporaryFile(dir=out.parent):
             pass
@@ -151,9 +183,12 @@ def _checked_inputs(inputs, system, files: list[str], source: str):
     return inputs
 
 
-def _shown(path: str) -> str:
-    """A file name printable on any terminal: bytes that are not UTF-8 as ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def _shown(text: str) -> str:
+    """A file name or word printable on any terminal: bytes that are not UTF-8 as ``\\xNN``, and
+    control and format characters (terminal escapes, bidi overrides) as their escapes."""
+    text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C"
+                   else c for c in text)
 
 
 def _load_model(path: str | None, device: str = "cpu"):
@@ -217,7 +252,7 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         for row in rows:
-            print(f"{_shown(row['image'])}: {' + '.join(row['words']) or '(no word)'}")
+            print(f"{_shown(row['image'])}: {' + '.join(map(_shown, row['words'])) or '(no word)'}")
     return 0
 
 
@@ -244,7 +279,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 def _print_similar(system, word: str, n: int) -> None:
     word = _vocabulary_word(system, word)
     neighbours = system.similar(word, n)
-    print(f"{word}: " + ", ".join(f"{w} ({c:.2f})" for w, c in neighbours))
+    print(f"{_shown(word)}: " + ", ".join(f"{_shown(w)} ({c:.2f})" for w, c in neighbours))
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
@@ -258,13 +293,16 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    if args.features:
+        _check_folder_store(Path(args.features), folder)
     store = Path(args.features) if args.features else _folder_cache(folder, metadata)
     features, kept = _extract(files, store, system, metadata, args, on_bad_image="skip",
                               keys=[_file_fingerprint(f) for f in files])
-    order, distances = system.retrieve(words, features, args.n)
-    print(f"images nearest to {' + '.join(words)}:")
-    for rank, (i, distance) in enumerate(zip(order, distances), start=1):
-        print(f"{rank:3d}. {_shown(kept[i])}  (distance {distance:.3f})")
+    order, values = system.retrieve(words, features, args.n)
+    label = "distance" if getattr(system, "metric", None) == "euclidean" else "score"  # best first
+    print(f"images nearest to {' + '.join(_shown(w) for w in words)}:")
+    for rank, (i, value) in enumerate(zip(order, values), start=1):
+        print(f"{rank:3d}. {_shown(kept[i])}  ({label} {value:.3f})")
     return 0
 
 
@@ -280,9 +318,32 @@ def _folder_cache(folder: Path, metadata: dict) -> Path:
     return cache_dir() / "folders" / hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:20]
 
 
+def _check_folder_store(store: Path, folder: Path) -> None:
+    """Refuse ``--features STORE`` for ``retrieve`` when the store holds features that another
+    command made (``features``, ``train``): retrieve would replace them with the folder's."""
+    from image2vec.store import read_index
+
+    index = read_index(store)
+    if index is None:
+        return
+    keys, files = index.get("keys") or [], index.get("files") or []
+    if not (all(isinstance(k, list) and len(k) == 3 for k in keys)
+            and all(Path(f).parent.resolve() == folder.resolve() for f in files)):
+        raise Image2VecError(f"feature store {store} holds the features of other images (made by "
+                             "features or train) that retrieve would replace: give a new folder, "
+                             "or leave out --features")
+
+
 def _file_fingerprint(path: Path) -> list:
-    """[name, size, modification time in ns]: a file whose fingerprint is unchanged is unchanged."""
-    stat = path.stat()
+    """[name, size, modification time in ns]: a file whose fingerprint is unchanged is unchanged.
+
+    A file that cannot be examined (a dangling link) gets size and time -1: the extraction
+    skips it, with the other unreadable images.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return [path.name, -1, -1]
     return [path.name, stat.st_size, stat.st_mtime_ns]
 
 
@@ -393,6 +454,14 @@ def _port(text: str) -> int:
     return port
 
 
+def _seed(text: str) -> int:
+    """A random seed: an integer in [0, 2**32 - 1], as scikit-learn and NumPy take them."""
+    value = _non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 4294967295], got {text!r}")
+    return value
+
+
 def _int_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
@@ -452,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--coco", metavar="ROOT",
                       help="a COCO folder (annotations/captions_train2017.json, train2017/) "
                            "instead of the embedded sample")
-    demo.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
+    demo.add_argument("--random-state", type=_seed, default=0, help="seed (default: 0)")
     demo.set_defaults(func=_cmd_demo)
 
     _add_features_parser(sub)
@@ -525,7 +594,7 @@ def _add_model_parsers(sub) -> None:
     train.add_argument("--attention", choices=("full", "no_cross", "none"),
                        help="attention ablation of cvs, mcvs, rvs (default: full)")
     train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")
-    train.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
+    train.add_argument("--random-state", type=_seed, default=0, help="seed (default: 0)")
     train.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
     train.set_defaults(func=_cmd_train)
 
@@ -602,6 +671,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name the terminal's encoding cannot spell
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,

@@ -75,7 +75,7 @@ def connect(scheduler: str | None) -> Iterator[distributed.Client | None]:
         address: Any = scheduler
         if scheduler.startswith("local:"):
             n_workers = scheduler.removeprefix("local:")
-            if not n_workers.isdigit() or int(n_workers) < 1:
+            if not (n_workers.isascii() and n_workers.isdigit()) or int(n_workers) < 1:  # not '²'
                 raise Image2VecError(f"--scheduler {scheduler}: local:N needs a number of workers N >= 1")
             address = stack.enter_context(distributed.LocalCluster(  # dashboard on a free port
                 n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0"))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
@@ -66,6 +66,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Pillow's modes of 16-bit integer images (the channel is scaled from [0, 65535]).
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 class BadImageError(Image2VecError):
@@ -215,7 +216,7 @@ def _lite0_build(weights: Path | None):
             return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
 
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(_load_state_dict(_lite0_weights(weights)))
+    _load_weights(net, _lite0_weights(weights))
     return PooledEfficientNet(net), net._fc, net._fc.in_features
 
 
@@ -225,15 +226,27 @@ _REGISTRY["efficientnet-lite0"] = _Entry(_lite0_version, _lite0_build,
                                          Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3))
 
 
-def _load_state_dict(path: Path) -> dict:
+def _load_weights(net: torch.nn.Module, path: Path) -> None:
+    """Load the weights file ``path`` (tensors only, no pickle) into ``net``."""
     import torch
 
-    if not path.is_file():
-        raise Image2VecError(f"weights file {path} does not exist")
+    with open_regular(path, "weights file") as fh:
+        try:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # garbage makes the restricted unpickler fail in any way
+            # (UnpicklingError, IndexError, KeyError, ...); weights_only runs no code, whatever
+            # the file holds
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Image2VecError(f"cannot read weights file {path}: not a PyTorch weights file "
+                                 f"({reason[:200]})") from None
+    if not isinstance(state, dict):
+        raise Image2VecError(f"cannot read weights file {path}: it holds a {type(state).__name__}, "
+                             "not a state dict of tensors")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise Image2VecError(f"cannot read weights file {path}: {exc}") from None
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise Image2VecError(f"weights file {path} does not fit the network: "
+                             f"{str(exc).strip().splitlines()[0][:200]}") from None
 
 
 def _torchvision_weights(arch: str, weights: Path | None):
@@ -268,7 +281,7 @@ def _torchvision_version(arch: str) -> Callable[[Path | None], str]:
 def _torchvision_net(arch: str, weights: Path | None):
     torchvision, path = _torchvision_weights(arch, weights)
     net = torchvision.models.get_model(arch, weights=None)
-    net.load_state_dict(_load_state_dict(path))
+    _load_weights(net, path)
     return net
 
 
@@ -344,7 +357,10 @@ def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image as 8-bit RGB, keeping Pillow's decompression-bomb limit.
+    """Open an image as 8-bit RGB, upright, keeping Pillow's decompression-bomb limit.
+
+    A photo whose EXIF orientation says it was taken sideways is turned upright (Pillow's
+    ``exif_transpose``), as image viewers show it.
 
     16-bit integer images are scaled from [0, 65535] and float images from [0, 1] to the 8-bit
     range (Pillow alone would clip them to white and black).
@@ -380,7 +396,7 @@ def decode_image(fh: BinaryIO, name: str | os.PathLike) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fh) as image:
-                return _eight_bit_rgb(image, name)
+                return _eight_bit_rgb(_upright(image), name)
     except BadImageError:
         raise
     except UnidentifiedImageError:
@@ -390,6 +406,16 @@ def decode_image(fh: BinaryIO, name: str | os.PathLike) -> Image.Image:
                             f"limit of {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"image {name} is truncated or unreadable ({exc})") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says; as stored when it has none, or an
+    unreadable EXIF block (a broken tag is no reason to refuse the pixels)."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError):
+        return image
+    return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
 def _eight_bit_rgb(image: Image.Image, path: str | os.PathLike) -> Image.Image:
@@ -411,6 +437,8 @@ def _eight_bit_rgb(image: Image.Image, path: str | os.PathLike) -> Image.Image:
 
 #: Batches in a shard of a cluster run: a worker that dies loses at most this much work.
 SHARD_BATCHES = 8
+#: How many skipped images are named one warning line each; the rest are counted in one line.
+SHOWN_BAD_IMAGES = 5
 
 
 class _ImageFiles:
@@ -569,6 +597,9 @@ def extract_features(
         else:
             _extract_on_cluster(client, extractor, files, keys, partial, batch_size, on_bad_image, bar)
             partial.reopen()
+    if len(partial.bad) > SHOWN_BAD_IMAGES:
+        logger.warning("skipped %d unreadable images in all, the first %d named one a line; the "
+                       "feature store's index.json lists them", len(partial.bad), SHOWN_BAD_IMAGES)
     return finish(store, partial, spec, keys, files)
 
 
@@ -578,7 +609,8 @@ def _note_bad(partial: Partial, bad: list[tuple[int, str]], keys: list, files: l
     for i, reason in bad:
         if on_bad_image == "fail":
             raise Image2VecError(f"{reason}; fix or remove it, or use --on-bad-image skip")
-        logger.warning("skipping bad image: %s", reason)
+        if len(partial.bad) < SHOWN_BAD_IMAGES:
+            logger.warning("skipping bad image: %s", reason)
         partial.bad.append({"key": keys[i], "file": str(files[i]), "reason": reason, "position": i})
 
 

@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ class TaggedImages:
 def normalize_tags(tags: str | Iterable[str]) -> list[str]:
     """URL-decode, lower-case, strip and deduplicate tags, keeping first-seen order.
 
+    Control and format characters (``%00``, terminal escapes, bidi overrides) are dropped: a
+    tag is printable text.
+
     Parameters
     ----------
     tags : str or iterable of str
@@ -76,7 +80,8 @@ def normalize_tags(tags: str | Iterable[str]) -> list[str]:
         tags = tags.split(",")
     out: dict[str, None] = {}
     for tag in tags:
-        tag = re.sub(r"\s+", " ", unquote_plus(tag).lower()).strip()
+        tag = re.sub(r"\s+", " ", unquote_plus(tag).lower())
+        tag = "".join(c for c in tag if not unicodedata.category(c).startswith("C")).strip()
         if tag:
             out.setdefault(tag)
     return list(out)

@@ -43,7 +43,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a short temporary name: any name the file system takes for ``path`` can be written
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     text = {} if "b" in mode else {"encoding": "utf-8", "errors": "backslashreplace"}
     try:
         with open(fd, mode, **text) as fh:
@@ -140,11 +141,23 @@ def parse_json(document: bytes | str, what: str) -> Any:
     Raises
     ------
     Image2VecError
-        ``{what} is not UTF-8 text``, ``is not valid JSON`` or ``is nested too deeply`` (a
-        hostile document of 100,000 nested lists exhausts the parser's recursion).
+        ``{what} is not UTF-8 text``, ``is not valid JSON``, ``is nested too deeply`` (a
+        hostile document of 100,000 nested lists exhausts the parser's recursion) or ``holds
+        an integer`` out of the 64-bit range (no id, count or size is larger; Python refuses to
+        convert one of over 4300 digits at all).
     """
+    def integer(text: str) -> int:
+        digits = len(text.lstrip("-"))
+        if digits > 19:
+            raise Image2VecError(f"{what} holds an integer of {digits} digits, out of the 64-bit range")
+        value = int(text)
+        if not -2**63 <= value < 2**63:
+            raise Image2VecError(f"{what} holds the integer {value}, out of the 64-bit range")
+        return value
+
     try:
-        return json.loads(document.decode("utf-8") if isinstance(document, bytes) else document)
+        return json.loads(document.decode("utf-8") if isinstance(document, bytes) else document,
+                          parse_int=integer)
     except UnicodeDecodeError as exc:
         raise Image2VecError(f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -68,6 +68,9 @@ from solvers.distributed import as_row_chunks, column_means_dask, sufficient_sta
 from solvers.objective import column_means
 
 READOUTS = ("omp", "rank")
+#: The largest ``lam`` and ``gamma``: the features have unit norm, so a larger penalty leaves D zero
+#: to a millionth of its scale (and 1e308 overflows the fit).
+MAX_PENALTY = 1e6
 #: Default ``tol`` per solver.
 DEFAULT_TOL = {"bcd": 1e-6, "sgd": 1e-4}
 #: weak-tag's default ``tol`` for either solver: each of its bcd sweeps is a pass over the images.
@@ -106,9 +109,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         feature directions the map can use and, for ``reduced-rank``, the number of words.
     lam : float, optional
         Ridge weight of the ``l2`` objective (on D, or on W for ``reduced-rank``); default
-        :data:`DEFAULT_LAM` of the model. Refused with ``ip``.
+        :data:`DEFAULT_LAM` of the model, at most :data:`MAX_PENALTY`. Refused with ``ip``.
     gamma : float, default 0
-        Co-occurrence incoherence weight (``l2`` with learn-all, weak-tag or simple).
+        Co-occurrence incoherence weight (``l2`` with learn-all, weak-tag or simple), at most
+        :data:`MAX_PENALTY`.
     k : int, default 3
         Summary length of :meth:`predict`.
     readout : {"omp", "rank"}, default "omp"
@@ -205,8 +209,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         "objective": [StrOptions(set(OBJECTIVES))],
         "solver": [StrOptions(set(SOLVERS))],
         "dim": [Interval(Integral, 1, None, closed="left")],
-        "lam": [None, Interval(Real, 0, None, closed="left")],
-        "gamma": [Interval(Real, 0, None, closed="left")],
+        "lam": [None, Interval(Real, 0, MAX_PENALTY, closed="both")],
+        "gamma": [Interval(Real, 0, MAX_PENALTY, closed="both")],
         "k": [Interval(Integral, 1, None, closed="left")],
         "readout": [StrOptions(set(READOUTS))],
         "prior_weight": [None, Interval(Real, 0, None, closed="left")],
@@ -580,7 +584,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return int(matches[0])
 
     def similar(self, word: str, n: int = 5) -> list[tuple[str, float]]:
-        """The n words visually nearest to ``word``: the correlation of their word scores.
+        """The n words visually nearest to ``word`` (never itself; all others when n is larger):
+        the correlation of their word scores.
 
         Two words are visually similar when their scores d_v . r go up and down together over the
         training images: the cosine of the columns of Sigma^{1/2} D, with Sigma the covariance
@@ -593,8 +598,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         vectors = self.similarity_map_ @ self.dictionary_
         norms = np.linalg.norm(vectors, axis=0)
         cosine = vectors.T @ vectors[:, v] / np.maximum(norms * norms[v], 1e-300)
-        cosine[v] = -np.inf
-        order = np.argsort(-cosine, kind="stable")[:n]
+        others = np.flatnonzero(np.arange(cosine.size) != v)  # never the word itself
+        order = others[np.argsort(-cosine[others], kind="stable")][:n]
         return [(str(self.words_[u]), float(cosine[u])) for u in order]
 
     def retrieve(self, words: list[str], F: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -645,6 +650,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                             "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
                             "target_mean_": (n_words,), "words_": (n_words,),
                             "retrieval_maps_": (2, dim, dim), "similarity_map_": (dim, dim)})
+        if not np.any(self.dictionary_):
+            raise ValueError("dictionary_ is all zero: no word has a vector")
 
 
 #: Ridge of the covariances whitened by the correlation metric, relative to their mean eigenvalue.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -143,7 +144,7 @@ def load_system(path: str | os.PathLike, registry: Mapping[str, type]) -> tuple[
     with open_regular(path, "model file") as fh:
         try:
             with zipfile.ZipFile(fh) as archive:
-                info, arrays = _read_model(archive, path)
+                info, arrays = _read_model(archive, os.fstat(fh.fileno()).st_size, path)
         except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
             fh.seek(0)
             if fh.read(6) == b"\x93NUMPY":
@@ -164,12 +165,14 @@ def load_system(path: str | os.PathLike, registry: Mapping[str, type]) -> tuple[
     return system, info.get("metadata") or {}, name
 
 
-def _read_model(archive: zipfile.ZipFile, path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """The JSON document and the declared arrays of a model archive, each checked before read."""
+def _read_model(archive: zipfile.ZipFile, size: int, path: str | os.PathLike,
+                ) -> tuple[dict, dict[str, np.ndarray]]:
+    """The JSON document and the declared arrays of a model archive of ``size`` bytes, each
+    checked before read."""
     members = {member.filename: member for member in archive.infolist()}
     if f"{_INFO}.npy" not in members:
         raise Image2VecError(f"{path} is not an image2vec model file (no metadata)")
-    document = _read_array(archive, members.pop(f"{_INFO}.npy"), path, _MAX_INFO_BYTES)
+    document = _read_array(archive, members.pop(f"{_INFO}.npy"), size, path, _MAX_INFO_BYTES)
     if document.dtype.kind != "U" or document.shape != ():
         raise Image2VecError(f"{path} is not an image2vec model file (its metadata is not text)")
     info = parse_json(str(document), f"the metadata of model file {path}")
@@ -183,6 +186,7 @@ def _read_model(archive: zipfile.ZipFile, path: str | os.PathLike) -> tuple[dict
     declared = info.get("arrays")
     if not isinstance(declared, dict) or not all(isinstance(d, str) for d in declared.values()):
         raise Image2VecError(f"{path} is a malformed image2vec model file (no valid list of arrays)")
+    _check_document(info, path)
     undeclared = sorted(set(members) - {f"{key}.npy" for key in declared})
     if undeclared:
         raise Image2VecError(f"{path} holds arrays its metadata does not declare "
@@ -191,7 +195,7 @@ def _read_model(archive: zipfile.ZipFile, path: str | os.PathLike) -> tuple[dict
     for key, dtype in declared.items():
         if f"{key}.npy" not in members:
             raise Image2VecError(f"{path} is not a complete image2vec model file (array {key} is missing)")
-        arrays[key] = _read_array(archive, members[f"{key}.npy"], path)
+        arrays[key] = _read_array(archive, members[f"{key}.npy"], size, path)
         if arrays[key].dtype.str != dtype:
             raise Image2VecError(f"{path}: array {key} is {arrays[key].dtype.str}, its metadata "
                                  f"says {dtype}: refused")
@@ -200,16 +204,42 @@ def _read_model(archive: zipfile.ZipFile, path: str | os.PathLike) -> tuple[dict
     return info, arrays
 
 
-def _read_array(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: str | os.PathLike,
-                limit: int | None = None) -> np.ndarray:
+#: The metadata entries image2vec itself reads, and their types; the rest is free JSON (the
+#: pretrained model's record: its settings, its dev figures).
+_METADATA_TYPES = {"extractor": str, "source": str, "data": str, "date": str, "n_images": int}
+
+
+def _check_document(info: dict, path: str | os.PathLike) -> None:
+    """Refuse a model document whose entries are not of the types :func:`save_system` writes."""
+    expected = {"params": dict, "values": dict, "sparse": list, "metadata": dict}
+    for key, kind in expected.items():
+        if not isinstance(info.get(key, kind()), kind):
+            raise Image2VecError(f"{path} is a malformed image2vec model file (its {key!r} is a "
+                                 f"{type(info[key]).__name__}, not a {kind.__name__})")
+    if not all(isinstance(name, str) for name in info.get("sparse", [])):
+        raise Image2VecError(f"{path} is a malformed image2vec model file (a sparse array name "
+                             "is not a string)")
+    metadata = info.get("metadata", {})
+    odd = [key for key, kind in _METADATA_TYPES.items() if key in metadata and not isinstance(metadata[key], kind)]
+    if odd:
+        raise Image2VecError(f"{path} is a malformed image2vec model file (metadata {odd[0]!r} "
+                             f"is not a {_METADATA_TYPES[odd[0]].__name__})")
+
+
+def _read_array(archive: zipfile.ZipFile, member: zipfile.ZipInfo, size: int,
+                path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
     """One ``.npy`` member, read only after its header is checked against its size.
 
-    The member must be stored uncompressed (as :func:`save_system` writes it), be at most
-    ``limit`` bytes, and hold exactly the data its header declares, of a kind in ``_KINDS``.
+    The member must be stored uncompressed (as :func:`save_system` writes it), lie within the
+    ``size`` bytes of the file (a zip directory can claim any size), be at most ``limit`` bytes,
+    and hold exactly the data its header declares, of a kind in ``_KINDS``.
     """
     where = f"{path}: array {member.filename[:-4]!r}"
     if member.compress_type != zipfile.ZIP_STORED:
         raise Image2VecError(f"{where} is compressed; image2vec writes uncompressed arrays: refused")
+    if member.compress_size != member.file_size or member.header_offset + member.file_size > size:
+        raise Image2VecError(f"{where} claims {member.file_size} bytes but the file holds "
+                             f"{size} in all: refused")
     if limit is not None and member.file_size > limit:
         raise Image2VecError(f"{where} has {member.file_size} bytes, over the limit of {limit}")
     with archive.open(member) as fh:
@@ -224,6 +254,10 @@ def _read_array(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: str | o
             raise Image2VecError(f"{where} has a malformed header ({exc})") from None
         if dtype.kind not in _KINDS or dtype.hasobject:
             raise Image2VecError(f"{where} has dtype {dtype}; a model holds numbers and strings only")
+        if dtype.itemsize == 0:
+            raise Image2VecError(f"{where} has dtype {dtype}, whose items are 0 bytes: it holds no data")
+        if not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise Image2VecError(f"{where} has shape {shape}, with a negative size: refused")
         nbytes = math.prod(shape) * dtype.itemsize
         if fh.tell() + nbytes != member.file_size:
             raise Image2VecError(f"{where} declares {shape} {dtype} ({nbytes} bytes) but its member "
@@ -261,6 +295,38 @@ def _build(cls: type, info: dict, arrays: dict[str, np.ndarray], path: str | os.
         raise Image2VecError(f"{path} is a malformed image2vec model file ({exc})") from None
     for attribute, value in vars(system).items():
         data = value.data if sp.issparse(value) else value
-        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
-            raise Image2VecError(f"{path} is inconsistent: {attribute} contains NaN or infinite values")
+        if isinstance(data, np.ndarray) and data.dtype.kind == "f":
+            if not np.isfinite(data).all():
+                raise Image2VecError(f"{path} is inconsistent: {attribute} contains NaN or infinite values")
+            bound = np.sqrt(np.finfo(data.dtype).max) / 2**20  # a million squares stay finite
+            if data.size and np.abs(data).max() > bound:
+                raise Image2VecError(f"{path} is inconsistent: {attribute} holds values too large to "
+                                     f"compute with (up to {np.abs(data).max():.3g}; at most {bound:.3g})")
+    if hasattr(system, "words_"):
+        _check_words(system.words_, path)
     return system
+
+
+def _check_words(words: Any, path: str | os.PathLike) -> None:
+    """Refuse a vocabulary that ``build_vocabulary`` cannot have made: no word, a word that is
+    not a string, empty, given twice or holding a control or format character."""
+    words = np.asarray(words)
+    problem = None
+    if words.ndim != 1 or words.size == 0:
+        problem = "it has no word"
+    elif words.dtype.kind != "U":
+        problem = f"its words are not text ({words.dtype})"
+    else:
+        seen: set[str] = set()
+        for word in words.tolist():
+            if not word.strip():
+                problem = "it holds an empty word"
+            elif word in seen:
+                problem = f"it holds the word {word!r} twice"
+            elif any(unicodedata.category(c).startswith("C") for c in word):
+                problem = f"the word {word.encode('unicode_escape').decode()!r} holds a control character"
+            if problem:
+                break
+            seen.add(word)
+    if problem:
+        raise Image2VecError(f"{path} is inconsistent: its vocabulary is refused: {problem}")

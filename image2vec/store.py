@@ -25,6 +25,7 @@ The workers of a cluster write their rows through :class:`RowWriter` (positional
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -196,7 +197,8 @@ class Partial:
     """The ``partial/`` folder of an extraction in progress in ``store``.
 
     It holds the :data:`MARKER` file (written first), arrays for all N images and
-    ``progress.json`` = {fingerprint, done, finished, bad}: images 0..done-1 are processed, and
+    ``progress.json`` = {fingerprint, done, finished} and ``bad.jsonl`` (the unreadable images,
+    one JSON object a line, appended): images 0..done-1 are processed, and
     so are the row ranges ``finished`` ([start, stop) pairs past the first gap: the shards of a
     cluster run finish in any order). An unfinished extraction of the same request resumes with
     the rows not yet processed; one of another request is discarded.
@@ -224,8 +226,10 @@ class Partial:
             with atomic_write(self.folder / MARKER, "w") as fh:
                 fh.write("An unfinished image2vec feature extraction; image2vec deletes this "
                          "folder when it is done.\n")
-            progress, ranges = {"bad": []}, []
-        self.ranges, self.bad = ranges, list(progress["bad"])
+            progress, ranges = {}, []
+        self.ranges = ranges
+        self.bad = self._read_bad(progress.get("bad", []))
+        self._bad_written = len(self.bad)
         self.arrays = {name: _allocated(self.folder / f"{name}.npy", (n, dim), "w+" if fresh else "r+")
                        for name, dim in dims.items()}
         if fresh:
@@ -256,10 +260,40 @@ class Partial:
         self._write()
 
     def _write(self) -> None:
+        """Append the bad images not yet written to ``bad.jsonl``, then rewrite the ranges.
+
+        The bad list only grows, so it is appended (a rewrite after every batch would cost
+        time and disk quadratic in the number of unreadable images).
+        """
+        if len(self.bad) > self._bad_written:
+            with open(self.folder / "bad.jsonl", "a", encoding="utf-8", errors="backslashreplace") as fh:
+                fh.writelines(json.dumps(entry, ensure_ascii=False) + "\n"
+                              for entry in self.bad[self._bad_written:])
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._bad_written = len(self.bad)
         prefix = self.ranges[0][1] if self.ranges and self.ranges[0][0] == 0 else 0
         write_json(self.folder / "progress.json",
                    {"fingerprint": self.fingerprint, "done": prefix,
-                    "finished": self.ranges[1:] if prefix else self.ranges, "bad": self.bad})
+                    "finished": self.ranges[1:] if prefix else self.ranges})
+
+    def _read_bad(self, earlier: list) -> list[dict]:
+        """The bad images recorded in ``bad.jsonl`` (and ``earlier``) among the processed rows,
+        once each: entries of a batch that was not recorded (or a torn last line) are dropped,
+        and found again when the batch is redone."""
+        entries = list(earlier) if isinstance(earlier, list) else []
+        with contextlib.suppress(FileNotFoundError):
+            with open(self.folder / "bad.jsonl", encoding="utf-8") as fh:
+                for line in fh:
+                    with contextlib.suppress(ValueError):
+                        entries.append(json.loads(line))
+        kept: dict[int, dict] = {}
+        for entry in entries:
+            position = entry.get("position") if isinstance(entry, dict) else None
+            if (isinstance(position, int) and position not in kept
+                    and any(start <= position < stop for start, stop in self.ranges)):
+                kept[position] = entry
+        return list(kept.values())
 
 
 def extraction_progress(store: str | os.PathLike, n: int) -> int:

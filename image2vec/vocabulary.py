@@ -18,6 +18,7 @@ scipy.sparse CSR matrix, never a dense N x V array.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -40,7 +41,7 @@ from image2vec.errors import Image2VecError
 from image2vec.io import cache_dir, read_json, write_json
 
 __all__ = ["load_wordnet", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
-           "SMALL_DATA_IMAGES", "default_min_count", "build_vocabulary", "targets"]
+           "SMALL_DATA_IMAGES", "MAX_WORD_LENGTH", "default_min_count", "build_vocabulary", "targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ _PENN_TO_WORDNET = {"NN": "n", "NNS": "n", "NNP": "n", "NNPS": "n",
 _WORDNET_POS = ("n", "v", "a", "r")
 STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
 
+#: The longest word or tag a vocabulary takes (English words reach 45 letters; tags are phrases).
+MAX_WORD_LENGTH = 64
 #: Training sets with fewer images than this are "small data": default ``min_count`` 2, else 5.
 SMALL_DATA_IMAGES = 1000
 
@@ -74,15 +77,25 @@ def _debian_wordnet_corpus(source: Path) -> Path:
     """An NLTK corpus folder with the files of ``source`` plus a ``lexnames`` file.
 
     Built once under ``<cache>/nltk_data`` as copies (about 30 MB: NLTK refuses symlinks and
-    hard links to files outside its data folders), in a temporary folder renamed into place.
+    hard links to files outside its data folders), in a temporary folder renamed into place;
+    where the cache folder cannot be written, in a temporary folder removed at exit.
     """
     # Not "corpora/wordnet": NLTK's own lazy loader would then find it and fail on the missing
     # index.sense instead of reporting that its data is not installed.
     target = cache_dir() / "nltk_data" / "corpora" / "wordnet-debian"
     if (target / "lexnames").is_file() and (target / "data.noun").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
+    except OSError as exc:  # a read-only cache: a copy for this process, removed at its exit
+        logger.info("cannot write in the cache folder %s (%s): WordNet copied to a temporary "
+                    "folder", cache_dir(), exc.strerror or exc)
+        private = Path(tempfile.mkdtemp(prefix="image2vec-wordnet-"))
+        atexit.register(shutil.rmtree, private, True)
+        target = private / "nltk_data" / "corpora" / "wordnet-debian"
+        target.parent.mkdir(parents=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
     try:
         for f in source.iterdir():
             if f.is_file():
@@ -385,6 +398,12 @@ def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: in
     if max_size is not None and max_size < 1:
         raise Image2VecError(f"max_size must be >= 1, got {max_size}")
     df = Counter(w for doc in documents for w in {w for words in doc for w in words})
+    absurd = [w for w in df if len(w) > MAX_WORD_LENGTH]
+    if absurd:  # longer than any real word or tag: each would cost its length in every array
+        logger.warning("vocabulary: %d word(s) longer than %d characters left out (first: %.40r...)",
+                       len(absurd), MAX_WORD_LENGTH, absurd[0])
+        for word in absurd:
+            del df[word]
     kept = sorted((w for w, c in df.items() if c >= min_count), key=lambda w: (-df[w], w))
     if max_size is not None:
         kept = kept[:max_size]

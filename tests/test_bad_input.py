@@ -114,32 +114,41 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def run_limited(script: str, *args: str, margin_mib: int = 512) -> subprocess.CompletedProcess:
+    """``script`` in a fresh Python whose address space may grow by ``margin_mib`` only, from the
+    point where it calls ``limit()``."""
+    prelude = """
+import resource
+def limit():
+    with open("/proc/self/status") as fh:
+        size = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (size + MARGIN * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+""".replace("MARGIN", str(margin_mib))
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux's /proc to set a memory limit")
+    return subprocess.run([sys.executable, "-c", prelude + script, *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+
+
 # ---------------------------------------------------------------- 1. bounded work per image
 
 
 def test_case01_a_thin_image_costs_a_bounded_amount_of_memory(tmp_path):
     """40000 x 1 and 1 x 20000 images are preprocessed under a 512 MiB address-space margin;
     scaling their short side to 256 first took 11 GB and 5.8 GB."""
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs Linux's /proc to set a memory limit")
     Image.new("RGB", (40000, 1), (200, 10, 10)).save(tmp_path / "wide.png")
     Image.new("L", (1, 20000), 90).save(tmp_path / "tall.png")
     assert (tmp_path / "wide.png").stat().st_size < 1000
-    script = """
-import resource, sys
+    run = run_limited("""
+import sys
 import torch
 from image2vec.features import Preprocessing, load_image
 images = [load_image(path) for path in sys.argv[1:]]
-with open("/proc/self/status") as fh:
-    size = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (size + 512 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+limit()
 for image in images:
     x = Preprocessing()(image)
     print(tuple(x.shape), round(float(x[0].mean()), 3))
-"""
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "wide.png"),
-                          str(tmp_path / "tall.png")], capture_output=True, text=True, cwd=REPO,
-                         timeout=120)
+""", str(tmp_path / "wide.png"), str(tmp_path / "tall.png"))
     assert run.returncode == 0, run.stderr[-2000:]
     wide, tall = run.stdout.splitlines()
     assert wide == f"(3, 224, 224) {round((200 / 255 - 0.485) / 0.229, 3)}"
@@ -589,3 +598,483 @@ def test_a_message_of_several_lines_is_printed_as_one(monkeypatch, capsys):
 def test_words_are_looked_up_without_regard_to_case(model, capsys):
     assert main(["similar", "--model", str(model), "-n", "2", "Red CAR"]) == 0
     assert capsys.readouterr().out.startswith("red car: ")
+
+
+# ================================================================ issue 28: the second trial
+# One test (or more) per class of failure; each failed on the code before the fix.
+
+
+def lying_sizes(path: Path, member: str, claim: int) -> None:
+    """Make the zip directory of ``path`` claim ``claim`` bytes for ``member`` (local header and
+    central directory), with an .npy header that claims as much: the member holds far less."""
+    import struct
+
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(member)
+    header_len = len(data) - len(np.load(path)[member[:-4]].tobytes())
+    shape = ((claim - header_len) // 8,)
+    import io
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    header = header.getvalue()
+    claim = len(header) + shape[0] * 8
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist() if name != member}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, body in members.items():
+            archive.writestr(name, body)
+        archive.writestr(member, header + data[header_len:])
+    raw = bytearray(path.read_bytes())
+    name = member.encode()
+    # the sizes in the member's local header (name at +30, sizes at +18) and in its central
+    # directory entry (name at +46, sizes at +20)
+    for signature, name_at, sizes_at in [(b"PK\x03\x04", 30, 18), (b"PK\x01\x02", 46, 20)]:
+        at = raw.find(signature)
+        while at != -1:
+            if raw[at + name_at: at + name_at + len(name)] == name:
+                struct.pack_into("<II", raw, at + sizes_at, claim, claim)
+            at = raw.find(signature, at + 4)
+    path.write_bytes(bytes(raw))
+
+
+def test_issue28_class01_a_zip_directory_that_lies_about_a_size_is_refused_unallocated(model, tmp_path):
+    """A member of a few kB claiming 3.6 GB: refused before anything is allocated."""
+    path = rewrite_model(model, tmp_path / "liar.npz")
+    lying_sizes(path, "image_map_.npy", 3_600_000_000)
+    assert path.stat().st_size < 2**20
+    run = run_limited("""
+import sys
+from image2vec import names, persist
+from image2vec.errors import Image2VecError
+limit()
+try:
+    persist.load_system(sys.argv[1], names.SavedSystems())
+except Image2VecError as exc:
+    print(exc)
+""", str(path))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "'image_map_' claims 3600000000 bytes but the file holds" in run.stdout, run.stdout
+
+
+@pytest.fixture(scope="module")
+def cvs_model(tmp_path_factory) -> Path:
+    from image2vec import systems
+
+    rng = np.random.default_rng(3)
+    F = rng.random((30, 6)).astype(np.float32)
+    X = np.zeros((30, 3))
+    X[np.arange(30), rng.integers(0, 3, 30)] = 1
+    system = systems.make_system("cvs", hidden_size=4, attention_size=4, max_epochs=1).fit(
+        F, X, words=["dog", "cat", "tree"])
+    path = tmp_path_factory.mktemp("cvs") / "cvs.npz"
+    systems.save(system, path, metadata={"extractor": "efficientnet-lite0"})
+    return path
+
+
+@pytest.mark.parametrize("where, value", [
+    ("input_dims", 10**9), ("input_dims", -5), ("input_dims", 2 * 10**6), ("hidden_size", 10**6),
+    ("n_classes", 10**9), ("input_dims", "x"),
+])
+def test_issue28_class02_a_common_space_layout_is_checked_before_its_network_is_built(
+        cvs_model, tmp_path, where, value):
+    document = json.loads(str(np.load(cvs_model)["__info__"]))
+    if where == "hidden_size":
+        info = {"params": {**document["params"], "hidden_size": value}}
+    else:
+        layout = document["values"]["layout_"]
+        if where == "input_dims":
+            layout["input_dims"] = {name: value for name in layout["input_dims"]}
+        else:
+            layout[where] = value
+        info = {"values": {**document["values"], "layout_": layout}}
+    path = rewrite_model(cvs_model, tmp_path / "layout.npz", info=info)
+    run = run_limited("""
+import sys
+from image2vec import names, persist
+from image2vec.errors import Image2VecError
+limit()
+try:
+    persist.load_system(sys.argv[1], names.SavedSystems())
+except Image2VecError as exc:
+    print("refused:", exc)
+""", str(path), margin_mib=1024)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("refused: ") and "inconsistent" in run.stdout, run.stdout
+
+
+def npy_with_header(descr: str, shape: tuple, body: bytes) -> bytes:
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False,
+                                                  "shape": shape})
+    return header.getvalue() + body
+
+
+def replace_member(source: Path, target: Path, member: str, data: bytes) -> Path:
+    rewrite_model(source, target)
+    with zipfile.ZipFile(target) as archive:
+        members = {name: archive.read(name) for name in archive.namelist() if name != member}
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, body in members.items():
+            archive.writestr(name, body)
+        archive.writestr(member, data)
+    return target
+
+
+@pytest.mark.parametrize("member, data, message", [
+    ("offset_.npy", npy_with_header("<f8", (-13, -13), b"\0" * 169 * 8), "negative"),
+    ("words_.npy", npy_with_header("<U0", (5,), b""), "holds no data"),
+])
+def test_issue28_class03_crafted_array_headers(model, tmp_path, capsys, member, data, message):
+    path = replace_member(model, tmp_path / "crafted.npz", member, data)
+    if member == "words_.npy":  # the metadata declares what the member says
+        document = json.loads(str(np.load(model)["__info__"]))
+        path = replace_member(rewrite_model(model, tmp_path / "d.npz", info={
+            "arrays": {**document["arrays"], "words_": "<U0"}}), tmp_path / "crafted.npz", member, data)
+    assert main(["similar", "--model", str(path), "dog"]) == 2
+    one_error_line(capsys.readouterr().err, message)
+
+
+@pytest.mark.parametrize("entry, value", [
+    ("metadata", ["a", "list"]), ("params", [1, 2]), ("values", "text"), ("sparse", {"a": 1}),
+    ("metadata", {"extractor": ["not", "a", "name"]}),
+])
+def test_issue28_class03_metadata_entries_of_the_wrong_type(model, images, tmp_path, capsys, entry, value):
+    path = rewrite_model(model, tmp_path / "typed.npz", info={entry: value})
+    assert main(["summarize", "--model", str(path), str(images / "0.png")]) == 2
+    one_error_line(capsys.readouterr().err, "malformed image2vec model file")
+
+
+@pytest.mark.parametrize("words, message", [
+    (np.array([], dtype="<U3"), "no word"),
+    (np.array(["dog", "cat", "dog", "tree", "red car"]), "'dog' twice"),
+    (np.array(["dog", "", "cat", "tree", "red car"]), "an empty word"),
+    (np.array([1, 2, 3, 4, 5]), "not text"),
+    (np.array([True, False, True, False, True]), "not text"),
+    (np.array(["dog", "c\x1b[2Jat", "x", "tree", "red car"]), "control character"),
+])
+def test_issue28_class03_and_11_vocabularies_the_loader_refuses(model, tmp_path, words, message):
+    document = json.loads(str(np.load(model)["__info__"]))
+    arrays = {"words_": words}
+    if words.size == 0:  # a consistent model of 0 words: every array cut to 0 columns
+        loaded = np.load(model)
+        arrays.update(dictionary_=loaded["dictionary_"][:, :0], target_mean_=loaded["target_mean_"][:0])
+    path = rewrite_model(model, tmp_path / "words.npz", arrays=arrays,
+                         info={"arrays": {**document["arrays"], **{k: v.dtype.str for k, v in arrays.items()}}})
+    with pytest.raises(Image2VecError, match=re.escape(message)):
+        persist.load_system(path, names.SavedSystems())
+
+
+@pytest.mark.parametrize("value", [1e308, 1e200, -3e160])
+def test_issue28_class03_values_too_large_to_compute_with(model, tmp_path, capsys, value):
+    dictionary = np.load(model)["dictionary_"].copy()
+    dictionary[0, 0] = value
+    path = rewrite_model(model, tmp_path / "large.npz", arrays={"dictionary_": dictionary})
+    assert main(["similar", "--model", str(path), "dog"]) == 2
+    one_error_line(capsys.readouterr().err, "dictionary_ holds values too large to compute with")
+
+
+def test_issue28_class03_an_all_zero_dictionary(model, images, captioned, tmp_path, capsys):
+    dictionary = np.zeros_like(np.load(model)["dictionary_"])
+    path = rewrite_model(model, tmp_path / "zero.npz", arrays={"dictionary_": dictionary})
+    status = main(["evaluate", "--model", str(path), "--captions", str(captioned), "--images",
+                   str(images), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    one_error_line(err, "dictionary_ is all zero")
+
+
+def test_issue28_class04_integers_python_will_not_convert(model, images, tmp_path, capsys):
+    huge = "9" * 5000
+    (tmp_path / "c.json").write_text('{"images": [{"id": ' + huge + ', "file_name": "0.png"}], '
+                                     '"annotations": [{"id": 1, "image_id": ' + huge + ', "caption": "a dog"}]}')
+    with pytest.raises(Image2VecError, match="integer of 5000 digits"):
+        load_coco(tmp_path / "c.json", images)
+    captions = coco_file(tmp_path / "big.json", [{"id": 10**20, "file_name": "0.png"}],
+                         [{"id": 1, "image_id": 10**20, "caption": "a dog"}])
+    with pytest.raises(Image2VecError, match="out of the 64-bit range"):
+        load_coco(captions, images)
+    document = str(np.load(model)["__info__"])
+    path = replace_member(model, tmp_path / "digits.npz", "__info__.npy",
+                          npy_bytes(np.array(document[:-1] + ', "n": ' + huge + "}")))
+    assert main(["similar", "--model", str(path), "dog"]) == 2
+    one_error_line(capsys.readouterr().err, "integer of 5000 digits")
+
+
+def test_issue28_class05_an_output_is_never_an_input(images, captioned, tmp_path, capsys):
+    captions = tmp_path / "c.json"
+    captions.write_bytes(captioned.read_bytes())
+    before = captions.read_bytes()
+    (tmp_path / "link.npz").symlink_to(captions)
+    os.mkfifo(tmp_path / "fifo.npz")
+    base = ["train", "--captions", str(captions), "--images", str(images), "--quiet"]
+    cases = [(str(captions), "is an input of this run"), (str(tmp_path / "link.npz"), "is an input"),
+             (str(images / "0.png"), "is an input"), (str(tmp_path / "fifo.npz"), "not a regular file"),
+             ("/dev/null", "not a regular file")]
+    for out, message in cases:
+        assert main([*base, "--out", out]) == 2
+        one_error_line(capsys.readouterr().err, message)
+    assert captions.read_bytes() == before
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "features.npy").write_bytes(b"x")
+    assert main([*base, "--features", str(store), "--out", str(store / "features.npy")]) == 2
+    one_error_line(capsys.readouterr().err, "is inside the feature store")
+
+
+def test_issue28_class06_an_absurd_word_does_not_enter_a_vocabulary():
+    from image2vec.vocabulary import MAX_WORD_LENGTH, build_vocabulary
+
+    long = "a" * 1_000_000
+    documents = [[["dog", long]], [["dog", long]], [["cat"]]]
+    vocabulary = build_vocabulary(documents, min_count=1)
+    assert list(vocabulary) == ["dog", "cat"]
+    edge = "b" * MAX_WORD_LENGTH
+    assert edge in build_vocabulary([[[edge]], [[edge + "b"]]], min_count=1)
+
+
+def test_issue28_class07_a_dangling_symlink_is_skipped_like_an_unreadable_image(
+        model, images, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in images.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    monkeypatch.setenv("IMAGE2VEC_CACHE", str(tmp_path / "cache"))
+    assert main(["retrieve", "--model", str(model), "--images", str(folder), "-n", "9", "dog"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(str(folder)) == 4 and "gone.jpg" not in out
+
+
+def test_issue28_class08_a_garbage_weights_file(tmp_path):
+    from image2vec.features import load_extractor
+
+    garbage = [(f"garbage{seed}.pt", np.random.default_rng(seed).bytes(4096)) for seed in range(30)]
+    for name, data in [*garbage, ("text.pt", b"not weights at all\n"), ("empty.pt", b""),
+                       ("pickled.pt", b"\x80\x04K\x01.")]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(Image2VecError, match=f"cannot read weights file .*{name}"):
+            load_extractor("efficientnet-lite0", weights=tmp_path / name)
+    run = run_cli("features", "--sample", "--out", str(tmp_path / "store"), "--weights",
+                  str(tmp_path / "text.pt"), "--quiet")
+    assert run.returncode == 2
+    one_error_line(run.stderr, "cannot read weights file")
+
+
+@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "latin-1"}, {"PYTHONIOENCODING": "ascii"}])
+def test_issue28_class09_an_output_encoding_that_cannot_spell_a_file_name(model, tmp_path, env):
+    Image.new("RGB", (30, 20), (0, 90, 200)).save(tmp_path / "日本.jpg")
+    run = run_cli("summarize", "--model", str(model), str(tmp_path / "日本.jpg"), env=env)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and run.stdout.count("\n") == 1
+    missing = run_cli("summarize", "--model", str(model), str(tmp_path / "дом.jpg"), env=env)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_issue28_class10_a_named_pipe_as_a_split_list_is_refused_at_once(images, tmp_path):
+    (tmp_path / "Flickr8k.token.txt").write_text("0.png#0\ta dog\n1.png#0\ta cat\n")
+    os.mkfifo(tmp_path / "Flickr_8k.trainImages.txt")
+    from image2vec.captions import load_captions
+
+    script = ("import sys; from image2vec.captions import load_captions\n"
+              "from image2vec.errors import Image2VecError\n"
+              "try: load_captions(sys.argv[1], sys.argv[2], split='train')\n"
+              "except Image2VecError as exc: print(exc)")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "Flickr8k.token.txt"), str(images)],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "is not a regular file (a named pipe, socket or device)" in run.stdout, run.stderr
+    os.mkfifo(tmp_path / "list.txt")
+    with pytest.raises(Image2VecError, match="list.txt does not exist or is not a file"):
+        load_captions(tmp_path / "Flickr8k.token.txt", images, split=tmp_path / "list.txt")
+
+
+def test_issue28_class11_control_characters_leave_tags():
+    from image2vec.flickr import normalize_tags
+
+    assert normalize_tags("dog%00,dog,cat%1B%5B2J,%E2%80%AEevil,a%09b") == ["dog", "cat[2j", "evil", "a b"]
+
+
+@pytest.mark.parametrize("option, value", [("--lam", "1e308"), ("--lam", "inf"), ("--gamma", "1e300"),
+                                           ("--lam", "nan")])
+def test_issue28_class12_huge_settings_are_refused_before_the_work(images, captioned, tmp_path, capsys,
+                                                                    monkeypatch, option, value):
+    from image2vec import cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(cli, "_load_data", no_work)
+    model = "learn-all" if option == "--gamma" else "reduced-rank"
+    assert main(["train", "--captions", str(captioned), "--images", str(images), "--model", model,
+                 option, value, "--out", str(tmp_path / "m.npz")]) == 2
+    one_error_line(capsys.readouterr().err, option.lstrip("-"))
+
+
+@pytest.mark.parametrize("address", ["local:²", "local:٣", "local:0", "local:", "local:1e3"])
+def test_issue28_class13_a_scheduler_that_is_not_a_number(address):
+    from image2vec.cluster import connect
+
+    with pytest.raises(Image2VecError, match="local:N needs a number of workers"):
+        with connect(address):
+            pass
+
+
+def test_issue28_class14_an_output_name_too_long_is_refused_before_the_work(images, captioned, tmp_path,
+                                                                           capsys, monkeypatch):
+    from image2vec import cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(cli, "_load_data", no_work)
+    for length in (247, 250, 255, 256, 300):  # 247 and more: the name of its store is too long
+        out = tmp_path / ("m" * (length - 4) + ".npz")
+        assert main(["train", "--captions", str(captioned), "--images", str(images),
+                     "--out", str(out)]) == 2
+        one_error_line(capsys.readouterr().err, "name is too long")
+    with pytest.raises(AssertionError, match="the work started"):  # 246: fits, with its store
+        main(["train", "--captions", str(captioned), "--images", str(images),
+              "--out", str(tmp_path / ("m" * 242 + ".npz"))])
+    with pytest.raises(AssertionError, match="the work started"):  # 255 with a store of its own
+        main(["train", "--captions", str(captioned), "--images", str(images),
+              "--features", str(tmp_path / "s"), "--out", str(tmp_path / ("m" * 251 + ".npz"))])
+
+
+def test_issue28_class14_atomic_write_takes_any_name_the_file_system_takes(tmp_path):
+    from image2vec.io import write_json
+
+    name = "x" * 255
+    write_json(tmp_path / name, {"a": 1})
+    assert read_json(tmp_path / name) == {"a": 1} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_issue28_class15_unreadable_images_cost_linear_work_and_few_lines(tiny, tmp_path, monkeypatch,
+                                                                        caplog):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    files = []
+    for i in range(600):
+        files.append(folder / f"{i:04d}.jpg")
+        files[-1].write_bytes(b"not an image")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 20), (5, 5, 5)).save(good)
+    written = []
+    original = store.write_json
+
+    def counting(path, obj):
+        written.append(len(json.dumps(obj)))
+        return original(path, obj)
+
+    monkeypatch.setattr(store, "write_json", counting)
+    with caplog.at_level("WARNING", logger="image2vec"):
+        result = extract_features([*files, good], tmp_path / "store", extractor=tiny, batch_size=4,
+                                  progress=False)
+    assert len(result.skipped) == 600 and len(result.files) == 1
+    index_bytes = (tmp_path / "store" / "index.json").stat().st_size
+    assert sum(written) < 3 * index_bytes  # quadratic: about 150 rewrites of the growing list
+    warnings_ = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings_) <= 12 and "skipped 600 unreadable images" in warnings_[-1].getMessage()
+
+
+def test_issue28_class15_the_bad_list_survives_an_interruption(tiny, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    files = []
+    for i in range(12):
+        files.append(folder / f"{i:02d}.png")
+        if i % 3:
+            Image.new("RGB", (20, 20), (i * 10, 0, 0)).save(files[-1])
+        else:
+            files[-1].write_bytes(b"broken")
+
+    class Stopping(Extractor):
+        calls = 0
+
+        def __init__(self):
+            self.__dict__.update(tiny.__dict__)
+
+        def __call__(self, batch):
+            Stopping.calls += 1
+            if Stopping.calls == 3:
+                raise KeyboardInterrupt
+            return tiny(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(files, tmp_path / "store", extractor=Stopping(), batch_size=2, progress=False)
+    resumed = extract_features(files, tmp_path / "store", extractor=tiny, batch_size=2, progress=False)
+    clean = extract_features(files, tmp_path / "clean", extractor=tiny, batch_size=2, progress=False)
+    assert resumed.skipped == clean.skipped and len(clean.skipped) == 4
+    np.testing.assert_array_equal(resumed.features, clean.features)
+
+
+def test_issue28_class16_similar_never_lists_the_word_itself(model, capsys):
+    assert main(["similar", "--model", str(model), "-n", "1000", "dog"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split(": ", 1)[1].split(", ")
+    assert len(listed) == len(WORDS) - 1 and not any(w.startswith("dog (") for w in listed)
+    assert "inf" not in out
+
+
+def test_issue28_class16_retrieve_prints_scores_not_distances(model, images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("IMAGE2VEC_CACHE", str(tmp_path))
+    assert main(["retrieve", "--model", str(model), "--images", str(images), "-n", "4", "dog"]) == 0
+    out = capsys.readouterr().out
+    assert "distance" not in out and out.count("(score ") == 4
+    scores = [float(line.rsplit("(score ", 1)[1].rstrip(")")) for line in out.splitlines()[1:]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_issue28_an_exif_rotated_photo_is_loaded_upright(tmp_path):
+    image = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+def test_issue28_words_are_printed_with_control_characters_escaped(model, tmp_path, capsys):
+    from image2vec.cli import _shown
+
+    assert _shown("a\x1b[2Jb\u202ec") == "a\\x1b[2Jb\\u202ec"
+    assert _shown("日本 café") == "日本 café"
+
+
+def test_issue28_retrieve_does_not_replace_a_store_made_by_another_command(model, images, tiny, tmp_path,
+                                                                           capsys):
+    extract_features(sorted(images.iterdir()), tmp_path / "train-store", extractor=tiny, progress=False)
+    before = (tmp_path / "train-store" / "index.json").read_bytes()
+    assert main(["retrieve", "--model", str(model), "--images", str(images), "--features",
+                 str(tmp_path / "train-store"), "dog"]) == 2
+    one_error_line(capsys.readouterr().err, "holds the features of other images")
+    assert (tmp_path / "train-store" / "index.json").read_bytes() == before
+    for _ in range(2):  # retrieve's own store: made, then read again
+        assert main(["retrieve", "--model", str(model), "--images", str(images), "--features",
+                     str(tmp_path / "mine"), "dog"]) == 0
+
+
+def test_issue28_wordnet_needs_no_writable_cache_folder(tmp_path):
+    from image2vec.vocabulary import DEBIAN_WORDNET
+
+    if not (Path(DEBIAN_WORDNET) / "data.noun").is_file():
+        pytest.skip("needs Debian's wordnet-base")
+    (tmp_path / "file").write_text("a file, not a folder")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    script = ("import sys; from image2vec.vocabulary import DEBIAN_WORDNET, _debian_wordnet_corpus\n"
+              "from pathlib import Path\n"
+              "root = _debian_wordnet_corpus(Path(DEBIAN_WORDNET)); print((root / 'lexnames').is_file())")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "IMAGE2VEC_CACHE": str(tmp_path / "file" / "cache"),
+                              "TMPDIR": str(scratch)}, timeout=120)
+    assert run.stdout.strip() == "True", run.stderr[-2000:]
+    assert list(scratch.iterdir()) == []  # the private copy is removed at exit
+
+
+@pytest.mark.parametrize("seed", ["100000000000000000000", "4294967296", "-1", "²"])
+def test_issue28_a_seed_numpy_cannot_take_is_a_usage_error(seed):
+    """Refused when parsed: scikit-learn and torch refused it only after the features."""
+    run = run_cli("train", "--captions", "c.json", "--images", "x", "--out", "m.npz",
+                  "--random-state", seed)
+    assert run.returncode == 2 and "argument --random-state: expected" in run.stderr
+    assert "Traceback" not in run.stderr

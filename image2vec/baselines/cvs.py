@@ -48,8 +48,10 @@ one flat float32 vector and a JSON-able layout), which :mod:`image2vec.persist` 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,6 +109,13 @@ class ReferenceAttention(nn.Module):
     def forward(self, g_r: torch.Tensor) -> torch.Tensor:
         """Logits of shape (B, dim)."""
         return self.w_e(torch.tanh(self.w_r(g_r)))
+
+
+def _dimension(value: Any) -> int:
+    """A layer width read from a layout: a positive integer, else ValueError."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"a layer width is {value!r}, not a positive integer")
+    return value
 
 
 def _encoder(in_dim: int, hidden: int) -> nn.Sequential:
@@ -410,6 +419,15 @@ class _CommonSpaceModel:
             self.network_.to(self.device)
         self._stage(features, y, self._stage_inputs(old, new), new, params)
 
+    def _layout_network(self, layout: Mapping) -> _CommonSpaceNetwork:
+        """A network of the structure ``layout`` describes (its weights not set)."""
+        network = self._new_network(_dimension(layout["n_classes"]))
+        for name, dim in layout["input_dims"].items():
+            network.add_encoder(self._check_name(name), _dimension(dim))
+        for i, s, users in layout["blocks"]:
+            network.add_block(i, s, users)
+        return network
+
     # ------------------------------------------------------------------ plain-data form
     def export_network(self) -> tuple[np.ndarray, dict]:
         """The fitted network as plain data, for a pickle-free file.
@@ -455,19 +473,23 @@ class _CommonSpaceModel:
             When ``weights`` and ``layout`` do not describe a network of this model.
         """
         self._check_params()
-        sizes = [int(np.prod(shape)) for _, shape in layout["tensors"]]
+        try:  # first on the meta device, which allocates nothing: the layout may claim terabytes
+            with torch.device("meta"):
+                shapes = {key: tuple(t.shape) for key, t in self._layout_network(layout).state_dict().items()}
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise Image2VecError(f"the layout does not describe a {type(self).__name__} network: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        sizes = [math.prod(shape) for shape in shapes.values()]
         weights = np.asarray(weights)
         if weights.ndim != 1 or weights.size != sum(sizes):
             raise Image2VecError(f"the weights have {weights.size} values but the layout needs "
-                                 f"{sum(sizes)}")
-        network = self._new_network(int(layout["n_classes"]))
-        for name, dim in layout["input_dims"].items():
-            network.add_encoder(self._check_name(name), int(dim))
-        for i, s, users in layout["blocks"]:
-            network.add_block(i, s, users)
+                                 f"{sum(sizes)}: they do not match a {type(self).__name__} network")
+        if [[key, list(shape)] for key, shape in shapes.items()] != list(map(list, layout["tensors"])):
+            raise Image2VecError("the layout's list of tensors does not match its network")
+        network = self._layout_network(layout)
         pieces = np.split(weights.astype(np.float32, copy=False), np.cumsum(sizes)[:-1])
         state = {key: torch.from_numpy(piece.reshape(shape).copy())
-                 for (key, shape), piece in zip(layout["tensors"], pieces)}
+                 for (key, shape), piece in zip(shapes.items(), pieces)}
         try:
             network.load_state_dict(state, strict=True)
         except RuntimeError as exc:
