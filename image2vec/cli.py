@@ -299,7 +299,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     features, kept = _extract(files, store, system, metadata, args, on_bad_image="skip",
                               keys=[_file_fingerprint(f) for f in files])
     order, values = system.retrieve(words, features, args.n)
-    label = "distance" if getattr(system, "metric", None) == "euclidean" else "score"  # best first
+    metric = getattr(system, "metric", "score")  # best first: the highest similarity, the smallest distance
+    label = "euclidean distance" if metric == "euclidean" else metric
     print(f"images nearest to {' + '.join(_shown(w) for w in words)}:")
     for rank, (i, value) in enumerate(zip(order, values), start=1):
         print(f"{rank:3d}. {_shown(kept[i])}  ({label} {value:.3f})")

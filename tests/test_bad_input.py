@@ -1016,12 +1016,12 @@ def test_issue28_class16_similar_never_lists_the_word_itself(model, capsys):
     assert "inf" not in out
 
 
-def test_issue28_class16_retrieve_prints_scores_not_distances(model, images, tmp_path, capsys, monkeypatch):
+def test_issue28_class16_retrieve_labels_its_scores_by_metric(model, images, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("IMAGE2VEC_CACHE", str(tmp_path))
     assert main(["retrieve", "--model", str(model), "--images", str(images), "-n", "4", "dog"]) == 0
     out = capsys.readouterr().out
-    assert "distance" not in out and out.count("(score ") == 4
-    scores = [float(line.rsplit("(score ", 1)[1].rstrip(")")) for line in out.splitlines()[1:]]
+    assert "distance" not in out and out.count("(correlation ") == 4  # the default metric
+    scores = [float(line.rsplit("(correlation ", 1)[1].rstrip(")")) for line in out.splitlines()[1:]]
     assert scores == sorted(scores, reverse=True)
 
 
