@@ -46,6 +46,8 @@ from image2vec.store import (
     FeatureSet,
     Partial,
     RowWriter,
+    cache_store,
+    file_stamp,
     fingerprint,
     finish,
     load_features,
@@ -535,7 +537,7 @@ def _extracted(extractor: Extractor, files: Sequence[Path], rows: range, batch_s
 
 def extract_features(
     files: Sequence[str | os.PathLike],
-    store: str | os.PathLike,
+    store: str | os.PathLike | None = None,
     *,
     keys: Sequence | None = None,
     extractor: str | Extractor = "efficientnet-lite0",
@@ -554,8 +556,10 @@ def extract_features(
     ----------
     files : sequence of path-like
         The images, in the row order wanted.
-    store : path-like
-        Feature store folder (created if missing; an existing file is refused).
+    store : path-like, optional
+        Feature store folder (created if missing; an existing file is refused). None: the
+        cache's store for these files and this extractor (:func:`image2vec.store.cache_store`),
+        which answers again while no file changes (size and modification time).
     keys : sequence of JSON values, optional
         Image keys (e.g. COCO ids), default the positions 0..N-1.
     extractor : str or Extractor
@@ -611,12 +615,14 @@ def extract_features(
         raise Image2VecError(f"{len(keys)} keys for {len(files)} files")
     if not files:
         raise Image2VecError("no image to extract features from")
-    store = Path(store)
-    index = read_index(store)
     spec = extractor.spec if isinstance(extractor, Extractor) else extractor_spec(extractor, weights)
-    request = fingerprint(spec, keys, files, logits)
+    stamps = None if store is not None else [file_stamp(f) for f in files]
+    store = cache_store(spec, files) if store is None else Path(store)
+    index = read_index(store)
+    request = fingerprint(spec, keys, files, logits, stamps)
     # A store with the class logits also answers a request for the features alone.
-    if index is not None and index.get("fingerprint") in {request, fingerprint(spec, keys, files, True)}:
+    if index is not None and index.get("fingerprint") in {request,
+                                                          fingerprint(spec, keys, files, True, stamps)}:
         logger.info("feature store %s is up to date: reusing it", store)
         if client is not None:  # the workers read it next
             _check_visible(client, [store / "index.json"])

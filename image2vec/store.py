@@ -40,7 +40,8 @@ import numpy as np
 from image2vec.errors import Image2VecError
 from image2vec.io import atomic_write, read_json, write_json
 
-__all__ = ["FeatureSet", "fingerprint", "read_index", "load_features", "Partial", "RowWriter", "finish"]
+__all__ = ["FeatureSet", "fingerprint", "file_stamp", "cache_store", "read_index", "load_features",
+           "Partial", "RowWriter", "finish"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ class FeatureSet:
     index: dict
 
 
-def fingerprint(extractor: dict, keys: Sequence, files: Sequence[Path], logits: bool) -> str:
-    """The hash of a request: extractor spec (name, version, preprocessing), keys, files, logits.
+def fingerprint(extractor: dict, keys: Sequence, files: Sequence[Path], logits: bool,
+                stamps: Sequence | None = None) -> str:
+    """The hash of a request: extractor spec (name, version, preprocessing), keys, files, logits
+    and, when given, the stamps of the files (:func:`file_stamp`; a changed file is then another request).
 
     ``extractor`` is an extractor's :attr:`~image2vec.features.Extractor.spec`. A store whose
     index holds the same fingerprint answers the request without computing.
@@ -88,7 +91,34 @@ def fingerprint(extractor: dict, keys: Sequence, files: Sequence[Path], logits: 
     spec = {"extractor": extractor["extractor"], "version": extractor["extractor_version"],
             "preprocessing": extractor["preprocessing"], "logits": logits,
             "keys": list(keys), "files": [str(f) for f in files]}
+    if stamps is not None:
+        spec["stamps"] = list(stamps)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def file_stamp(path: Path) -> list | None:
+    """[size, modification time in ns] of a file (None if it cannot be read): a file whose
+    stamp is unchanged is taken to be unchanged."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def cache_store(extractor: dict, files: Sequence[Path]) -> Path:
+    """The feature store caching the features of ``files`` (in this order) for ``extractor``.
+
+    One store per set of files and extractor under ``features/`` of :func:`image2vec.io.cache_dir`
+    (file paths made absolute), so that the same images asked for again are read back, not
+    extracted; the request includes every file's :func:`file_stamp`, so a changed file makes
+    the store be extracted again. Delete the folder to reclaim its space.
+    """
+    from image2vec.io import cache_dir
+
+    key = json.dumps([extractor["extractor"], extractor["extractor_version"],
+                      [str(Path(f).absolute()) for f in files]])
+    return cache_dir() / "features" / hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:20]
 
 
 def read_index(store: Path) -> dict | None:
