@@ -140,7 +140,7 @@ def main() -> None:
     for name, reference in pairs.items():
         speed = len(files) / times[name]
         fraction = f"{speed / limit:10.2f}" if name.startswith(("network", "end")) else f"{'':10}"
-        print(f"  {name:<32}{speed:10.1f}{times[reference] / times[name]:10.2f}{fraction}")
+        print(f"  {name:<32}{speed:10.1f}{times[reference] / times[name]:10.2f}{fraction}".rstrip())
     torch_features = results["network, torch"]
     print(f"features vs torch (max over images of ||f - f_torch|| / ||f_torch||): "
           f"{now.backend} {relative_difference(results[f'network, {now.backend}'], torch_features):.1e}, "
