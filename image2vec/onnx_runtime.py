@@ -11,6 +11,10 @@ interrupted export leaves nothing. Exporting takes a few seconds, once per machi
 Needs the ``onnxruntime`` and ``onnx`` packages (the exporter writes through ``onnx``);
 :func:`onnx_network` raises :class:`OnnxUnavailable` with the reason when either is missing or
 the export fails, and the caller falls back to torch.
+
+ONNX Runtime's Linux wheels (1.32) send usage telemetry to a Microsoft host unless
+``ORT_DISABLE_TELEMETRY`` is set when it is imported (it also leaves a ``.ses`` file in the
+temporary folder): importing this module sets it, since image2vec reaches no host at run time.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["OnnxNetwork", "OnnxUnavailable", "onnx_network"]
+
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # before onnxruntime is imported (the module text)
 
 logger = logging.getLogger(__name__)
 

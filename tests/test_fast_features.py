@@ -181,3 +181,42 @@ def test_summarize_reads_the_same_images_from_the_cache(model, samples, tmp_path
     Image.new("RGB", (300, 200), (250, 250, 0)).save(files[1])  # a changed file
     with pytest.raises(AssertionError, match="the cache should have answered"):
         main(argv)
+
+
+def test_the_benchmark_runs_and_reports_every_stage(samples, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in samples[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(repo / "experiments" / "bench_features.py"), "--images",
+                          str(folder), "--repeats", "1", "--gemm", "256"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = {line[:34].strip(): line[34:].split() for line in run.stdout.splitlines() if line.startswith("  ")}
+    for stage in ("network, torch", "network, onnxruntime", "decode + resize, full decode",
+                  "decode + resize, draft", "end to end, before", "end to end, now"):
+        assert float(rows[stage][0]) > 0, run.stdout
+    assert "0.770 GFLOP/image (counted)" in run.stdout
+    differences = run.stdout.split("||f_torch||): ")[1].splitlines()[0]
+    assert all(float(x.split()[-1]) < 1e-4 for x in differences.split(", "))
+
+
+def test_onnx_runtime_sends_no_telemetry_and_leaves_no_file(samples, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    script = ("import sys, torch; from image2vec.features import load_extractor, load_image; "
+              "e = load_extractor(); x = torch.stack([e.preprocessing(load_image(sys.argv[1]))]); "
+              "print(e.backend, e(x)[0].shape, __import__('os').environ['ORT_DISABLE_TELEMETRY'])")
+    env = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
+    run = subprocess.run([sys.executable, "-c", script, str(samples[0])], capture_output=True,
+                         text=True, env={**env, "TMPDIR": str(scratch)})
+    assert run.stdout.split() == ["onnxruntime", "(1,", "1280)", "1"], run.stderr
+    assert list(scratch.iterdir()) == []  # ONNX Runtime's telemetry leaves a .ses file there
