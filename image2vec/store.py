@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +225,7 @@ def _allocated(path: Path, shape: tuple[int, int], mode: str) -> np.memmap:
 class Partial:
     """The ``partial/`` folder of an extraction in progress in ``store``.
 
-    It holds the :data:`MARKER` file (written first), arrays for all N images and
+    It holds the :data:`MARKER` file (there from its creation), arrays for all N images and
     ``progress.json`` = {fingerprint, done, finished, bad}: images 0..done-1 are processed, and
     so are the row ranges ``finished`` ([start, stop) pairs past the first gap: the shards of a
     cluster run finish in any order). An unfinished extraction of the same request resumes with
@@ -249,10 +250,14 @@ class Partial:
             if self.folder.exists():
                 logger.info("discarding an unfinished extraction of other images or extractor")
                 shutil.rmtree(self.folder)
-            self.folder.mkdir(parents=True)
-            with atomic_write(self.folder / MARKER, "w") as fh:
+            # made under a temporary name with its marker, then renamed: an interruption
+            # never leaves a partial/ without the marker, which every later run would refuse
+            store.mkdir(parents=True, exist_ok=True)
+            made = Path(tempfile.mkdtemp(prefix=".partial-", dir=store))
+            with atomic_write(made / MARKER, "w") as fh:
                 fh.write("An unfinished image2vec feature extraction; image2vec deletes this "
                          "folder when it is done.\n")
+            os.rename(made, self.folder)
             progress, ranges = {"bad": []}, []
         self.ranges, self.bad = ranges, list(progress["bad"])
         self.arrays = {name: _allocated(self.folder / f"{name}.npy", (n, dim), "w+" if fresh else "r+")
