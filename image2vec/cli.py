@@ -144,11 +144,12 @@ def _output_file(path: str, inputs: dict[str, str | None], folders: dict[str, st
     return out
 
 
-def _extract(files: list[Path], store: Path, system, metadata: dict, args: argparse.Namespace,
+def _extract(files: list[Path], store: Path | None, system, metadata: dict, args: argparse.Namespace,
              on_bad_image: str, keys: list | None = None):
     """What ``system`` reads (features, or class logits) for image files, and the files kept.
 
-    Extracted into (or read from) feature store ``store`` with the model's extractor.
+    Extracted into (or read from) feature store ``store`` with the model's extractor (None: the
+    cache's store for these files).
     """
     import numpy as np
 
@@ -242,9 +243,8 @@ def _vocabulary_word(system, word: str) -> str:
 
 def _cmd_summarize(args: argparse.Namespace) -> int:
     system, metadata = _load_model(args.model, args.device)
-    with tempfile.TemporaryDirectory(prefix="image2vec-") as store:
-        features, files = _extract([Path(f) for f in args.images], Path(store), system, metadata,
-                                   args, args.on_bad_image)
+    features, files = _extract([Path(f) for f in args.images], None, system, metadata, args,
+                               args.on_bad_image)
     summary = system.summarize(features, args.k)
     rows = [{"image": f, "words": words, "scores": [round(float(s), 4) for s in scores[: len(words)]]}
             for f, words, scores in zip(files, summary.words, summary.scores)]
@@ -383,8 +383,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise Image2VecError("--instances adds the cross-modal mAP@50 of cvs, mcvs and rvs "
                              f"models; {name} is not one")
     args.extractor = metadata.get("extractor", "efficientnet-lite0")
-    with tempfile.TemporaryDirectory(prefix="image2vec-") as scratch, connect(args.scheduler) as client:
-        store = Path(args.features) if args.features else Path(scratch)
+    with connect(args.scheduler) as client:
+        store = Path(args.features) if args.features else None  # None: the cache
         data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)),
                           logits=reads_logits(system), client=client)
         inputs = _checked_inputs(data.inputs_for(system), system, data.files,

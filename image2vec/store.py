@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,8 @@ import numpy as np
 from image2vec.errors import Image2VecError
 from image2vec.io import atomic_write, read_json, write_json
 
-__all__ = ["FeatureSet", "fingerprint", "read_index", "load_features", "Partial", "RowWriter", "finish",
-           "extraction_progress"]
+__all__ = ["FeatureSet", "fingerprint", "file_stamp", "cache_store", "read_index", "load_features",
+           "Partial", "RowWriter", "finish", "extraction_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class FeatureSet:
     index: dict
 
 
-def fingerprint(extractor: dict, keys: Sequence, files: Sequence[Path], logits: bool) -> str:
-    """The hash of a request: extractor spec (name, version, preprocessing), keys, files, logits.
+def fingerprint(extractor: dict, keys: Sequence, files: Sequence[Path], logits: bool,
+                stamps: Sequence | None = None) -> str:
+    """The hash of a request: extractor spec (name, version, preprocessing), keys, files, logits
+    and, when given, the stamps of the files (:func:`file_stamp`; a changed file is then another request).
 
     ``extractor`` is an extractor's :attr:`~image2vec.features.Extractor.spec`. A store whose
     index holds the same fingerprint answers the request without computing.
@@ -90,7 +93,34 @@ def fingerprint(extractor: dict, keys: Sequence, files: Sequence[Path], logits: 
     spec = {"extractor": extractor["extractor"], "version": extractor["extractor_version"],
             "preprocessing": extractor["preprocessing"], "logits": logits,
             "keys": list(keys), "files": [str(f) for f in files]}
+    if stamps is not None:
+        spec["stamps"] = list(stamps)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def file_stamp(path: Path) -> list | None:
+    """[size, modification time in ns] of a file (None if it cannot be read): a file whose
+    stamp is unchanged is taken to be unchanged."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def cache_store(extractor: dict, files: Sequence[Path]) -> Path:
+    """The feature store caching the features of ``files`` (in this order) for ``extractor``.
+
+    One store per set of files and extractor under ``features/`` of :func:`image2vec.io.cache_dir`
+    (file paths made absolute), so that the same images asked for again are read back, not
+    extracted; the request includes every file's :func:`file_stamp`, so a changed file makes
+    the store be extracted again. Delete the folder to reclaim its space.
+    """
+    from image2vec.io import cache_dir
+
+    key = json.dumps([extractor["extractor"], extractor["extractor_version"],
+                      [str(Path(f).absolute()) for f in files]])
+    return cache_dir() / "features" / hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:20]
 
 
 def read_index(store: Path) -> dict | None:
@@ -196,7 +226,7 @@ def _allocated(path: Path, shape: tuple[int, int], mode: str) -> np.memmap:
 class Partial:
     """The ``partial/`` folder of an extraction in progress in ``store``.
 
-    It holds the :data:`MARKER` file (written first), arrays for all N images and
+    It holds the :data:`MARKER` file (there from its creation), arrays for all N images and
     ``progress.json`` = {fingerprint, done, finished} and ``bad.jsonl`` (the unreadable images,
     one JSON object a line, appended): images 0..done-1 are processed, and
     so are the row ranges ``finished`` ([start, stop) pairs past the first gap: the shards of a
@@ -222,10 +252,14 @@ class Partial:
             if self.folder.exists():
                 logger.info("discarding an unfinished extraction of other images or extractor")
                 shutil.rmtree(self.folder)
-            self.folder.mkdir(parents=True)
-            with atomic_write(self.folder / MARKER, "w") as fh:
+            # made under a temporary name with its marker, then renamed: an interruption
+            # never leaves a partial/ without the marker, which every later run would refuse
+            store.mkdir(parents=True, exist_ok=True)
+            made = Path(tempfile.mkdtemp(prefix=".partial-", dir=store))
+            with atomic_write(made / MARKER, "w") as fh:
                 fh.write("An unfinished image2vec feature extraction; image2vec deletes this "
                          "folder when it is done.\n")
+            os.rename(made, self.folder)
             progress, ranges = {}, []
         self.ranges = ranges
         self.bad = self._read_bad(progress.get("bad", []))

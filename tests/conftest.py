@@ -12,6 +12,21 @@ import pytest
 from solvers.backend import gpu_available
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The toolkit's cache (feature stores of summarize and evaluate, the ONNX export) in a
+    folder of this test session, not the user's."""
+    import os
+
+    saved = os.environ.get("IMAGE2VEC_CACHE")
+    os.environ["IMAGE2VEC_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        del os.environ["IMAGE2VEC_CACHE"]
+    else:
+        os.environ["IMAGE2VEC_CACHE"] = saved
+
+
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request):
     """The array module a solver test runs on; the CuPy variant needs a CUDA device."""
