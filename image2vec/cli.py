@@ -429,17 +429,6 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_float(text: str) -> float:
-    """A finite float >= 0 (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
-
-
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a positive integer")
 
@@ -586,7 +575,7 @@ def _add_model_parsers(sub) -> None:
     train.add_argument("--min-count", type=_positive_int, default=None,
                        help="keep words in at least this many images (default: 2 below 1000 "
                             "training images, else 5)")
-    train.add_argument("--lam", type=_non_negative_float,
+    train.add_argument("--lam", type=float,
                        help=f"ridge weight (l2 objective; default per model: {lams})")
     train.add_argument("--gamma", type=float, help="co-occurrence incoherence (l2; default 0)")
     train.add_argument("--readout", choices=("omp", "rank", "cosine"),
