@@ -30,12 +30,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import common
 from timing import median_times
 
-from image2vec.io import atomic_write, shared_data_dir
+from image2vec.io import atomic_write
 from image2vec.serve import build_service
 
-COCO_MINI_IMAGES = shared_data_dir() / "coco-mini" / "train2017"
+COCO_MINI_IMAGES = common.shared_data_dir() / "coco-mini" / "train2017"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -326,26 +326,22 @@ def create_app(service: Service):
         name = request.query_params.get("name", "upload")[:200]
         return await answer(service.summarize_upload, bytes(data), name, k)
 
-    async def summary(request: Request) -> JSONResponse:
+    async def text_query(request: Request, work, text: str, size: str, default: int, most: int):
+        """``work(the text parameter, the size parameter)``, answered as JSON."""
         try:
-            k = count(request, "k", 3, 50)
+            n = count(request, size, default, most)
         except Image2VecError as exc:
             return error(str(exc))
-        return await answer(service.summarize_folder_image, request.query_params.get("name", ""), k)
+        return await answer(work, request.query_params.get(text, ""), n)
+
+    async def summary(request: Request) -> JSONResponse:
+        return await text_query(request, service.summarize_folder_image, "name", "k", 3, 50)
 
     async def similar(request: Request) -> JSONResponse:
-        try:
-            n = count(request, "n", 10, 100)
-        except Image2VecError as exc:
-            return error(str(exc))
-        return await answer(service.similar, request.query_params.get("word", ""), n)
+        return await text_query(request, service.similar, "word", "n", 10, 100)
 
     async def search(request: Request) -> JSONResponse:
-        try:
-            n = count(request, "n", 12, 200)
-        except Image2VecError as exc:
-            return error(str(exc))
-        return await answer(service.search, request.query_params.get("q", ""), n)
+        return await text_query(request, service.search, "q", "n", 12, 200)
 
     async def image(request: Request) -> Response:
         if service.folder is None:
