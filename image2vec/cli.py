@@ -95,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
     systems.save(system, out, metadata={"extractor": data.extractor, "n_images": len(data.keys),
                                          "source": str(args.captions or args.tags),
-                                         "trained": time.strftime("%Y-%m-%d", time.gmtime())})
+                                         "date": time.strftime("%Y-%m-%d", time.gmtime())})
     print(f"{out}: {args.model} model, {len(data.vocabulary)} words, trained on "
           f"{len(data.keys)} images in {seconds:.1f} s")
     return 0

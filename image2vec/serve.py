@@ -160,8 +160,9 @@ class Service:
 
         meta = self.metadata
         return {"system": system_name(self.system), "n_words": len(self.system.words_),
-                "dim": int(self.system.dictionary_.shape[0]), "source": meta.get("source"),
-                "n_images": meta.get("n_images"), "trained": meta.get("trained"),
+                "dim": int(self.system.dictionary_.shape[0]),
+                "source": meta.get("data") or meta.get("source"),  # the data named, else its file
+                "n_images": meta.get("n_images"), "trained": meta.get("date"),
                 "extractor": meta.get("extractor", "efficientnet-lite0"),
                 "folder": self.folder.status() if self.folder else None}
 

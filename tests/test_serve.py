@@ -267,7 +267,8 @@ def test_serve_without_a_model_shows_the_pretrained_one(capsys):
     assert "using the pretrained model" in capsys.readouterr().err
     with TestClient(serve.create_app(pretrained)) as client:
         info = client.get("/api/model").json()
-        assert str(len(load_pretrained().words_)) in json.dumps(info) and "Flickr8k" in json.dumps(info)
+        assert info["n_words"] == len(load_pretrained().words_) and "Flickr8k train + dev" in info["source"]
+        assert info["trained"].startswith("20")  # the date of the pretrained model's record
         photo = (sample_image_dir() / "motorcycle_left.png").read_bytes()
         words = client.post("/api/summarize?k=3&name=m.png", content=photo).json()
         assert "motorcycle" in json.dumps(words)
