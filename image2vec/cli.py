@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import inspect
 import json
 import logging
@@ -313,10 +312,9 @@ def _folder_cache(folder: Path, metadata: dict) -> Path:
     Under :func:`image2vec.io.cache_dir`; the store's keys are the files' fingerprints, so it
     answers again as long as no file is added, removed or changed, and is rebuilt otherwise.
     """
-    from image2vec.io import cache_dir
+    from image2vec.store import cache_path
 
-    key = json.dumps([str(folder.resolve()), metadata.get("extractor", "efficientnet-lite0")])
-    return cache_dir() / "folders" / hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:20]
+    return cache_path("folders", str(folder.resolve()), metadata.get("extractor", "efficientnet-lite0"))
 
 
 def _check_folder_store(store: Path, folder: Path) -> None:
@@ -341,11 +339,9 @@ def _file_fingerprint(path: Path) -> list:
     A file that cannot be examined (a dangling link) gets size and time -1: the extraction
     skips it, with the other unreadable images.
     """
-    try:
-        stat = path.stat()
-    except OSError:
-        return [path.name, -1, -1]
-    return [path.name, stat.st_size, stat.st_mtime_ns]
+    from image2vec.store import file_stamp
+
+    return [path.name, *(file_stamp(path) or [-1, -1])]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

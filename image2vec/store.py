@@ -36,13 +36,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from image2vec.errors import Image2VecError
 from image2vec.io import atomic_write, read_json, write_json
 
-__all__ = ["FeatureSet", "fingerprint", "file_stamp", "cache_store", "read_index", "load_features",
+__all__ = ["FeatureSet", "fingerprint", "file_stamp", "cache_store", "cache_path", "read_index", "load_features",
            "Partial", "RowWriter", "finish", "extraction_progress"]
 
 logger = logging.getLogger(__name__)
@@ -116,11 +117,17 @@ def cache_store(extractor: dict, files: Sequence[Path]) -> Path:
     extracted; the request includes every file's :func:`file_stamp`, so a changed file makes
     the store be extracted again. Delete the folder to reclaim its space.
     """
+    return cache_path("features", extractor["extractor"], extractor["extractor_version"],
+                      [str(Path(f).absolute()) for f in files])
+
+
+def cache_path(kind: str, *key: Any) -> Path:
+    """``kind/<hash of key>`` under :func:`image2vec.io.cache_dir`: one cached store per key
+    (a JSON-serialisable description of what the store holds)."""
     from image2vec.io import cache_dir
 
-    key = json.dumps([extractor["extractor"], extractor["extractor_version"],
-                      [str(Path(f).absolute()) for f in files]])
-    return cache_dir() / "features" / hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:20]
+    text = json.dumps(list(key))
+    return cache_dir() / kind / hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()[:20]
 
 
 def read_index(store: Path) -> dict | None:
