@@ -50,6 +50,7 @@ from image2vec.datasets import (  # noqa: E402
 from image2vec.errors import Image2VecError  # noqa: E402
 from image2vec.io import atomic_write  # noqa: E402
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS  # noqa: E402
+from image2vec.names import DEFAULT_EXTRACTOR  # noqa: E402
 
 MANIFEST = ".image2vec-experiment.json"
 _MANIFEST_TOOL = "image2vec experiments"
@@ -187,13 +188,18 @@ def shared_data_dir() -> Path:
 
 
 def add_flickr8k_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--flickr8k DIR`` (the official layout) and ``--features STORE`` (its feature stores:
-    ``STORE/train``, ``STORE/dev``, as :func:`flickr8k.load_splits` reads them)."""
+    """``--flickr8k DIR`` (the official layout), ``--features STORE`` (its feature stores:
+    ``STORE/EXTRACTOR/train``, ``STORE/EXTRACTOR/dev``, as :func:`flickr8k.load_splits` reads
+    them) and ``--extractor``."""
     parser.add_argument("--flickr8k", type=Path, default=shared_data_dir() / "flickr8k",
                         help="Flickr8k folder: Flicker8k_Dataset/ and Flickr8k_text/ "
                         "(default: the shared data folder's flickr8k)")
     parser.add_argument("--features", type=Path, metavar="STORE",
-                        help="feature stores STORE/train and STORE/dev (default: OUT/features)")
+                        help="feature stores STORE/EXTRACTOR/train and STORE/EXTRACTOR/dev "
+                        "(default: OUT/features)")
+    parser.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
+                        help=f"feature extractor (default: {DEFAULT_EXTRACTOR}; +flip for "
+                        "horizontal-flip averaging)")
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:

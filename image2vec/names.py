@@ -41,6 +41,9 @@ DEFAULT_MODEL = MODELS[0]
 DEFAULT_OBJECTIVE = "l2"
 DEFAULT_SOLVER = "bcd"
 DEFAULT_DIM = 256
+#: The feature extractor of ``features`` and ``train`` (:mod:`image2vec.features`), and the one a
+#: model file without an ``extractor`` record was trained with.
+DEFAULT_EXTRACTOR = "efficientnet-lite0"
 #: Defaults of ``lam`` (the l2 ridge) and ``prior_weight`` (the OMP read-out's word-frequency
 #: prior) per model, chosen on the Flickr8k dev split (experiments/flickr8k.py).
 DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 1e-3, "simple": 0.1}

@@ -48,7 +48,7 @@ def test_onnx_runtime_gives_torch_features_and_logits(lite0, torch_lite0, sample
 
 def test_the_export_is_cached_and_written_whole(torch_lite0, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE2VEC_CACHE", str(tmp_path))
-    weights = features_mod._lite0_weights(None)
+    weights = features_mod._REGISTRY["efficientnet-lite0"].weights_file(None)
     args = ("efficientnet-lite0", weights, torch_lite0.body, torch_lite0.head, 224, 1)
     network = onnx_runtime.onnx_network(*args)
     assert [p.name for p in (tmp_path / "onnx").iterdir()] == [network.path.name]  # no temporary left
