@@ -6,7 +6,8 @@ summaries for k = 1..5 (micro-averaged), mAP over words, word-to-image retrieval
 (one held-out caption per image as the query) and the training time. Metrics are the mean over
 the folds. Writes into OUT:
 
-- ``results.csv``: one row per system, every metric (P/R/F1 at k = 1..5);
+- ``results.csv``: one row per system, every metric (P/R/F1 at k = 1..5, ``precision@k``,
+  ``recall@k``, ``f1@k``; retrieval recall ``retrieval_recall@K``);
 - ``results.md``: the data set, the protocol and a table sorted by F1@3;
 - ``f1_at_k.png``: F1 against k, one line per system;
 - ``l2_vs_ip.png``: F1@3 and mAP of l2 and ip side by side for every model and solver;
@@ -39,12 +40,13 @@ from image2vec.model import MODELS
 KS = (1, 2, 3, 4, 5)
 OUTPUTS = ("results.csv", "results.md", "f1_at_k.png", "l2_vs_ip.png", "objective.png",
            "objective_traces.csv")
+#: Summary recall is ``recall@k``; word-to-image retrieval recall ``retrieval_recall@K``.
 METRICS = ([f"{m}@{k}" for k in KS for m in ("precision", "recall", "f1")] + ["map"]
-           + [f"recall@{K}" for K in RECALL_AT] + ["fit_seconds"])
+           + [f"retrieval_recall@{K}" for K in RECALL_AT] + ["fit_seconds"])
 CSV_COLUMNS = ("system", "model", "objective", "solver", *METRICS, "n_folds")
 TABLE_COLUMNS = (("system", "system"), ("precision@3", "P@3"), ("recall@3", "R@3"),
                  ("f1@3", "F1@3"), ("f1@1", "F1@1"), ("f1@5", "F1@5"), ("map", "mAP"),
-                 *((f"recall@{K}", f"R@{K}") for K in RECALL_AT), ("fit_seconds", "fit (s)"))
+                 *((f"retrieval_recall@{K}", f"retrieval R@{K}") for K in RECALL_AT), ("fit_seconds", "fit (s)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +77,8 @@ def score_system(spec: common.SystemSpec, data: common.WordData, splits: list,
             (row[f"precision@{k}"], row[f"recall@{k}"],
              row[f"f1@{k}"]) = precision_recall_f1(system.summarize(X[test], k).indices, truth)
         row["map"] = mean_average_precision(system.decision_function(X[test]), truth)[0]
-        row.update(retrieval_recall(query_scores(system, X[test], data.queries[test])))
+        row.update({f"retrieval_{key}": value for key, value in
+                    retrieval_recall(query_scores(system, X[test], data.queries[test])).items()})
         scores.append(row)
         if not trace and spec.is_model:
             trace = list(system.objective_trace_)

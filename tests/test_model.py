@@ -100,7 +100,7 @@ def test_reduced_rank_is_reduced_rank_ridge_on_the_preprocessed_features():
 @pytest.mark.parametrize("objective, solver", [("l2", "bcd"), ("l2", "sgd")])
 def test_weak_tag_down_weights_noise_tags(objective, solver):
     F, X, _, _, n_visual = planted_words(n=600)
-    model = Image2Vec(model="weak-tag", objective=objective, solver=solver, dim=16, normalize=False,
+    model = Image2Vec(model="weak-tag", objective=objective, solver=solver, dim=16, lam=1e-3, normalize=False,
                       max_iter=15, max_steps=600, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
