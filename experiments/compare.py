@@ -3,8 +3,10 @@
 Each system is trained and scored by k-fold cross-validation by image (one train/val split on
 data sets above ``--kfold-max`` images) on the same folds: precision, recall and F1 of its k-word
 summaries for k = 1..5 (micro-averaged), mAP over words, word-to-image retrieval recall@1/5/10
-(one held-out caption per image as the query) and the training time. Metrics are the mean over
-the folds. Writes into OUT:
+(one held-out caption per image as the query) and the training time. P, R and F1 are
+micro-averaged over the held-out images of every fold (each image is held out once, so
+F1 = 2PR / (P + R) on every row); mAP, retrieval recall and the time are means over the folds.
+Writes into OUT:
 
 - ``results.csv``: one row per system, every metric (P/R/F1 at k = 1..5, ``precision@k``,
   ``recall@k``, ``f1@k``; retrieval recall ``retrieval_recall@K``);
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 
 import common
 import numpy as np
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from image2vec.evaluate import (
@@ -69,20 +72,24 @@ def score_system(spec: common.SystemSpec, data: common.WordData, splits: list,
     """Cross-validated metrics of one system, and its objective trace on the first fold."""
     trace: list = []
     X = spec.inputs(data)
-    scores = []
+    scores, truths, summaries = [], [], {k: [] for k in KS}
     for fold in common.fit_folds(spec, data, splits, args):
         system, test, truth = fold.system, fold.test, data.truth[fold.test]
         row = {"fit_seconds": fold.fit_seconds}
+        truths.append(truth)
         for k in KS:
-            (row[f"precision@{k}"], row[f"recall@{k}"],
-             row[f"f1@{k}"]) = precision_recall_f1(system.summarize(X[test], k).indices, truth)
+            summaries[k].append(system.summarize(X[test], k).indices)
         row["map"] = mean_average_precision(system.decision_function(X[test]), truth)[0]
         row.update({f"retrieval_{key}": value for key, value in
                     retrieval_recall(query_scores(system, X[test], data.queries[test])).items()})
         scores.append(row)
         if not trace and spec.is_model:
             trace = list(system.objective_trace_)
-    mean = {key: float(np.nanmean([row[key] for row in scores])) for key in METRICS}
+    mean = {key: float(np.nanmean([row[key] for row in scores])) for key in scores[0]}
+    truth = sp.vstack(truths) if sp.issparse(truths[0]) else np.vstack(truths)
+    for k in KS:  # micro-averaged over every held-out image: F1 = 2PR / (P + R) of the row
+        mean[f"precision@{k}"], mean[f"recall@{k}"], mean[f"f1@{k}"] = (
+            float(v) for v in precision_recall_f1(np.vstack(summaries[k]), truth))
     return {"system": spec.label, "model": spec.name, "objective": spec.objective or "",
             "solver": spec.solver or "", **mean, "n_folds": len(splits)}, trace
 
@@ -177,8 +184,8 @@ def experiment(args: argparse.Namespace) -> None:
     header = (f"# Comparison on {name}\n\n{n_images} images, {n_words} words (min_count "
               f"{data.vocabulary.info['min_count']}), {data.features.shape[1]}-d {data.extractor} features; "
               f"{common.describe_splits(splits, n_images)}, seed {args.seed}, Image2Vec dim "
-              f"{args.dim}. Metrics are means over the folds: P/R/F1 of k-word summaries "
-              "(micro-averaged), mAP over words, word-to-image retrieval recall@K with one held-out "
+              f"{args.dim}. P/R/F1 of k-word summaries micro-averaged over the held-out images of "
+              "every fold; means over the folds: mAP over words, word-to-image retrieval recall@K with one held-out "
               "caption per image as the query; fit (s) is the mean training time per fold. "
               f"Sorted by F1@3.\n\n    {args.command}\n\n")
     out.write_csv("results.csv", rows, CSV_COLUMNS)

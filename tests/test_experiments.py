@@ -72,13 +72,15 @@ def test_compare_on_the_sample(tmp_path, store, capsys):
         for k in range(1, 6):
             for metric in ("precision", "recall", "f1"):
                 assert 0 <= float(row[f"{metric}@{k}"]) <= 1
-        for metric in ("map", "recall@1", "recall@5", "recall@10"):
+        for metric in ("map", "retrieval_recall@1", "retrieval_recall@5", "retrieval_recall@10"):
             assert 0 <= float(row[metric]) <= 1
         assert float(row["fit_seconds"]) >= 0 and row["n_folds"] == "2"
     assert any(float(row["f1@3"]) > 0 for row in rows)
-    # Recall@K grows with K; F1@k is a real curve, not one number repeated.
+    # Retrieval recall@K grows with K; F1@k is a real curve, not one number repeated.
     for row in rows:
-        assert float(row["recall@1"]) <= float(row["recall@5"]) <= float(row["recall@10"])
+        assert (float(row["retrieval_recall@1"]) <= float(row["retrieval_recall@5"])
+                <= float(row["retrieval_recall@10"]))
+    assert_f1_is_the_harmonic_mean(rows)
     assert len({row["f1@1"] for row in rows} | {row["f1@5"] for row in rows}) > 2
 
     table = (tmp_path / "results.md").read_text()
@@ -92,6 +94,25 @@ def test_compare_on_the_sample(tmp_path, store, capsys):
     assert {row["system"] for row in traces} == {"learn-all/l2/bcd", "learn-all/l2/sgd", "learn-all/ip/bcd"}
     assert all(math.isfinite(float(row["objective"])) for row in traces)
     assert "learn-all/l2/sgd" in printed
+
+
+def assert_f1_is_the_harmonic_mean(rows: list[dict]) -> None:
+    """F1@k = 2 P R / (P + R) of the same row's precision@k and recall@k (to the csv's 6 digits)."""
+    for row in rows:
+        for k in range(1, 6):
+            p, r, f1 = (float(row[f"{m}@{k}"]) for m in ("precision", "recall", "f1"))
+            assert f1 == pytest.approx(2 * p * r / (p + r) if p + r else 0.0, rel=2e-5, abs=1e-9), (row["system"], k)
+
+
+def test_committed_coco_mini_results_have_consistent_columns():
+    """experiments/results/coco-mini/results.csv: one column per metric, and each row's F1 the
+    harmonic mean of its precision and recall."""
+    rows = read_csv(REPO / "experiments/results/coco-mini/results.csv")
+    with open(REPO / "experiments/results/coco-mini/results.csv", encoding="utf-8") as fh:
+        header = fh.readline().strip().split(",")
+    assert len(header) == len(set(header)) and header == list(compare.CSV_COLUMNS)
+    assert len(rows) == len(common.all_systems())
+    assert_f1_is_the_harmonic_mean(rows)
 
 
 def test_l2_vs_ip_on_the_sample(tmp_path, store, capsys):
