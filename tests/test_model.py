@@ -194,8 +194,10 @@ def test_every_combination_trains_and_summarizes(model, objective, solver):
     F, X, _, _, n_visual = planted_words(n=300)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # weak-tag/l2's Flickr8k ridge (10) over-smooths these 300 planted images for sgd's 300 steps
+        ridge = {"lam": 1e-3} if (model, objective) == ("weak-tag", "l2") else {}
         fitted = Image2Vec(model=model, objective=objective, solver=solver, dim=16, max_iter=10,
-                           max_steps=300, random_state=0).fit(F, sp.csr_matrix(X))
+                           max_steps=300, random_state=0, **ridge).fit(F, sp.csr_matrix(X))
     values = [value for _, _, value in fitted.objective_trace_]
     assert np.isfinite(values).all()
     if solver == "bcd":
