@@ -3,10 +3,13 @@
 Each system is trained and scored by k-fold cross-validation by image (one train/val split on
 data sets above ``--kfold-max`` images) on the same folds: precision, recall and F1 of its k-word
 summaries for k = 1..5 (micro-averaged), mAP over words, word-to-image retrieval recall@1/5/10
-(one held-out caption per image as the query) and the training time. Metrics are the mean over
-the folds. Writes into OUT:
+(one held-out caption per image as the query) and the training time. P, R and F1 are
+micro-averaged over the held-out images of every fold (each image is held out once, so
+F1 = 2PR / (P + R) on every row); mAP, retrieval recall and the time are means over the folds.
+Writes into OUT:
 
-- ``results.csv``: one row per system, every metric (P/R/F1 at k = 1..5);
+- ``results.csv``: one row per system, every metric (P/R/F1 at k = 1..5, ``precision@k``,
+  ``recall@k``, ``f1@k``; retrieval recall ``retrieval_recall@K``);
 - ``results.md``: the data set, the protocol and a table sorted by F1@3;
 - ``f1_at_k.png``: F1 against k, one line per system;
 - ``l2_vs_ip.png``: F1@3 and mAP of l2 and ip side by side for every model and solver;
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 
 import common
 import numpy as np
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from image2vec.evaluate import (
@@ -39,12 +43,13 @@ from image2vec.model import MODELS
 KS = (1, 2, 3, 4, 5)
 OUTPUTS = ("results.csv", "results.md", "f1_at_k.png", "l2_vs_ip.png", "objective.png",
            "objective_traces.csv")
+#: Summary recall is ``recall@k``; word-to-image retrieval recall ``retrieval_recall@K``.
 METRICS = ([f"{m}@{k}" for k in KS for m in ("precision", "recall", "f1")] + ["map"]
-           + [f"recall@{K}" for K in RECALL_AT] + ["fit_seconds"])
+           + [f"retrieval_recall@{K}" for K in RECALL_AT] + ["fit_seconds"])
 CSV_COLUMNS = ("system", "model", "objective", "solver", *METRICS, "n_folds")
 TABLE_COLUMNS = (("system", "system"), ("precision@3", "P@3"), ("recall@3", "R@3"),
                  ("f1@3", "F1@3"), ("f1@1", "F1@1"), ("f1@5", "F1@5"), ("map", "mAP"),
-                 *((f"recall@{K}", f"R@{K}") for K in RECALL_AT), ("fit_seconds", "fit (s)"))
+                 *((f"retrieval_recall@{K}", f"retrieval R@{K}") for K in RECALL_AT), ("fit_seconds", "fit (s)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,19 +72,24 @@ def score_system(spec: common.SystemSpec, data: common.WordData, splits: list,
     """Cross-validated metrics of one system, and its objective trace on the first fold."""
     trace: list = []
     X = spec.inputs(data)
-    scores = []
+    scores, truths, summaries = [], [], {k: [] for k in KS}
     for fold in common.fit_folds(spec, data, splits, args):
         system, test, truth = fold.system, fold.test, data.truth[fold.test]
         row = {"fit_seconds": fold.fit_seconds}
+        truths.append(truth)
         for k in KS:
-            (row[f"precision@{k}"], row[f"recall@{k}"],
-             row[f"f1@{k}"]) = precision_recall_f1(system.summarize(X[test], k).indices, truth)
+            summaries[k].append(system.summarize(X[test], k).indices)
         row["map"] = mean_average_precision(system.decision_function(X[test]), truth)[0]
-        row.update(retrieval_recall(query_scores(system, X[test], data.queries[test])))
+        row.update({f"retrieval_{key}": value for key, value in
+                    retrieval_recall(query_scores(system, X[test], data.queries[test])).items()})
         scores.append(row)
         if not trace and spec.is_model:
             trace = list(system.objective_trace_)
-    mean = {key: float(np.nanmean([row[key] for row in scores])) for key in METRICS}
+    mean = {key: float(np.nanmean([row[key] for row in scores])) for key in scores[0]}
+    truth = sp.vstack(truths) if sp.issparse(truths[0]) else np.vstack(truths)
+    for k in KS:  # micro-averaged over every held-out image: F1 = 2PR / (P + R) of the row
+        mean[f"precision@{k}"], mean[f"recall@{k}"], mean[f"f1@{k}"] = (
+            float(v) for v in precision_recall_f1(np.vstack(summaries[k]), truth))
     return {"system": spec.label, "model": spec.name, "objective": spec.objective or "",
             "solver": spec.solver or "", **mean, "n_folds": len(splits)}, trace
 
@@ -174,8 +184,8 @@ def experiment(args: argparse.Namespace) -> None:
     header = (f"# Comparison on {name}\n\n{n_images} images, {n_words} words (min_count "
               f"{data.vocabulary.info['min_count']}), {data.features.shape[1]}-d {data.extractor} features; "
               f"{common.describe_splits(splits, n_images)}, seed {args.seed}, Image2Vec dim "
-              f"{args.dim}. Metrics are means over the folds: P/R/F1 of k-word summaries "
-              "(micro-averaged), mAP over words, word-to-image retrieval recall@K with one held-out "
+              f"{args.dim}. P/R/F1 of k-word summaries micro-averaged over the held-out images of "
+              "every fold; means over the folds: mAP over words, word-to-image retrieval recall@K with one held-out "
               "caption per image as the query; fit (s) is the mean training time per fold. "
               f"Sorted by F1@3.\n\n    {args.command}\n\n")
     out.write_csv("results.csv", rows, CSV_COLUMNS)

@@ -3,7 +3,10 @@
 Flickr8k (Hodosh, Young and Hockenmaier 2013): 8,091 Flickr photos with 5 captions each; the
 official train and dev splits are read from the original token file and split lists. The
 vocabulary (nouns and adjectives of the captions, ``min_count`` 5) comes from train only.
-Settings are chosen on dev by a small search; the official test split is not used.
+Settings are chosen on dev by one search for every system, knn's K and vote weighting included:
+a numeric setting chosen at the edge of its grid widens the grid past that edge (by the ratio
+of its two outermost values, at most ``MAX_WIDENINGS`` times) until no choice sits at an edge;
+``search.csv`` marks the choices still at one. The official test split is not used.
 
 Every system of the registry is scored by one harness (:func:`image2vec.evaluate.image_scores`):
 
@@ -20,7 +23,8 @@ Every system of the registry is scored by one harness (:func:`image2vec.evaluate
 
 Writes into OUT (resumable: finished fits are kept in ``systems/`` and ``search/``):
 
-- ``search.csv``, ``chosen.json``: the settings tried on dev and the ones kept;
+- ``search.csv``, ``chosen.json``: the settings tried on dev (``chosen`` marks the kept ones,
+  ``at_edge`` the settings at an edge of their final grid) and the ones kept;
 - ``results.csv``, ``results.md``: every system with its intervals, fit time and peak memory;
 - ``differences.md``: paired differences (l2 - ip, bcd - sgd, Image2Vec - knn, - cca, - ridge,
   OMP - ranking);
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import resource
 import sys
@@ -93,7 +98,12 @@ SEARCH = {
     "weak-tag/l2": {"fit": {"lam": [1e-3, 1e-1, 10.0]},
                     "readout": [("omp", 0.03), ("omp", 0.1), ("rank", None)]},
     "cca": {"fit": {"reg": [0.3, 1.0, 3.0], "power": [0.5, 1.0, 2.0]}, "criterion": "search R@10"},
+    "knn": {"fit": {"n_neighbors": [5, 10, 20, 40, 80], "weighting": ["uniform", "cosine", "exp"],
+                    "temperature": [0.02, 0.05, 0.1]},
+            "only_with": {"temperature": ("weighting", "exp")}},
 }
+#: How many times a numeric setting's grid is widened past an edge at most (see :func:`search`).
+MAX_WIDENINGS = 3
 #: weak-tag/ip shares learn-all/ip's settings (without a ridge its extra block has none of its own).
 SHARED_SETTINGS = {"weak-tag/ip": "learn-all/ip"}
 READOUT_PARAMS = ("readout", "prior_weight")
@@ -268,38 +278,126 @@ def criterion_of(label: str) -> str:
     return SEARCH.get(label, {}).get("criterion", "P@3")
 
 
+def numeric_grids(grid: dict) -> dict[str, list]:
+    """The numeric settings of a search grid with more than one value, each sorted: the fit
+    settings and the prior weights of the OMP read-outs (``prior_weight``)."""
+    grids = {key: sorted(values) for key, values in grid["fit"].items()
+             if len(values) > 1 and all(_is_number(value) for value in values)}
+    weights = sorted(prior for readout, prior in grid.get("readout", []) if readout == "omp" and prior is not None)
+    if len(weights) > 1:
+        grids["prior_weight"] = weights
+    return grids
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def edges_of(settings: dict, grids: dict[str, list]) -> list[tuple[str, str]]:
+    """(setting, "low" or "high") for every numeric setting at the edge of its grid."""
+    return [(key, "low" if settings[key] == values[0] else "high") for key, values in grids.items()
+            if settings.get(key) is not None and settings[key] in (values[0], values[-1])]
+
+
+def edge_note(settings: dict, grids: dict[str, list]) -> str:
+    """``key:side`` for every setting at an edge of its grid, ``(bound)`` where the grid cannot
+    be widened past it (an edge at 0, see :func:`widen`): search.csv's ``at_edge``."""
+    return " ".join(f"{key}:{side}" + (" (bound)" if widen(grids[key], side) is None else "")
+                    for key, side in edges_of(settings, grids))
+
+
+def widen(values: list, side: str) -> Any:
+    """The next value past the ``side`` edge of a sorted grid, by the ratio of its two outermost
+    values (10, 20, 40 -> 80 or 5), or None: an edge at 0 is a bound of the setting's range,
+    and an integer grid cannot go below 1 or repeat a value."""
+    edge, inner = (values[0], values[1]) if side == "low" else (values[-1], values[-2])
+    if edge <= 0 or inner <= 0:
+        return None
+    value = edge * edge / inner
+    if all(isinstance(v, int) for v in values):
+        value = int(round(value))
+        return value if value >= 1 and value not in values else None
+    return float(f"{value:.6g}")
+
+
+def combinations(grid: dict) -> list[dict]:
+    """Every combination of the fit settings, without the settings that ``only_with`` says do
+    not apply to it (a temperature without exp weighting), each once."""
+    keys = list(grid["fit"])
+    combos = []
+    for values in itertools.product(*(grid["fit"][key] for key in keys)):
+        combo = dict(zip(keys, values))
+        for key, (other, value) in grid.get("only_with", {}).items():
+            if combo.get(other) != value:
+                combo.pop(key, None)
+        if combo not in combos:
+            combos.append(combo)
+    return combos
+
+
+def search_grid(label: str, grid: dict, train: WordData, dev: WordData, out: common.OutputFolder,
+                seed: int) -> tuple[list[Fit], Fit]:
+    """Every fit of a grid (cached in ``search/``) and the one of best criterion."""
+    readouts = grid.get("readout", [])
+    fits = []
+    for combo in combinations(grid):
+        variants = [{**combo, "readout": r, "prior_weight": p} for r, p in readouts] or [combo]
+        found = [load_fit(out, "search", label, v) for v in variants]
+        if any(f is None for f in found):
+            _, first, rest = fit_and_score(label, variants[0], train, dev, seed, readouts=readouts[1:])
+            found = [first, *rest]
+            for f in found:
+                save_fit(out, "search", f)
+        fits += found
+    return fits, max(fits, key=lambda f: criterion_value(label, f))
+
+
+def criterion_value(label: str, fit: Fit) -> float:
+    return float(score_metrics(fit.scores)[criterion_of(label)][0])
+
+
 def search(labels: Sequence[str], train: WordData, dev: WordData, out: common.OutputFolder,
            seed: int) -> tuple[dict[str, dict], list[dict]]:
-    """The settings of best dev P@3 (cca: image-search R@10) per searched system."""
+    """The settings of best dev P@3 (cca: image-search R@10) per searched system.
+
+    A numeric setting chosen at the edge of its grid widens the grid past that edge
+    (:func:`widen`) and the new combinations are fitted, until no choice sits at an edge or a
+    setting has been widened :data:`MAX_WIDENINGS` times; ``search.csv`` marks the rows whose
+    settings sit at an edge of the final grid (``at_edge``) and the chosen one (``chosen``).
+    """
     chosen, rows = {}, []
     for label in labels:
-        grid = SEARCH.get(label)
-        if grid is None:
+        if label not in SEARCH:
             continue
-        keys = list(grid["fit"])
-        combos = [dict(zip(keys, values)) for values in np.array(np.meshgrid(
-            *[np.arange(len(grid["fit"][k])) for k in keys], indexing="ij")).reshape(len(keys), -1).T] \
-            if keys else [{}]
-        combos = [{k: grid["fit"][k][int(i)] for k, i in combo.items()} for combo in combos]
-        readouts = grid.get("readout", [])
-        best = None
-        for combo in combos:
-            variants = [{**combo, "readout": r, "prior_weight": p} for r, p in readouts] or [combo]
-            fits = [load_fit(out, "search", label, v) for v in variants]
-            if any(f is None for f in fits):
-                _, first, rest = fit_and_score(label, variants[0], train, dev, seed,
-                                               readouts=readouts[1:])
-                fits = [first, *rest]
-                for f in fits:
-                    save_fit(out, "search", f)
-            for f in fits:
-                value = float(score_metrics(f.scores)[criterion_of(label)][0])
-                rows.append({"system": label, "settings": json.dumps(f.settings), "criterion": criterion_of(label),
-                             "value": value, "fit_seconds": f.fit_seconds})
-                if best is None or value > best[0]:
-                    best = (value, f.settings)
-        chosen[label] = best[1]
-        print(f"search {label}: {best[1]} ({criterion_of(label)} {best[0]:.3f})", flush=True)
+        grid = {**SEARCH[label], "fit": {k: list(v) for k, v in SEARCH[label]["fit"].items()},
+                "readout": list(SEARCH[label].get("readout", []))}
+        widened = dict.fromkeys(numeric_grids(grid), 0)
+        while True:
+            fits, best = search_grid(label, grid, train, dev, out, seed)
+            grids = numeric_grids(grid)
+            steps = [(key, side, widen(grids[key], side)) for key, side in edges_of(best.settings, grids)
+                     if widened.get(key, 0) < MAX_WIDENINGS]
+            steps = [(key, side, value) for key, side, value in steps if value is not None]
+            if not steps:
+                break
+            for key, side, value in steps:
+                widened[key] = widened.get(key, 0) + 1
+                print(f"search {label}: {key} = {best.settings[key]} is at the {side} edge of "
+                      f"{grids[key]}; widening to {value}", flush=True)
+                if key == "prior_weight" and key not in grid["fit"]:
+                    grid["readout"].append(("omp", value))
+                else:
+                    grid["fit"][key].append(value)
+        grids = numeric_grids(grid)
+        for f in fits:
+            rows.append({"system": label, "settings": json.dumps(f.settings), "criterion": criterion_of(label),
+                         "value": criterion_value(label, f), "fit_seconds": f.fit_seconds,
+                         "chosen": int(f is best),
+                         "at_edge": edge_note(f.settings, grids)})
+        chosen[label] = best.settings
+        edge = edge_note(best.settings, grids)
+        print(f"search {label}: {best.settings} ({criterion_of(label)} {criterion_value(label, best):.3f})"
+              + (f"; at an edge: {edge}" if edge else ""), flush=True)
     return chosen, rows
 
 
@@ -573,7 +671,8 @@ def experiment(args: argparse.Namespace) -> None:
     else:
         searched = sorted({SHARED_SETTINGS.get(family, family) for family in families})
         chosen, rows = search(searched, train, dev, out, args.seed)
-        out.write_csv("search.csv", rows, ["system", "settings", "criterion", "value", "fit_seconds"])
+        out.write_csv("search.csv", rows, ["system", "settings", "criterion", "value", "fit_seconds",
+                                           "chosen", "at_edge"])
         out.write_json("chosen.json", chosen)
     fits: dict[str, Fit] = {}
     fitted: dict[str, Any] = {}

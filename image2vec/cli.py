@@ -54,7 +54,8 @@ def _load_data(args: argparse.Namespace, store: Path, vocabulary=None, logits: b
                              min_count=getattr(args, "min_count", None), **common)
 
 
-MODEL_OPTIONS = ("objective", "solver", "dim", "lam", "gamma", "readout", "attention")
+MODEL_OPTIONS = ("objective", "solver", "dim", "lam", "gamma", "readout", "prior_weight", "whiten",
+                 "n_components", "attention")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -552,7 +553,16 @@ PRETRAINED_HELP = "model file (default: the pretrained Flickr8k model that ships
 def _add_model_parsers(sub) -> None:
     from image2vec import names
 
-    lams = ", ".join(f"{model} {lam:g}" for model, lam in names.DEFAULT_LAM.items())
+    def per_model(name: str, models=names.MODELS, objectives=names.OBJECTIVES) -> str:
+        """The default of a setting per model x objective (the dev-chosen table), said once
+        when they all agree."""
+        values = {f"{model}/{objective}": names.default_settings(model, objective)[name]
+                  for model in models for objective in objectives}
+        if len(set(values.values())) == 1:
+            return f"{next(iter(values.values()))} for every model and objective"
+        return ", ".join(f"{label} {value:g}" if isinstance(value, float) else f"{label} {value}"
+                         for label, value in values.items())
+
     train = sub.add_parser("train", help="train a model (or a baseline) and save it",
                            description="Extract and cache features, build the vocabulary, train, "
                                        "and save the model as one .npz file.")
@@ -567,16 +577,27 @@ def _add_model_parsers(sub) -> None:
     train.add_argument("--solver", choices=names.SOLVERS,
                        help=f"Image2Vec models (default: {names.DEFAULT_SOLVER})")
     train.add_argument("--dim", type=_positive_int,
-                       help=f"embedding dimension of the Image2Vec models (default: {names.DEFAULT_DIM})")
+                       help="embedding dimension of the Image2Vec models (default: "
+                            f"{per_model('dim')}; the defaults of every Image2Vec setting are the "
+                            "ones chosen on Flickr8k dev per model and objective)")
     train.add_argument("--min-count", type=_positive_int, default=None,
                        help="keep words in at least this many images (default: 2 below 1000 "
                             "training images, else 5)")
     train.add_argument("--lam", type=float,
-                       help=f"ridge weight (l2 objective; default per model: {lams})")
+                       help=f"ridge weight (l2 objective; default: {per_model('lam', objectives=('l2',))})")
     train.add_argument("--gamma", type=float, help="co-occurrence incoherence (l2; default 0)")
     train.add_argument("--readout", choices=("omp", "rank", "cosine"),
-                       help="summary read-out: omp (default) or rank for the Image2Vec models, "
-                            "omp or cosine for imnet-glove")
+                       help="summary read-out: omp or rank for the Image2Vec models (default: "
+                            f"{per_model('readout')}), omp or cosine for imnet-glove")
+    train.add_argument("--prior-weight", type=float,
+                       help="word-frequency prior of the omp read-out of the Image2Vec models "
+                            f"(default: {per_model('prior_weight')})")
+    train.add_argument("--whiten", action=argparse.BooleanOptionalAction,
+                       help="learn-all and weak-tag: learn the map on whitened principal components "
+                            f"(default: {per_model('whiten', ('learn-all', 'weak-tag'))})")
+    train.add_argument("--n-components", type=_positive_int,
+                       help="learn-all and weak-tag: principal components the map works on "
+                            f"(default: {per_model('n_components', ('learn-all', 'weak-tag'))})")
     train.add_argument("--attention", choices=("full", "no_cross", "none"),
                        help="attention ablation of cvs, mcvs, rvs (default: full)")
     train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")

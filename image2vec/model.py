@@ -33,15 +33,13 @@ from image2vec.arrays import canonical_pairs, check_shapes, preprocess_features,
 from image2vec.cluster import active_scheduler
 from image2vec.errors import Image2VecError
 from image2vec.names import (
-    DEFAULT_DIM,
-    DEFAULT_LAM,
     DEFAULT_MODEL,
     DEFAULT_OBJECTIVE,
-    DEFAULT_PRIOR_WEIGHT,
     DEFAULT_SOLVER,
     MODELS,
     OBJECTIVES,
     SOLVERS,
+    default_settings,
 )
 from image2vec.summary import Summary, check_words
 from solvers import (
@@ -104,34 +102,43 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     solver : {"bcd", "sgd"}, default "bcd"
         Block coordinate descent on sufficient statistics, started from the exact minimiser
         where one exists (:func:`solvers.closed_form`), or minibatch SGD streaming rows.
-    dim : int, default 256
+    dim : int, optional
         Embedding dimension d. Lowered, with a warning, to what the data allows: the number of
         feature directions the map can use and, for ``reduced-rank``, the number of words.
+
+        ``dim``, ``lam``, ``readout``, ``prior_weight``, ``whiten`` and ``n_components`` left
+        None take the defaults of the model x objective, the settings chosen on the Flickr8k
+        dev split (:func:`image2vec.names.default_settings`, the table
+        :data:`image2vec.names.CHOSEN_SETTINGS`), resolved by ``fit`` and recorded in the
+        fitted attributes ``dim_``, ``lam_``, ``readout_``, ``prior_weight_``, ``whiten_`` and
+        ``n_components_``; a value given here wins.
     lam : float, optional
-        Ridge weight of the ``l2`` objective (on D, or on W for ``reduced-rank``); default
-        :data:`DEFAULT_LAM` of the model, at most :data:`MAX_PENALTY`. Refused with ``ip``.
+        Ridge weight of the ``l2`` objective (on D, or on W for ``reduced-rank``), at most
+        :data:`MAX_PENALTY`. Refused with ``ip``.
     gamma : float, default 0
         Co-occurrence incoherence weight (``l2`` with learn-all, weak-tag or simple), at most
         :data:`MAX_PENALTY`.
     k : int, default 3
         Summary length of :meth:`predict`.
-    readout : {"omp", "rank"}, default "omp"
+    readout : {"omp", "rank"}, optional
         How summary words are read out of an embedding r: ``omp`` solves
         min_{x >= 0, ||x||_0 <= k} ||r - D x||^2 + prior_weight ||x - xbar||^2 greedily
         (non-negative OMP over the atoms [d_v; sqrt(prior_weight) e_v], words ordered by
         coefficient, the estimate of x_nv); ``rank`` takes the k highest scores D^T r.
     prior_weight : float, optional
         mu above: pulls the sparse code towards the training mean xbar, a word-frequency
-        prior; 0 gives plain non-negative OMP over D. Default :data:`DEFAULT_PRIOR_WEIGHT`.
+        prior; 0 gives plain non-negative OMP over D. ``readout`` and ``prior_weight`` can be
+        changed after the fit (``set_params``) without refitting; left None, they are the
+        fit's ``readout_`` and ``prior_weight_``.
     normalize : bool, default True
         L2-normalise the centred features.
-    whiten : bool, default True
+    whiten : bool, optional
         ``learn-all`` and ``weak-tag``: learn W on the whitened top ``n_components`` principal
         components. Under W W^T = I the unwhitened l2 objective is minimised by the feature
         directions of least residual variance (see :func:`solvers.closed_form`), the ones
         where the images barely vary, and the word vectors collapse; whitening makes
         tr(W A W^T) constant and the fit a canonical correlation analysis with a ridge on D.
-    n_components : int, default 512
+    n_components : int, optional
         Principal components the learned map of ``learn-all`` and ``weak-tag`` works on
         (capped at the directions in which the training images vary).
     metric : {"correlation", "cosine", "euclidean"}, default "correlation"
@@ -181,9 +188,18 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     words_ : ndarray of shape (V,), str
         The vocabulary.
     dim_ : int
-        The embedding dimension used (``dim`` or less).
+        The embedding dimension used (``dim`` or its default, or less).
     lam_ : float
-        The ridge weight used.
+        The ridge weight used (0 with ``ip``).
+    readout_ : str
+        The read-out ``readout`` or its default.
+    prior_weight_ : float
+        The read-out's prior weight ``prior_weight`` or its default.
+    whiten_ : bool
+        ``whiten`` or its default (used by ``learn-all`` and ``weak-tag``).
+    n_components_ : int
+        The principal components used (``learn-all`` and ``weak-tag``: ``n_components`` or its
+        default, capped at the directions in which the training images vary).
     classes_ : ndarray
         The labels, when ``fit`` got a 1-d label vector (then :meth:`predict` returns labels).
     tag_weights_ : scipy.sparse.csr_matrix of shape (N, V)
@@ -208,15 +224,15 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         "model": [StrOptions(set(MODELS))],
         "objective": [StrOptions(set(OBJECTIVES))],
         "solver": [StrOptions(set(SOLVERS))],
-        "dim": [Interval(Integral, 1, None, closed="left")],
+        "dim": [None, Interval(Integral, 1, None, closed="left")],
         "lam": [None, Interval(Real, 0, MAX_PENALTY, closed="both")],
         "gamma": [Interval(Real, 0, MAX_PENALTY, closed="both")],
         "k": [Interval(Integral, 1, None, closed="left")],
-        "readout": [StrOptions(set(READOUTS))],
+        "readout": [None, StrOptions(set(READOUTS))],
         "prior_weight": [None, Interval(Real, 0, None, closed="left")],
         "normalize": ["boolean"],
-        "whiten": ["boolean"],
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "whiten": [None, "boolean"],
+        "n_components": [None, Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions({"correlation", "cosine", "euclidean"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [None, Interval(Real, 0, None, closed="left")],
@@ -234,15 +250,15 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         model: str = DEFAULT_MODEL,
         objective: str = DEFAULT_OBJECTIVE,
         solver: str = DEFAULT_SOLVER,
-        dim: int = DEFAULT_DIM,
+        dim: int | None = None,
         lam: float | None = None,
         gamma: float = 0.0,
         k: int = 3,
-        readout: str = "omp",
+        readout: str | None = None,
         prior_weight: float | None = None,
         normalize: bool = True,
-        whiten: bool = True,
-        n_components: int = 512,
+        whiten: bool | None = None,
+        n_components: int | None = None,
         metric: str = "correlation",
         max_iter: int = 300,
         tol: float | None = None,
@@ -337,7 +353,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.retrieval_maps_ = _retrieval_maps(problem.stats, result.D, result.W, covariance)
         if a_step is not None:
             self.tag_weights_ = a_step.weights_matrix()
-        if self.readout == "omp":
+        if self._readout_setting("readout") == "omp":
             self._readout_gram(problem.xp)  # cached here: predicting must not change the estimator
         self.fit_seconds_ = time.perf_counter() - start
         return self
@@ -347,8 +363,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
         The first half of :meth:`fit` (parameter and data validation, the pass for mu, the
         pass for the sufficient statistics, the principal basis, the effective ``dim_``); it
-        sets the fitted attributes it determines (``feature_mean_``, ``words_``, ``lam_``,
-        ``dim_``, ``n_features_in_``). The experiments use it to time or compare the solvers on
+        sets the fitted attributes it determines (``feature_mean_``, ``words_``, the resolved
+        settings ``lam_``, ``readout_``, ``prior_weight_``, ``whiten_``, ``dim_``,
+        ``n_components_``, and ``n_features_in_``). The experiments use it to time or compare the solvers on
         exactly the problem the estimator would solve.
 
         Inside :func:`image2vec.cluster.use_scheduler` (a ``distributed.Client``, ``"threads"``,
@@ -368,8 +385,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                              multi_output=True, y_numeric=False, copy=False, ensure_all_finite=False)
         X = self._targets(X)
         self.words_ = check_words(words, X.shape[1], getattr(self, "classes_", None))
-        self.lam_ = 0.0 if self.objective == "ip" else float(
-            DEFAULT_LAM[self.model] if self.lam is None else self.lam)
+        self.lam_ = 0.0 if self.objective == "ip" else float(self._setting("lam"))
+        self.readout_ = str(self._setting("readout"))
+        self.prior_weight_ = float(self._setting("prior_weight"))
+        self.whiten_ = bool(self._setting("whiten"))
         xp = self._array_module()
         scheduler = active_scheduler()
         if scheduler is None:
@@ -397,6 +416,20 @@ class Image2Vec(TransformerMixin, BaseEstimator):
                                self.lam_, float(self.gamma), weights)
         return FitProblem(F, X, centred.to(xp, np.float64), terms, self.dim_, transform, basis,
                           raw.f_sum / raw.n, self._cold_start(centred.A.shape[0], xp), xp)
+
+    def _setting(self, name: str) -> Any:
+        """The parameter ``name``, or the model x objective's default when it is None."""
+        value = getattr(self, name)
+        return default_settings(self.model, self.objective)[name] if value is None else value
+
+    def _readout_setting(self, name: str) -> Any:
+        """``readout`` or ``prior_weight`` as a fitted model reads out: the parameter, else the
+        fit's resolved value (``readout_``, ``prior_weight_``), else the default (a model file
+        saved before the fit recorded them)."""
+        value = getattr(self, name)
+        if value is None:
+            value = getattr(self, name + "_", None)
+        return self._setting(name) if value is None else value
 
     def _cold_start(self, width: int, xp) -> Any:
         """W where a solver without a closed-form start begins.
@@ -494,21 +527,22 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         if rank == 0:
             raise ValueError(f"the features of the n_samples={n_rows} training images do not vary: "
                              f"model={self.model!r} needs at least 2 different images")
-        q = min(self.n_components, rank)
+        q = min(self._setting("n_components"), rank)
         self.n_components_ = q
-        if not self.whiten:
+        if not self.whiten_:
             return vectors[:, :q]
         return vectors[:, :q] / np.sqrt(values[:q] / n_rows)
 
     def _data_dim(self, n_directions: int, n_words: int) -> int:
         """``dim``, lowered with a warning to what the constraint allows on this data."""
+        dim = self._setting("dim")
         limit = n_directions if self.model != "reduced-rank" else min(n_directions, n_words)
         if self.model == "simple":
-            limit = self.dim
-        if self.dim > limit:
-            warnings.warn(f"dim={self.dim} exceeds the {limit} dimensions the {self.model} model "
+            limit = dim
+        if dim > limit:
+            warnings.warn(f"dim={dim} exceeds the {limit} dimensions the {self.model} model "
                           f"can use on this data; using dim={limit}", UserWarning, stacklevel=3)
-        return min(self.dim, limit)
+        return min(dim, limit)
 
     # ------------------------------------------------------------------ using a model
 
@@ -538,7 +572,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         xp = self._array_module()
         embedded = self._embed(F, xp)
         D = xp.asarray(self.dictionary_)
-        if self.readout == "rank":
+        if self._readout_setting("readout") == "rank":
             return Summary.top_k(to_numpy(embedded @ D), k, self.words_)
         mu, gram = self._readout_gram(xp)
         prior = xp.asarray(self.target_mean_)
@@ -550,10 +584,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         """mu and the read-out's Gram matrix G = D^T D + mu I (an array of ``xp``), cached per
         dictionary, mu and array module.
 
-        mu is ``prior_weight``, or the model's default; read-out settings can change after the
-        fit (``set_params``) without refitting.
+        mu is ``prior_weight``, or the fit's ``prior_weight_``; read-out settings can change
+        after the fit (``set_params``) without refitting.
         """
-        mu = float(DEFAULT_PRIOR_WEIGHT[self.model] if self.prior_weight is None else self.prior_weight)
+        mu = float(self._readout_setting("prior_weight"))
         cached = getattr(self, "_gram_cache", None)
         if (cached is None or cached[0] != mu or cached[1] is not self.dictionary_
                 or get_array_module(cached[2]) is not xp):

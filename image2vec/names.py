@@ -40,14 +40,42 @@ SAVED_NAMES = tuple(CLASSES)
 DEFAULT_MODEL = MODELS[0]
 DEFAULT_OBJECTIVE = "l2"
 DEFAULT_SOLVER = "bcd"
-DEFAULT_DIM = 256
+#: The settings of every model x objective chosen on the Flickr8k dev split by
+#: experiments/flickr8k.py (its ``chosen.json``, experiments/results/flickr8k/chosen.json, which
+#: a test holds this table equal to): what :class:`image2vec.model.Image2Vec` and ``image2vec
+#: train`` use for a setting the user leaves out. weak-tag/ip shares learn-all/ip's (the
+#: benchmark searches them once); a None is a setting the choice does not use (the prior weight
+#: of the rank read-out).
+CHOSEN_SETTINGS: dict[tuple[str, str], dict] = {
+    ("reduced-rank", "l2"): {"lam": 3e-4, "dim": 256, "readout": "omp", "prior_weight": 0.0},
+    ("reduced-rank", "ip"): {"dim": 256, "readout": "rank", "prior_weight": None},
+    ("learn-all", "l2"): {"lam": 10.0, "n_components": 512, "readout": "omp", "prior_weight": 0.03},
+    ("learn-all", "ip"): {"whiten": False, "readout": "omp", "prior_weight": 1.0},
+    ("weak-tag", "l2"): {"lam": 10.0, "readout": "omp", "prior_weight": 0.03},
+    ("weak-tag", "ip"): {"whiten": False, "readout": "omp", "prior_weight": 1.0},
+    ("simple", "l2"): {"lam": 0.1, "readout": "omp", "prior_weight": 0.1},
+    ("simple", "ip"): {"readout": "omp", "prior_weight": 1.0},
+}
+#: The settings a model x objective's search leaves alone (``lam`` 0: ip has no ridge).
+BASE_SETTINGS = {"dim": 256, "lam": 0.0, "n_components": 512, "whiten": True, "readout": "omp",
+                 "prior_weight": 0.0}
+DEFAULT_DIM = BASE_SETTINGS["dim"]
 #: The feature extractor of ``features`` and ``train`` (:mod:`image2vec.features`), and the one a
 #: model file without an ``extractor`` record was trained with.
 DEFAULT_EXTRACTOR = "efficientnet-lite0"
-#: Defaults of ``lam`` (the l2 ridge) and ``prior_weight`` (the OMP read-out's word-frequency
-#: prior) per model, chosen on the Flickr8k dev split (experiments/flickr8k.py).
-DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 1e-3, "simple": 0.1}
-DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.03, "weak-tag": 0.1, "simple": 0.1}
+
+
+def default_settings(model: str, objective: str) -> dict:
+    """Every default setting of an Image2Vec model x objective: :data:`BASE_SETTINGS` with the
+    dev-chosen :data:`CHOSEN_SETTINGS` over them.
+
+    Raises
+    ------
+    KeyError
+        An unknown model or objective.
+    """
+    chosen = CHOSEN_SETTINGS[(model, objective)]
+    return {**BASE_SETTINGS, **{key: value for key, value in chosen.items() if value is not None}}
 
 
 def system_class(name: str) -> type:

@@ -56,11 +56,15 @@ def test_help_texts_state_the_defaults_the_code_uses(capsys):
     rng = np.random.default_rng(0)
     F, X = rng.standard_normal((30, 6)), (rng.random((30, 4)) < 0.5).astype(float)
     for model in ("reduced-rank", "learn-all", "weak-tag", "simple"):
-        fitted = Image2Vec(model=model, dim=2, max_iter=2, random_state=0).fit(F, X)
-        assert f"{model} {fitted.lam_:g}" in text  # the lam each model's fit actually used
+        fitted = Image2Vec(model=model, max_iter=2, random_state=0).fit(F, X)
+        assert f"{model}/l2 {fitted.lam_:g}" in text  # the lam each model's fit actually used
+        ip = Image2Vec(model=model, objective="ip", max_iter=2, random_state=0).fit(F, X)
+        assert f"{model}/ip {ip.prior_weight_:g}" in text and f"{model}/ip {ip.readout_}" in text
+    learn_all_ip = Image2Vec(model="learn-all", objective="ip", max_iter=2).fit(F, X)
+    assert f"learn-all/ip {learn_all_ip.whiten_}" in text
     defaults = Image2Vec().get_params()
-    assert f"default: {defaults['dim']})" in text and f"(default: {defaults['objective']})" in text
-    assert f"(default: {defaults['solver']})" in text
+    assert f"(default: {defaults['objective']})" in text and f"(default: {defaults['solver']})" in text
+    assert "default: 256 for every model and objective" in text
 
 
 def test_summarize_json(trained, coco_mini, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tolerance import assert_close
 
 from image2vec.datasets import SAMPLE_CAPTIONS, load_caption_data, sample_image_dir
 from solvers.backend import gpu_available
@@ -71,13 +72,15 @@ def test_compare_on_the_sample(tmp_path, store, capsys):
         for k in range(1, 6):
             for metric in ("precision", "recall", "f1"):
                 assert 0 <= float(row[f"{metric}@{k}"]) <= 1
-        for metric in ("map", "recall@1", "recall@5", "recall@10"):
+        for metric in ("map", "retrieval_recall@1", "retrieval_recall@5", "retrieval_recall@10"):
             assert 0 <= float(row[metric]) <= 1
         assert float(row["fit_seconds"]) >= 0 and row["n_folds"] == "2"
     assert any(float(row["f1@3"]) > 0 for row in rows)
-    # Recall@K grows with K; F1@k is a real curve, not one number repeated.
+    # Retrieval recall@K grows with K; F1@k is a real curve, not one number repeated.
     for row in rows:
-        assert float(row["recall@1"]) <= float(row["recall@5"]) <= float(row["recall@10"])
+        assert (float(row["retrieval_recall@1"]) <= float(row["retrieval_recall@5"])
+                <= float(row["retrieval_recall@10"]))
+    assert_f1_is_the_harmonic_mean(rows)
     assert len({row["f1@1"] for row in rows} | {row["f1@5"] for row in rows}) > 2
 
     table = (tmp_path / "results.md").read_text()
@@ -91,6 +94,25 @@ def test_compare_on_the_sample(tmp_path, store, capsys):
     assert {row["system"] for row in traces} == {"learn-all/l2/bcd", "learn-all/l2/sgd", "learn-all/ip/bcd"}
     assert all(math.isfinite(float(row["objective"])) for row in traces)
     assert "learn-all/l2/sgd" in printed
+
+
+def assert_f1_is_the_harmonic_mean(rows: list[dict]) -> None:
+    """F1@k = 2 P R / (P + R) of the same row's precision@k and recall@k (to the csv's 6 digits)."""
+    for row in rows:
+        for k in range(1, 6):
+            p, r, f1 = (float(row[f"{m}@{k}"]) for m in ("precision", "recall", "f1"))
+            assert f1 == pytest.approx(2 * p * r / (p + r) if p + r else 0.0, rel=2e-5, abs=1e-9), (row["system"], k)
+
+
+def test_committed_coco_mini_results_have_consistent_columns():
+    """experiments/results/coco-mini/results.csv: one column per metric, and each row's F1 the
+    harmonic mean of its precision and recall."""
+    rows = read_csv(REPO / "experiments/results/coco-mini/results.csv")
+    with open(REPO / "experiments/results/coco-mini/results.csv", encoding="utf-8") as fh:
+        header = fh.readline().strip().split(",")
+    assert len(header) == len(set(header)) and header == list(compare.CSV_COLUMNS)
+    assert len(rows) == len(common.all_systems())
+    assert_f1_is_the_harmonic_mean(rows)
 
 
 def test_l2_vs_ip_on_the_sample(tmp_path, store, capsys):
@@ -286,6 +308,31 @@ def miniature_flickr8k(tmp_path_factory) -> Path:
     return root
 
 
+def test_search_grids_widen_past_an_edge_by_their_ratio():
+    import flickr8k
+
+    assert flickr8k.widen([5, 10, 20, 40, 80], "high") == 160
+    assert flickr8k.widen([5, 10, 20, 40, 80], "low") == 2  # 2.5 rounded: K is an integer
+    assert flickr8k.widen([1, 2], "low") is None  # 0.5 rounds to 0: no K below 1
+    assert flickr8k.widen([1e-4, 3e-4, 1e-3], "high") == pytest.approx(1e-3 * 1e-3 / 3e-4, rel=1e-5)  # 6 digits
+    assert flickr8k.widen([0.0, 0.1, 1.0], "low") is None  # 0 bounds prior_weight's range
+    grid = {"fit": {"lam": [1.0, 10.0], "dim": [64], "whiten": [False, True]},
+            "readout": [("omp", 0.0), ("omp", 0.3), ("rank", None)]}
+    grids = flickr8k.numeric_grids(grid)
+    assert grids == {"lam": [1.0, 10.0], "prior_weight": [0.0, 0.3]}  # one value, booleans: no grid
+    assert flickr8k.edges_of({"lam": 10.0, "prior_weight": None}, grids) == [("lam", "high")]
+    assert flickr8k.edge_note({"lam": 1.0, "prior_weight": 0.0}, grids) == "lam:low prior_weight:low (bound)"
+
+
+def test_search_combinations_drop_settings_that_do_not_apply():
+    import flickr8k
+
+    combos = flickr8k.combinations(flickr8k.SEARCH["knn"])
+    assert len(combos) == 5 * (2 + 3)  # the temperature only with exp weighting
+    assert {"n_neighbors": 20, "weighting": "cosine"} in combos
+    assert {"n_neighbors": 20, "weighting": "exp", "temperature": 0.05} in combos
+
+
 def test_flickr8k_benchmark_on_a_miniature(tmp_path, miniature_flickr8k, capsys, monkeypatch):
     import flickr8k
 
@@ -298,9 +345,22 @@ def test_flickr8k_benchmark_on_a_miniature(tmp_path, miniature_flickr8k, capsys,
     assert status == 0, err
     out = tmp_path / "out"
     chosen = json.loads((out / "chosen.json").read_text())
-    assert set(chosen) == {"reduced-rank/l2", "ridge"} and chosen["ridge"]["alpha"] in (0.1, 1.0)
+    assert set(chosen) == {"reduced-rank/l2", "ridge"}
     search = read_csv(out / "search.csv")
-    assert len(search) == 2 * 2 + 2  # two fits of reduced-rank, each read out two ways; two ridges
+    # Two-value grids start with the choice at an edge: each widens by its ratio (10) until the
+    # choice is inside or the cap is reached, and search.csv says which.
+    for system, key in (("reduced-rank/l2", "lam"), ("ridge", "alpha")):
+        mine = [row for row in search if row["system"] == system]
+        values = sorted({json.loads(row["settings"])[key] for row in mine})
+        assert 2 <= len(values) <= 2 + flickr8k.MAX_WIDENINGS
+        assert_close(np.diff(np.log10(values)), 1.0, rtol=1e-6)
+        assert len(mine) == len(values) * (2 if system == "reduced-rank/l2" else 1)  # read out two ways
+        [best] = [row for row in mine if row["chosen"] == "1"]
+        assert json.loads(best["settings"]) == chosen[system]
+        assert float(best["value"]) == max(float(row["value"]) for row in mine)
+        assert (key in best["at_edge"]) == (chosen[system][key] in (values[0], values[-1]))
+        if best["at_edge"]:
+            assert len(values) == 2 + flickr8k.MAX_WIDENINGS  # widened as far as allowed
     rows = {row["system"]: row for row in read_csv(out / "results.csv")}
     assert set(rows) == {"reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd", "knn", "ridge", "prior"}
     for row in rows.values():

@@ -1,5 +1,7 @@
 """Frequency prior and nearest-neighbour transfer on hand-checkable inputs."""
 
+import math
+
 import numpy as np
 import pytest
 from tolerance import assert_close
@@ -31,6 +33,42 @@ def test_knn_weights_votes_by_cosine():
     expected = sum(similarity[j] * X[j] for j in nearest)
     np.testing.assert_allclose(knn.decision_function(query)[0], expected)
     assert knn.summarize(query, k=1).words == [["dog"]]
+
+
+@pytest.mark.parametrize("weighting, temperature, weight", [
+    ("cosine", 0.1, lambda c, t: max(c, 0.0)),
+    ("uniform", 0.1, lambda c, t: 1.0),
+    ("exp", 0.05, lambda c, t: math.exp((c - 1) / t)),
+    ("exp", 2.0, lambda c, t: math.exp((c - 1) / t)),
+])
+def test_knn_votes_equal_a_brute_force_count(weighting, temperature, weight):
+    # Independent of the estimator: scikit-learn's cosine of the centred features, one image and
+    # one neighbour at a time in plain Python.
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    rng = np.random.default_rng(3)
+    F, queries = rng.standard_normal((40, 5)), rng.standard_normal((7, 5))
+    X = (rng.random((40, 4)) < 0.4) * rng.random((40, 4))
+    K = 6
+    knn = NearestNeighborTransfer(n_neighbors=K, weighting=weighting, temperature=temperature).fit(F, X)
+    cosine = cosine_similarity(queries - F.mean(axis=0), F - F.mean(axis=0))
+    expected = np.zeros((len(queries), 4))
+    for n, row in enumerate(cosine):
+        for j in sorted(range(len(row)), key=lambda j: -row[j])[:K]:
+            expected[n] += weight(float(row[j]), temperature) * X[j]
+    assert_close(knn.decision_function(queries), expected, rtol=1e-10)
+
+
+def test_knn_exp_weighting_spans_uniform_and_nearest_only():
+    # A high temperature votes like uniform; a low one like the single nearest neighbour.
+    F, X, _ = clusters(3, 10, label_noise=0.3, seed=4)
+    query = F[:5] + 0.01
+    uniform = NearestNeighborTransfer(n_neighbors=8, weighting="uniform").fit(F, X)
+    hot = NearestNeighborTransfer(n_neighbors=8, weighting="exp", temperature=1e4).fit(F, X)
+    assert_close(hot.decision_function(query), uniform.decision_function(query), rtol=1e-3)
+    cold = NearestNeighborTransfer(n_neighbors=8, weighting="exp", temperature=1e-3).fit(F, X)
+    nearest = NearestNeighborTransfer(n_neighbors=1, weighting="uniform").fit(F, X)
+    np.testing.assert_array_equal(cold.summarize(query, k=1).indices, nearest.summarize(query, k=1).indices)
 
 
 def clusters(n_clusters, size, label_noise, seed=0):
@@ -122,6 +160,10 @@ def test_knn_with_more_neighbours_than_images_saves_and_loads(tmp_path):
     ({"candidates": ()}, "candidates must be one or more positive integers"),
     ({"candidates": (0, 3)}, "candidates must be one or more positive integers"),
     ({"n_neighbors": 0}, "n_neighbors must be a positive integer"),
+    ({"weighting": "distance"}, "weighting must be one of cosine, uniform, exp, got 'distance'"),
+    ({"temperature": 0.0}, "temperature must be a positive number"),
+    ({"temperature": float("nan")}, "temperature must be a positive number"),
+    ({"temperature": True}, "temperature must be a positive number"),
 ])
 def test_knn_refuses_bad_settings(params, message):
     F, X, _ = clusters(2, 3, label_noise=0.0)

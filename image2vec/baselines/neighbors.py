@@ -13,6 +13,8 @@ from image2vec.arrays import check_shapes, preprocess_features
 from image2vec.summary import Summary, check_words
 
 _BLOCK_ELEMENTS = 1 << 22  # similarities held at once (32 MiB of float64)
+#: The vote weightings of :class:`NearestNeighborTransfer`.
+WEIGHTINGS = ("cosine", "uniform", "exp")
 
 
 class WordScorer(BaseEstimator):
@@ -51,25 +53,40 @@ class FrequencyPrior(WordScorer):
 
 
 class NearestNeighborTransfer(WordScorer):
-    """Word scores = similarity-weighted votes of the K nearest training images.
+    """Word scores = weighted votes of the K nearest training images.
 
-    score_nv = sum_{j in N_K(n)} max(cos(f_n, f_j), 0) x_jv, with cosine similarity of the
-    centred features. K is chosen from ``candidates`` by leave-one-out F1 at ``k`` on the
-    training images unless ``n_neighbors`` is given. Similarities are computed in blocks of
-    rows, so memory stays O(block x N_train) however many images there are.
+    score_nv = sum_{j in N_K(n)} w(c_nj) x_jv, with c_nj = cos(f_n, f_j) the cosine similarity of
+    the centred features, N_K(n) the K training images of highest c_nj, and the vote weight
+
+    - ``"cosine"``: w(c) = max(c, 0);
+    - ``"uniform"``: w(c) = 1 (every neighbour votes alike);
+    - ``"exp"``: w(c) = exp((c - 1) / temperature), a sharpened vote: the nearest neighbours
+      dominate as the temperature falls (the constant factor exp(-1 / temperature) keeps the
+      weights in (0, 1] and changes no ranking; it tends to uniform as the temperature grows).
+
+    K is chosen from ``candidates`` by leave-one-out F1 at ``k`` on the training images unless
+    ``n_neighbors`` is given. Similarities are computed in blocks of rows, so memory stays
+    O(block x N_train) however many images there are.
 
     Parameters
     ----------
     n_neighbors : int, optional
         K; default chosen by validation.
+    weighting : {"cosine", "uniform", "exp"}, default "cosine"
+        The vote weight w above.
+    temperature : float, default 0.1
+        The temperature of ``weighting="exp"`` (> 0; unused otherwise).
     candidates : tuple of int
         The K values tried by validation (those below the number of training images).
     k : int
         Summary length used to validate K.
     """
 
-    def __init__(self, n_neighbors: int | None = None, candidates: tuple = (1, 3, 5, 10, 20), k: int = 3):
+    def __init__(self, n_neighbors: int | None = None, weighting: str = "cosine", temperature: float = 0.1,
+                 candidates: tuple = (1, 3, 5, 10, 20), k: int = 3):
         self.n_neighbors = n_neighbors
+        self.weighting = weighting
+        self.temperature = temperature
         self.candidates = candidates
         self.k = k
 
@@ -84,6 +101,11 @@ class NearestNeighborTransfer(WordScorer):
                 len(self.candidates) and all(isinstance(K, (int, np.integer)) and K >= 1
                                              for K in self.candidates)):
             raise ValueError(f"candidates must be one or more positive integers, got {self.candidates!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if (isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float, np.number))
+                or not np.isfinite(self.temperature) or self.temperature <= 0):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
         F, y = validate_data(self, X, y, accept_sparse=False, multi_output=True, dtype=np.float64)
         self.targets_ = sp.csr_matrix(y, dtype=np.float64)
         self.words_ = check_words(words, self.targets_.shape[1])
@@ -100,7 +122,7 @@ class NearestNeighborTransfer(WordScorer):
         return preprocess_features(F, self.feature_mean_)
 
     def _neighbours(self, unit: np.ndarray, n_neighbors: int, leave_one_out: bool = False):
-        """Blocks of (the K nearest training images, their weights max(cos, 0)), best first.
+        """Blocks of (the K nearest training images, their vote weights w(cos)), best first.
 
         ``leave_one_out``: ``unit`` are the training images themselves, each excluded from its
         own neighbours.
@@ -117,7 +139,15 @@ class NearestNeighborTransfer(WordScorer):
             weights = np.take_along_axis(similarity, nearest, axis=1)
             order = np.argsort(-weights, axis=1, kind="stable")
             yield (np.take_along_axis(nearest, order, axis=1),
-                   np.maximum(np.take_along_axis(weights, order, axis=1), 0))
+                   self._vote_weights(np.take_along_axis(weights, order, axis=1)))
+
+    def _vote_weights(self, cosine: np.ndarray) -> np.ndarray:
+        """w(c) of ``weighting`` (see the class docstring), elementwise."""
+        if self.weighting == "uniform":
+            return np.ones_like(cosine)
+        if self.weighting == "exp":
+            return np.exp((cosine - 1) / self.temperature)
+        return np.maximum(cosine, 0)
 
     def _votes(self, nearest: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """score_nv = sum_j w_nj x_jv over the given neighbours, dense (n x V).
@@ -150,7 +180,7 @@ class NearestNeighborTransfer(WordScorer):
         return -best[1]
 
     def decision_function(self, F: Any) -> np.ndarray:
-        """Word scores (N, V): the similarity-weighted votes of the K nearest training images."""
+        """Word scores (N, V): the weighted votes of the K nearest training images."""
         check_is_fitted(self, "train_features_")
         F = validate_data(self, F, reset=False, dtype=np.float64)
         blocks = [self._votes(nearest, weights)
