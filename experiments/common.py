@@ -337,10 +337,15 @@ class SystemSpec:
         return systems.make_system(self.name, dim=dim, random_state=seed, **settings, **params)
 
 
+#: Model x solver pairs the benchmarks leave out: the kernel model's SGD would recompute the m
+#: kernel columns of every minibatch at every step (its bcd is the exact closed form).
+SKIPPED = {("kernel", "sgd")}
+
+
 def all_systems() -> list[SystemSpec]:
-    """Every model x objective x solver and every registered baseline."""
-    return [SystemSpec(m, o, s) for m in MODELS for o in OBJECTIVES for s in SOLVERS] + [
-        SystemSpec(name) for name in systems.BASELINES]
+    """Every model x objective x solver (but :data:`SKIPPED`) and every registered baseline."""
+    return [SystemSpec(m, o, s) for m in MODELS for o in OBJECTIVES for s in SOLVERS
+            if (m, s) not in SKIPPED] + [SystemSpec(name) for name in systems.BASELINES]
 
 
 def parse_systems(tokens: Iterable[str]) -> list[SystemSpec]:

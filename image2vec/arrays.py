@@ -1,5 +1,5 @@
-"""Small array helpers shared by the systems: feature preprocessing, unit rows, canonical pairs,
-loaded shapes."""
+"""Small array helpers shared by the systems: feature preprocessing, an RBF kernel and its Nystrom
+basis, unit rows, canonical pairs, loaded shapes."""
 
 from __future__ import annotations
 
@@ -39,6 +39,30 @@ def preprocess_features(F: Any, mean: np.ndarray, normalize: bool = True) -> Any
     return centred
 
 
+def rbf_kernel(A: Any, B: Any, gamma: float) -> Any:
+    """k(a, b) = exp(-gamma ||a - b||^2) between the rows of A (n, p) and B (m, p): (n, m).
+
+    Computed on A's device (B is copied there); squared distances are clipped at 0 against
+    rounding.
+    """
+    xp = get_array_module(A)
+    B = xp.asarray(B)
+    squared = (A * A).sum(axis=1)[:, None] + (B * B).sum(axis=1)[None, :] - 2 * (A @ B.T)
+    return xp.exp(-gamma * xp.maximum(squared, 0))
+
+
+def nystrom_basis(landmarks: np.ndarray, gamma: float) -> np.ndarray:
+    r"""T with phi(f) = k(f, L) T, the Nystrom feature map of the RBF kernel on landmarks L.
+
+    With K_LL = U diag(s) U^T, T = U_+ diag(s_+)^{-1/2} over the eigenvalues above 1e-8 of the
+    largest, so that phi(f) . phi(g) = k(f, L) K_LL^+ k(L, g) ~= k(f, g) (Williams and Seeger
+    2001), exact on the landmarks.
+    """
+    values, vectors = np.linalg.eigh(rbf_kernel(landmarks, landmarks, gamma))
+    keep = values > 1e-8 * values.max()
+    return vectors[:, keep] / np.sqrt(values[keep])
+
+
 def canonical_pairs(C_aa: np.ndarray, C_bb: np.ndarray, C_ab: np.ndarray, reg_a: float, reg_b: float,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Regularised canonical correlation analysis from the covariances of two views.
@@ -75,6 +99,8 @@ def check_shapes(estimator: Any, expected: dict[str, tuple]) -> None:
     Used by ``check_loaded`` after a model is read from a file.
     """
     for name, shape in expected.items():
+        if not hasattr(estimator, name):
+            raise ValueError(f"{name} is missing")
         actual = np.shape(getattr(estimator, name))
         if actual != tuple(shape):
             raise ValueError(f"{name} has shape {actual}, expected {tuple(shape)}")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from image2vec import __version__
 from image2vec.errors import Image2VecError
+from image2vec.names import DEFAULT_EXTRACTOR, PARTS_OF_SPEECH, extractor_of
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -51,11 +52,12 @@ def _load_data(args: argparse.Namespace, store: Path, vocabulary=None, logits: b
         return load_tag_data(args.tags, args.images, min_count=args.min_count, **common)
     return load_caption_data(args.captions, args.images, split=args.split,
                              instances=getattr(args, "instances", None),
-                             min_count=getattr(args, "min_count", None), **common)
+                             min_count=getattr(args, "min_count", None), pos=getattr(args, "pos", None),
+                             **common)
 
 
 MODEL_OPTIONS = ("objective", "solver", "dim", "lam", "gamma", "readout", "prior_weight", "whiten",
-                 "n_components", "attention")
+                 "n_components", "n_landmarks", "kernel_gamma", "attention")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -157,7 +159,7 @@ def _extract(files: list[Path], store: Path | None, system, metadata: dict, args
 
     # datasets.reads_logits, without importing the datasets (NLTK: a second) for a cached retrieve
     logits = getattr(system, "input_kind", "features") == "logits"
-    extractor = metadata.get("extractor", "efficientnet-lite0")
+    extractor = extractor_of(metadata)
     feature_set = extract_features(files, store, keys=keys, extractor=extractor, device=args.device,
                                    on_bad_image=on_bad_image, logits=logits, progress=False)
     inputs = np.array(feature_set.logits if logits else feature_set.features)
@@ -315,7 +317,7 @@ def _folder_cache(folder: Path, metadata: dict) -> Path:
     """
     from image2vec.store import cache_path
 
-    return cache_path("folders", str(folder.resolve()), metadata.get("extractor", "efficientnet-lite0"))
+    return cache_path("folders", str(folder.resolve()), extractor_of(metadata))
 
 
 def _check_folder_store(store: Path, folder: Path) -> None:
@@ -379,7 +381,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.instances and not hasattr(system, "embed_texts"):
         raise Image2VecError("--instances adds the cross-modal mAP@50 of cvs, mcvs and rvs "
                              f"models; {name} is not one")
-    args.extractor = metadata.get("extractor", "efficientnet-lite0")
+    args.extractor = extractor_of(metadata)
     with connect(args.scheduler) as client:
         store = Path(args.features) if args.features else None  # None: the cache
         data = _load_data(args, store, vocabulary=vocabulary_of(list(system.words_)),
@@ -475,9 +477,10 @@ def _add_features_parser(sub) -> None:
     feats.add_argument("--images", metavar="DIR",
                        help="image folder of --tsv (default: the TSV's folder)")
     feats.add_argument("--out", required=True, metavar="STORE", help="feature store folder")
-    feats.add_argument("--extractor", default="efficientnet-lite0",
-                       help="efficientnet-lite0 (default), or vgg16 / resnet50 when torchvision "
-                            "and their weights are installed")
+    feats.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
+                       help=f"{DEFAULT_EXTRACTOR} (default), efficientnet-lite0/1/2, or vgg16 / "
+                            "resnet50 when torchvision and their weights are installed; NAME+flip "
+                            "averages the features of the image and its mirror (twice the work)")
     feats.add_argument("--weights", metavar="FILE", help="weights file instead of the default")
     feats.add_argument("--logits", action="store_true",
                        help="also store the 1000 ImageNet class logits")
@@ -598,9 +601,19 @@ def _add_model_parsers(sub) -> None:
     train.add_argument("--n-components", type=_positive_int,
                        help="learn-all and weak-tag: principal components the map works on "
                             f"(default: {per_model('n_components', ('learn-all', 'weak-tag'))})")
+    train.add_argument("--n-landmarks", type=_positive_int,
+                       help="kernel: training images the Nystrom kernel map uses "
+                            f"(default: {per_model('n_landmarks', ('kernel',))})")
+    train.add_argument("--kernel-gamma", type=float,
+                       help="kernel: gamma of its RBF kernel exp(-gamma ||f - g||^2) on the unit-norm "
+                            f"features (default: {per_model('kernel_gamma', ('kernel',))})")
+    train.add_argument("--pos", nargs="+", choices=PARTS_OF_SPEECH, metavar="POS",
+                       help="--captions: the parts of speech of the vocabulary, of noun, adj, verb "
+                            "(default: noun adj; summaries are scored against nouns and adjectives)")
     train.add_argument("--attention", choices=("full", "no_cross", "none"),
                        help="attention ablation of cvs, mcvs, rvs (default: full)")
-    train.add_argument("--extractor", default="efficientnet-lite0", help="feature extractor")
+    train.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
+                       help=f"feature extractor (default: {DEFAULT_EXTRACTOR}; +flip: horizontal-flip averaging)")
     train.add_argument("--random-state", type=_seed, default=0, help="seed (default: 0)")
     train.add_argument("--out", required=True, metavar="MODEL.npz", help="model file to write")
     train.set_defaults(func=_cmd_train)

@@ -10,6 +10,7 @@ queries is always the same image.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ from image2vec.errors import Image2VecError
 from image2vec.features import extract_features
 from image2vec.flickr import load_tag_tsv
 from image2vec.io import resource_path
+from image2vec.names import DEFAULT_EXTRACTOR, SUMMARY_POS
 from image2vec.vocabulary import (
     CaptionAnalyzer,
     Vocabulary,
     analyze_captions,
     build_vocabulary,
     targets,
+    words_of,
 )
 
 SAMPLE_CAPTIONS = resource_path("sample", "captions_sample.json")
@@ -55,7 +58,8 @@ class WordData:
     targets : csr_matrix of shape (N, V)
         X: fraction of the image's captions containing each word (binary for tags).
     truth : csr_matrix of shape (N, V)
-        1 where the word is among the image's caption (or tag) words.
+        1 where the word is among the image's caption (or tag) words that summaries are judged
+        against: its nouns and adjectives, whatever parts of speech the vocabulary has.
     queries : csr_matrix of shape (N, V) or None
         The words of one caption of each image (its first caption with a vocabulary word),
         the retrieval queries; None for tags.
@@ -114,7 +118,8 @@ def load_caption_data(
     vocabulary: Vocabulary | None = None,
     min_count: int | None = None,
     max_size: int | None = None,
-    extractor: str = "efficientnet-lite0",
+    pos: Sequence[str] | None = None,
+    extractor: str = DEFAULT_EXTRACTOR,
     device: str = "cpu",
     on_bad_image: str = "skip",
     logits: bool = False,
@@ -148,6 +153,10 @@ def load_caption_data(
         :data:`image2vec.vocabulary.SMALL_DATA_IMAGES` (1000) images, else 5.
     max_size : int, optional
         Keep only the most frequent words.
+    pos : sequence of {"noun", "adj", "verb"}, optional
+        The parts of speech of the words (:class:`image2vec.vocabulary.CaptionAnalyzer`);
+        default those of ``vocabulary`` when one is given, else nouns and adjectives. The
+        targets, queries and captions hold them all; the truth only the nouns and adjectives.
     extractor, device, on_bad_image, logits, progress, client
         As in :func:`image2vec.features.extract_features` (``logits``: also the ImageNet class
         logits, in :attr:`WordData.logits`; ``client``: a ``dask.distributed`` client whose
@@ -159,8 +168,11 @@ def load_caption_data(
         Its vocabulary's ``info`` records ``source``, the ``min_count`` used and the tagger.
     """
     data = load_captions(captions, images, split=split, instances=instances)
-    analyzer = CaptionAnalyzer()
-    every_document = analyze_captions(data.captions, analyzer, progress=progress)
+    if pos is None:
+        pos = SUMMARY_POS if vocabulary is None else vocabulary.info.get("pos", SUMMARY_POS)
+    analyzer = CaptionAnalyzer(pos=pos)
+    tagged = analyze_captions(data.captions, analyzer, progress=progress, tagged=True)
+    every_document = words_of(tagged, analyzer.pos)
     built = vocabulary is None
     settings = {"min_count": min_count, "max_size": max_size, "info": {"source": str(captions)},
                 "analyzer": analyzer}
@@ -176,9 +188,11 @@ def load_caption_data(
     first_captions = [[next((c for c in doc if vocabulary.columns(c)), doc[0])] for doc in documents]
     categories = None if data.categories is None else data.categories[rows]
     X = targets(documents, vocabulary)
+    truth = X if set(analyzer.pos) == set(SUMMARY_POS) else targets(
+        words_of([tagged[i] for i in rows], SUMMARY_POS), vocabulary)
     return WordData(
         keys=list(feature_set.keys), files=list(feature_set.files),
-        features=np.asarray(feature_set.features), targets=X, truth=_binary(X),
+        features=np.asarray(feature_set.features), targets=X, truth=_binary(truth),
         queries=targets(first_captions, vocabulary, binary=True), vocabulary=vocabulary,
         extractor=feature_set.index["extractor"], categories=categories,
         category_names=data.category_names,
@@ -195,7 +209,7 @@ def load_tag_data(
     vocabulary: Vocabulary | None = None,
     min_count: int | None = None,
     max_size: int | None = None,
-    extractor: str = "efficientnet-lite0",
+    extractor: str = DEFAULT_EXTRACTOR,
     device: str = "cpu",
     on_bad_image: str = "skip",
     logits: bool = False,

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
 from image2vec.io import open_regular
+from image2vec.names import DEFAULT_EXTRACTOR
 from image2vec.store import (
     MARKER,
     OUTPUTS,
@@ -411,7 +412,7 @@ def extractor_spec(name: str, weights: str | os.PathLike | None = None) -> dict:
 BACKENDS = ("auto", "onnxruntime", "torch")
 
 
-def load_extractor(name: str = "efficientnet-lite0", device: str = "cpu",
+def load_extractor(name: str = DEFAULT_EXTRACTOR, device: str = "cpu",
                    weights: str | os.PathLike | None = None, backend: str = "auto") -> Extractor:
     """Build a registered extractor with its ImageNet weights, in evaluation mode.
 
@@ -636,7 +637,7 @@ def extract_features(
     store: str | os.PathLike | None = None,
     *,
     keys: Sequence | None = None,
-    extractor: str | Extractor = "efficientnet-lite0",
+    extractor: str | Extractor = DEFAULT_EXTRACTOR,
     weights: str | os.PathLike | None = None,
     logits: bool = False,
     batch_size: int = 32,

@@ -29,7 +29,14 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from image2vec.arrays import canonical_pairs, check_shapes, preprocess_features, unit_rows
+from image2vec.arrays import (
+    canonical_pairs,
+    check_shapes,
+    nystrom_basis,
+    preprocess_features,
+    rbf_kernel,
+    unit_rows,
+)
 from image2vec.cluster import active_scheduler
 from image2vec.errors import Image2VecError
 from image2vec.names import (
@@ -38,6 +45,7 @@ from image2vec.names import (
     DEFAULT_SOLVER,
     MODELS,
     OBJECTIVES,
+    ORTHONORMAL_WORD_MODELS,
     SOLVERS,
     default_settings,
 )
@@ -85,13 +93,19 @@ class Image2Vec(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    model : {"reduced-rank", "learn-all", "weak-tag", "simple"}, default "reduced-rank"
+    model : {"reduced-rank", "learn-all", "weak-tag", "simple", "kernel"}, default "reduced-rank"
         ``reduced-rank``: D D^T = I (orthonormal rows) and a ridge on W; with ``l2`` this is
         reduced-rank ridge regression of the words on the features, solved exactly.
         ``learn-all``: W W^T = I on the (whitened) principal components of the features, D free.
         ``weak-tag``: learn-all plus per-image tag weights a_n in [0, 1] on the image's own
         words, x_n -> a_n * x_n, for noisy tags. ``simple``: W is a fixed Johnson-Lindenstrauss
         projection (entries N(0, 1/d), seeded by ``random_state``), only D is learned.
+        ``kernel``: reduced-rank on a Nystrom map of an RBF kernel, r_n = W phi(f'_n) with
+        phi(f) = k(f, L) T, k(f, g) = exp(-kernel_gamma ||f - g||^2), L = ``n_landmarks``
+        training images drawn by ``random_state`` and T = K_LL^{-1/2}
+        (:func:`image2vec.arrays.nystrom_basis`): an embedding that is not linear in the image,
+        read out by the same sums of word vectors and the same OMP. W is stored folded with T
+        (``image_map_`` is d x m, acting on k(f, L)).
     objective : {"l2", "ip"}, default "l2"
         ``l2``: minimise (1/2N) sum ||r_n - D x_n||^2 + (lam/2) ||D||_F^2
         (+ (gamma/2) sum_{u != v} K_uv (d_u . d_v)^2); for ``reduced-rank``
@@ -111,7 +125,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         dev split (:func:`image2vec.names.default_settings`, the table
         :data:`image2vec.names.CHOSEN_SETTINGS`), resolved by ``fit`` and recorded in the
         fitted attributes ``dim_``, ``lam_``, ``readout_``, ``prior_weight_``, ``whiten_`` and
-        ``n_components_``; a value given here wins.
+        ``n_components_``; a value given here wins. So do ``n_landmarks`` and ``kernel_gamma``.
     lam : float, optional
         Ridge weight of the ``l2`` objective (on D, or on W for ``reduced-rank``), at most
         :data:`MAX_PENALTY`. Refused with ``ip``.
@@ -206,6 +220,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         a_n on the training images' words (``weak-tag``).
     objective_trace_ : list of (iteration, block, value)
         The objective after every block (bcd) or measurement (sgd).
+    landmarks_ : ndarray of shape (m, p)
+        L, the preprocessed training images of the kernel map (``kernel``).
+    kernel_gamma_ : float
+        The RBF kernel's gamma used (``kernel``).
     similarity_map_ : ndarray of shape (d, d)
         Sigma^{1/2}, the square root of the training embeddings' covariance (see :meth:`similar`).
     retrieval_maps_ : ndarray of shape (2, d, d)
@@ -233,6 +251,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         "normalize": ["boolean"],
         "whiten": [None, "boolean"],
         "n_components": [None, Interval(Integral, 1, None, closed="left")],
+        "n_landmarks": [None, Interval(Integral, 1, None, closed="left")],
+        "kernel_gamma": [None, Interval(Real, 0, None, closed="neither")],
         "metric": [StrOptions({"correlation", "cosine", "euclidean"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [None, Interval(Real, 0, None, closed="left")],
@@ -259,6 +279,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         normalize: bool = True,
         whiten: bool | None = None,
         n_components: int | None = None,
+        n_landmarks: int | None = None,
+        kernel_gamma: float | None = None,
         metric: str = "correlation",
         max_iter: int = 300,
         tol: float | None = None,
@@ -282,6 +304,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         self.normalize = normalize
         self.whiten = whiten
         self.n_components = n_components
+        self.n_landmarks = n_landmarks
+        self.kernel_gamma = kernel_gamma
         self.metric = metric
         self.max_iter = max_iter
         self.tol = tol
@@ -311,7 +335,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         if self.objective == "ip" and (self.lam or self.gamma):
             raise ValueError("lam and gamma apply to objective='l2' only: with 'ip' every word has "
                              "norm 1, so there is no norm to penalise")
-        if self.gamma and self.model == "reduced-rank":
+        if self.gamma and self.model in ORTHONORMAL_WORD_MODELS:
             raise ValueError("gamma (co-occurrence incoherence) applies to the learn-all, weak-tag "
                              "and simple models, not to reduced-rank (orthonormal word rows)")
 
@@ -398,6 +422,9 @@ class Image2Vec(TransformerMixin, BaseEstimator):
             self.feature_mean_, _ = column_means_dask(rows, X, scheduler=scheduler)
         if not np.isfinite(self.feature_mean_).all():  # a float64 sum of float features never overflows
             raise ValueError("Input X contains NaN or infinity: the image features must be finite")
+        if self.model == "kernel":
+            self.kernel_gamma_ = float(self._setting("kernel_gamma"))
+            self.landmarks_ = self._landmarks(F)
         if scheduler is None:
             raw = sufficient_stats(F, X, transform=self._preprocess, chunk_size=CHUNK_ROWS)
         else:
@@ -412,7 +439,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         if self.gamma:
             weights = incoherence_weights((X.T @ X).tocsr() if self.solver == "sgd" else centred.C)
             weights = weights if sp.issparse(weights) else xp.asarray(weights)
-        terms = ObjectiveTerms(self.objective, "words" if self.model == "reduced-rank" else "map",
+        terms = ObjectiveTerms(self.objective, "words" if self.model in ORTHONORMAL_WORD_MODELS else "map",
                                self.lam_, float(self.gamma), weights)
         return FitProblem(F, X, centred.to(xp, np.float64), terms, self.dim_, transform, basis,
                           raw.f_sum / raw.n, self._cold_start(centred.A.shape[0], xp), xp)
@@ -443,7 +470,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         if self.model == "simple":
             rng = as_generator(self.random_state)
             return xp.asarray(rng.standard_normal((self.dim_, width)) / np.sqrt(self.dim_))
-        if self.model == "reduced-rank" and self.objective == "l2":
+        if self.model in ORTHONORMAL_WORD_MODELS and self.objective == "l2":
             return xp.zeros((self.dim_, width))
         return xp.eye(self.dim_, width)
 
@@ -502,8 +529,20 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         return cupy
 
     def _preprocess(self, F: Any) -> Any:
-        """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``), float64, on F's device."""
-        return preprocess_features(F, self.feature_mean_, self.normalize)
+        """f' = (f - mu) / ||f - mu|| (the division only with ``normalize``), float64, on F's
+        device; for ``kernel`` its kernel row k(f', L) (the Nystrom basis T comes after)."""
+        preprocessed = preprocess_features(F, self.feature_mean_, self.normalize)
+        if self.model != "kernel":
+            return preprocessed
+        return rbf_kernel(preprocessed, self.landmarks_, self.kernel_gamma_)
+
+    def _landmarks(self, F: Any) -> np.ndarray:
+        """L: ``n_landmarks`` distinct training images (all of them when there are fewer), drawn
+        by ``random_state``, preprocessed (m x p); read row by row, so a memory-mapped F is not
+        loaded whole."""
+        m = min(int(self._setting("n_landmarks")), F.shape[0])
+        rows = np.sort(as_generator(self.random_state).choice(F.shape[0], m, replace=False))
+        return to_numpy(preprocess_features(np.asarray(F[rows]), self.feature_mean_, self.normalize))
 
     def _in_basis(self, basis: np.ndarray, xp) -> Any:
         """Raw feature rows -> f'^T basis, computed where the rows are: numpy chunks (the passes
@@ -517,8 +556,11 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         ``learn-all`` and ``weak-tag``: the principal axes of the centred scatter
         A = U diag(s) U^T (s decreasing), the top ``n_components`` of those with non-zero
         variance, whitened with ``whiten`` (U_q diag(s_q / N)^{-1/2}: the whitened features
-        have scatter N I). ``reduced-rank`` and ``simple``: None.
+        have scatter N I). ``kernel``: the Nystrom basis T of its landmarks, the coordinates
+        phi(f) = k(f, L) T. ``reduced-rank`` and ``simple``: None.
         """
+        if self.model == "kernel":
+            return nystrom_basis(self.landmarks_, self.kernel_gamma_)
         if self.model not in ("learn-all", "weak-tag"):
             return None
         values, vectors = np.linalg.eigh(to_numpy(scatter))
@@ -536,7 +578,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def _data_dim(self, n_directions: int, n_words: int) -> int:
         """``dim``, lowered with a warning to what the constraint allows on this data."""
         dim = self._setting("dim")
-        limit = n_directions if self.model != "reduced-rank" else min(n_directions, n_words)
+        limit = n_directions if self.model not in ORTHONORMAL_WORD_MODELS else min(n_directions, n_words)
         if self.model == "simple":
             limit = dim
         if dim > limit:
@@ -680,10 +722,15 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def check_loaded(self) -> None:
         """Raise ValueError unless the fitted arrays of a loaded model fit together."""
         dim, n_words = self.dictionary_.shape
-        check_shapes(self, {"image_map_": (dim, self.n_features_in_),
-                            "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
-                            "target_mean_": (n_words,), "words_": (n_words,),
-                            "retrieval_maps_": (2, dim, dim), "similarity_map_": (dim, dim)})
+        shapes = {"feature_mean_": (self.n_features_in_,), "offset_": (dim,),
+                  "target_mean_": (n_words,), "words_": (n_words,),
+                  "retrieval_maps_": (2, dim, dim), "similarity_map_": (dim, dim)}
+        if self.model == "kernel":  # W acts on the kernel row k(f', L)
+            n_landmarks = len(getattr(self, "landmarks_", ()))
+            shapes.update(landmarks_=(n_landmarks, self.n_features_in_), image_map_=(dim, n_landmarks))
+        else:
+            shapes["image_map_"] = (dim, self.n_features_in_)
+        check_shapes(self, shapes)
         if not np.any(self.dictionary_):
             raise ValueError("dictionary_ is all zero: no word has a vector")
 

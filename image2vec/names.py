@@ -13,7 +13,9 @@ import importlib
 from collections.abc import Iterator, Mapping
 
 #: The Image2Vec models (``--model NAME``), one estimator class with ``model=NAME``.
-MODELS = ("reduced-rank", "learn-all", "weak-tag", "simple")
+MODELS = ("reduced-rank", "learn-all", "weak-tag", "simple", "kernel")
+#: The models with orthonormal word rows (D D^T = I): reduced-rank on the features or on a kernel map.
+ORTHONORMAL_WORD_MODELS = ("reduced-rank", "kernel")
 OBJECTIVES = ("l2", "ip")
 SOLVERS = ("bcd", "sgd")
 #: Saved name -> (module, class). Every Image2Vec model is saved as ``image2vec``; a baseline
@@ -55,14 +57,27 @@ CHOSEN_SETTINGS: dict[tuple[str, str], dict] = {
     ("weak-tag", "ip"): {"whiten": False, "readout": "omp", "prior_weight": 1.0},
     ("simple", "l2"): {"lam": 0.1, "readout": "omp", "prior_weight": 0.1},
     ("simple", "ip"): {"readout": "omp", "prior_weight": 1.0},
+    ("kernel", "l2"): {"lam": 3e-4, "n_landmarks": 3000, "kernel_gamma": 1.0, "readout": "rank",
+                       "prior_weight": None},
+    ("kernel", "ip"): {"n_landmarks": 3000, "kernel_gamma": 1.0, "readout": "rank", "prior_weight": None},
 }
 #: The settings a model x objective's search leaves alone (``lam`` 0: ip has no ridge).
 BASE_SETTINGS = {"dim": 256, "lam": 0.0, "n_components": 512, "whiten": True, "readout": "omp",
-                 "prior_weight": 0.0}
+                 "prior_weight": 0.0, "n_landmarks": 2000, "kernel_gamma": 1.0}
 DEFAULT_DIM = BASE_SETTINGS["dim"]
-#: The feature extractor of ``features`` and ``train`` (:mod:`image2vec.features`), and the one a
-#: model file without an ``extractor`` record was trained with.
+#: The parts of speech a caption vocabulary can take (``train --pos``), and those summaries are
+#: judged against (the default vocabulary's).
+PARTS_OF_SPEECH = ("noun", "adj", "verb")
+SUMMARY_POS = ("noun", "adj")
+#: The feature extractor of ``features`` and ``train`` (:mod:`image2vec.features`).
 DEFAULT_EXTRACTOR = "efficientnet-lite0"
+#: The extractor of a model file without an ``extractor`` record (older files: the only one then).
+UNRECORDED_EXTRACTOR = "efficientnet-lite0"
+
+
+def extractor_of(metadata: Mapping) -> str:
+    """The feature extractor a saved model was trained with, from its file's metadata."""
+    return str(metadata.get("extractor", UNRECORDED_EXTRACTOR))
 
 
 def default_settings(model: str, objective: str) -> dict:

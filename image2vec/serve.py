@@ -46,6 +46,7 @@ from image2vec.cli import (
     _vocabulary_word,
 )
 from image2vec.errors import Image2VecError
+from image2vec.names import extractor_of
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Service:
                 "dim": int(self.system.dictionary_.shape[0]),
                 "source": meta.get("data") or meta.get("source"),  # the data named, else its file
                 "n_images": meta.get("n_images"), "trained": meta.get("date"),
-                "extractor": meta.get("extractor", "efficientnet-lite0"),
+                "extractor": extractor_of(meta),
                 "folder": self.folder.status() if self.folder else None}
 
     def warm_up(self) -> None:
@@ -267,7 +268,7 @@ def build_service(model: str | None, images: str | None = None, features: str | 
             raise Image2VecError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {root}")
         store = Path(features) if features else _folder_cache(root, metadata)
         folder = Folder(root, files, store, [_file_fingerprint(f) for f in files])
-    extractor = load_extractor(metadata.get("extractor", "efficientnet-lite0"), device)
+    extractor = load_extractor(extractor_of(metadata), device)
     service = Service(system, metadata, extractor, folder)
     service.warm_up()
     return service

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from image2vec.errors import Image2VecError
 from image2vec.io import cache_dir, read_json, write_json
+from image2vec.names import PARTS_OF_SPEECH, SUMMARY_POS
 
 __all__ = ["load_wordnet", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
            "SMALL_DATA_IMAGES", "MAX_WORD_LENGTH", "default_min_count", "build_vocabulary", "targets"]
@@ -63,7 +64,10 @@ _LEX_POS = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 
 # Penn Treebank tags kept, mapped to WordNet parts of speech.
 _PENN_TO_WORDNET = {"NN": "n", "NNS": "n", "NNP": "n", "NNPS": "n",
-                    "JJ": "a", "JJR": "a", "JJS": "a"}
+                    "JJ": "a", "JJR": "a", "JJS": "a",
+                    "VB": "v", "VBD": "v", "VBG": "v", "VBN": "v", "VBP": "v", "VBZ": "v"}
+#: The WordNet letter of each part of speech a vocabulary can take.
+_WORDNET_LETTER = {"noun": "n", "adj": "a", "verb": "v"}
 _WORDNET_POS = ("n", "v", "a", "r")
 STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)
 
@@ -169,7 +173,8 @@ def _perceptron_tagger():
 
 
 class CaptionAnalyzer:
-    """Turn a caption into its nouns and adjectives, lower-cased and lemmatised.
+    """Turn a caption into its nouns and adjectives (or the parts of speech ``pos``),
+    lower-cased and lemmatised.
 
     Parameters
     ----------
@@ -182,6 +187,8 @@ class CaptionAnalyzer:
         (``"perceptron"`` or ``"wordnet"``), which :func:`build_vocabulary` records.
     stop_words : iterable of str, optional
         Words never kept (default: scikit-learn's English stop words).
+    pos : sequence of {"noun", "adj", "verb"}, default ("noun", "adj")
+        The parts of speech kept; verbs become their base form ("running" -> "run").
 
     Examples
     --------
@@ -189,9 +196,11 @@ class CaptionAnalyzer:
     ['dog', 'red', 'couch']
     """
 
-    def __init__(self, tagger: str = "auto", stop_words: Iterable[str] | None = None):
+    def __init__(self, tagger: str = "auto", stop_words: Iterable[str] | None = None,
+                 pos: Sequence[str] = SUMMARY_POS):
         if tagger not in ("auto", "perceptron", "wordnet"):
             raise Image2VecError(f"tagger must be auto, perceptron or wordnet, not {tagger!r}")
+        self.pos = check_pos(pos)
         self._wordnet = load_wordnet()
         self._tagger = None if tagger == "wordnet" else _perceptron_tagger()
         if tagger == "perceptron" and self._tagger is None:
@@ -231,7 +240,13 @@ class CaptionAnalyzer:
                 and token.replace("-", "").isalpha())
 
     def __call__(self, caption: str) -> list[str]:
-        """The nouns and adjectives of ``caption``, lemmatised, in order (repeats kept)."""
+        """The words of ``caption`` of the parts of speech ``pos``, lemmatised, in order
+        (repeats kept)."""
+        letters = {_WORDNET_LETTER[name] for name in self.pos}
+        return [word for word, letter in self.tagged(caption) if letter in letters]
+
+    def tagged(self, caption: str) -> list[tuple[str, str]]:
+        """(lemma, WordNet letter n, a or v) of every noun, adjective and verb of ``caption``."""
         tokens = self._tokenizer.tokenize(caption)
         words = []
         if self._tagger is not None:
@@ -241,7 +256,7 @@ class CaptionAnalyzer:
                 if pos is None or not self._keep(token):
                     continue
                 sense = self._best_sense(token, (pos,))
-                words.append(sense[1] if sense else token)
+                words.append((sense[1] if sense else token, pos))
         else:
             for token in tokens:
                 token = token.lower()
@@ -249,19 +264,46 @@ class CaptionAnalyzer:
                     continue
                 sense = self._best_sense(token, _WORDNET_POS)
                 if sense is None:
-                    words.append(token)
-                elif sense[0] in ("n", "a"):
-                    words.append(sense[1])
-        return [w for w in words if w not in self.stop_words]
+                    words.append((token, "n"))
+                elif sense[0] in ("n", "a", "v"):
+                    words.append((sense[1], sense[0]))
+        return [(w, pos) for w, pos in words if w not in self.stop_words]
+
+
+def check_pos(pos: Sequence[str]) -> tuple[str, ...]:
+    """``pos`` as a tuple of part-of-speech names, checked.
+
+    Raises
+    ------
+    Image2VecError
+        Empty, or a name not in :data:`PARTS_OF_SPEECH`.
+    """
+    pos = (pos,) if isinstance(pos, str) else tuple(pos)
+    unknown = [name for name in pos if name not in PARTS_OF_SPEECH]
+    if not pos or unknown:
+        raise Image2VecError(f"pos must be one or more of {', '.join(PARTS_OF_SPEECH)}, "
+                             f"not {', '.join(map(repr, unknown)) or 'nothing'}")
+    return tuple(dict.fromkeys(pos))
 
 
 def analyze_captions(captions: Sequence[Sequence[str]],
                      analyzer: CaptionAnalyzer | None = None,
-                     progress: bool = True) -> list[list[list[str]]]:
-    """Words of every caption of every image: ``docs[n][j]`` = words of caption j of image n."""
+                     progress: bool = True, tagged: bool = False) -> list[list[list]]:
+    """Words of every caption of every image: ``docs[n][j]`` = words of caption j of image n
+    (``tagged``: their (lemma, WordNet letter) pairs, every noun, adjective and verb, for
+    :func:`words_of`)."""
     analyzer = analyzer or CaptionAnalyzer()
-    return [[analyzer(c) for c in caps]
+    analyze = analyzer.tagged if tagged else analyzer
+    return [[analyze(c) for c in caps]
             for caps in tqdm(captions, desc="captions", unit="img", disable=not progress)]
+
+
+def words_of(tagged_documents: Sequence[Sequence[Sequence[tuple[str, str]]]],
+             pos: Sequence[str]) -> list[list[list[str]]]:
+    """The words of the parts of speech ``pos`` in documents of (lemma, letter) pairs."""
+    letters = {_WORDNET_LETTER[name] for name in check_pos(pos)}
+    return [[[word for word, letter in caption if letter in letters] for caption in doc]
+            for doc in tagged_documents]
 
 
 class Vocabulary:
@@ -375,8 +417,8 @@ def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: in
     info : dict, optional
         Provenance stored with the vocabulary (e.g. ``source``).
     analyzer : CaptionAnalyzer, optional
-        The analyzer that made ``documents`` from captions: its tagger path is recorded as
-        ``info["tagger"]``. Leave out for tags.
+        The analyzer that made ``documents`` from captions: its tagger path and parts of
+        speech are recorded as ``info["tagger"]`` and ``info["pos"]``. Leave out for tags.
 
     Returns
     -------
@@ -415,7 +457,7 @@ def build_vocabulary(documents: Sequence[Sequence[Sequence[str]]], min_count: in
             "lower min_count or use more images")
     info = {**(info or {}), "min_count": min_count, "max_size": max_size}
     if analyzer is not None:
-        info["tagger"] = analyzer.backend
+        info["tagger"], info["pos"] = analyzer.backend, list(analyzer.pos)
     return Vocabulary(kept, [df[w] for w in kept], len(documents), info)
 
 

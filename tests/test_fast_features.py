@@ -220,3 +220,31 @@ def test_onnx_runtime_sends_no_telemetry_and_leaves_no_file(samples, tmp_path):
                          text=True, env={**env, "TMPDIR": str(scratch)})
     assert run.stdout.split() == ["onnxruntime", "(1,", "1280)", "1"], run.stderr
     assert list(scratch.iterdir()) == []  # ONNX Runtime's telemetry leaves a .ses file there
+
+
+def test_flip_averaging_is_the_mean_of_the_image_and_its_mirror(lite0, samples):
+    flipped = load_extractor("efficientnet-lite0+flip")
+    assert flipped.flip_average and not lite0.flip_average
+    assert flipped.spec["extractor"] == "efficientnet-lite0+flip" != lite0.spec["extractor"]
+    batch = torch.stack([lite0.preprocessing(load_image(p)) for p in samples[:4]])
+    (f, logits), (f_plain, logits_plain), (f_mirror, logits_mirror) = (
+        flipped(batch), lite0(batch), lite0(batch.flip(-1)))
+    assert relative(f, (f_plain + f_mirror) / 2).max() < 1e-5
+    assert relative(logits, (logits_plain + logits_mirror) / 2).max() < 1e-5
+    assert relative(f_mirror, f_plain).min() > 1e-3  # the mirror is another input
+
+
+@pytest.mark.parametrize("name, crop", [("efficientnet-lite1", 240), ("efficientnet-lite2", 260)])
+def test_larger_lite_networks_take_their_own_input_size_and_agree_with_torch(name, crop, samples):
+    extractor, reference = load_extractor(name), load_extractor(name, backend="torch")
+    assert extractor.preprocessing.crop == crop and extractor.preprocessing.resize == crop + 32
+    batch = torch.stack([extractor.preprocessing(load_image(p)) for p in samples[:3]])
+    assert batch.shape == (3, 3, crop, crop)
+    (f, logits), (f_torch, logits_torch) = extractor(batch), reference(batch)
+    assert f.shape == (3, 1280) and logits.shape == (3, 1000)
+    assert relative(f, f_torch).max() < 1e-4 and (logits.argmax(1) == logits_torch.argmax(1)).all()
+
+
+def test_an_unknown_extractor_names_the_choices():
+    with pytest.raises(Image2VecError, match=r"unknown extractor 'lite9\+flip'.*efficientnet-lite2"):
+        load_extractor("lite9+flip")

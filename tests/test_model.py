@@ -97,6 +97,49 @@ def test_reduced_rank_is_reduced_rank_ridge_on_the_preprocessed_features():
     np.testing.assert_allclose(model.decision_function(F), expected, atol=1e-8)
 
 
+def test_the_kernel_model_is_ridge_on_the_nystrom_features_of_its_kernel():
+    """With every training image a landmark and dim = V (D^T D = I), the word scores D^T r are
+    the predictions of a ridge regression (scikit-learn's Ridge, with intercept) on the Nystrom
+    features of the RBF kernel (scikit-learn's Nystroem), on training and new images alike."""
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import Ridge
+
+    F, X, _, _, _ = planted_words(n=120, p=10, d=8, n_visual=6, n_nonvisual=2)
+    F_new = planted_words(n=30, p=10, d=8, n_visual=6, n_nonvisual=2, seed=1)[0]
+    lam, gamma = 1e-2, 0.5
+    model = Image2Vec(model="kernel", dim=X.shape[1], lam=lam, kernel_gamma=gamma, n_landmarks=len(F),
+                      random_state=0).fit(F, X)
+    assert model.landmarks_.shape == (len(F), F.shape[1]) and model.image_map_.shape == (X.shape[1], len(F))
+    mean = F.mean(axis=0)
+    nystroem = Nystroem(kernel="rbf", gamma=gamma, n_components=len(F)).fit(preprocess_features(F, mean))
+    ridge = Ridge(alpha=len(F) * lam).fit(nystroem.transform(preprocess_features(F, mean)), X)
+    for images in (F, F_new):
+        expected = ridge.predict(nystroem.transform(preprocess_features(images, mean)))
+        assert_close(model.decision_function(images), expected, rtol=1e-6)
+
+
+def test_the_kernel_model_draws_its_landmarks_by_random_state_and_saves_them(tmp_path):
+    F, X, _, _, n_visual = planted_words(n=300)
+    fit = {"model": "kernel", "dim": 16, "n_landmarks": 100}
+    model = Image2Vec(**fit, random_state=3).fit(F, X)
+    again = Image2Vec(**fit, random_state=3).fit(F, X)
+    other = Image2Vec(**fit, random_state=4).fit(F, X)
+    prepared = preprocess_features(F, F.mean(axis=0))
+    rows = [int(np.argmin(np.linalg.norm(prepared - landmark, axis=1))) for landmark in model.landmarks_]
+    assert len(set(rows)) == 100 and np.allclose(prepared[rows], model.landmarks_)  # training images
+    assert np.array_equal(model.landmarks_, again.landmarks_)
+    assert not np.array_equal(model.landmarks_, other.landmarks_)
+    assert visual_recall(model, F, X, n_visual) > 0.5
+    path = tmp_path / "kernel.npz"
+    systems.save(model, path)
+    loaded = systems.load(path)[0]
+    assert_close(loaded.transform(F[:20]), model.transform(F[:20]))
+    broken = systems.load(path)[0]
+    broken.landmarks_ = broken.landmarks_[:50]
+    with pytest.raises(ValueError, match="image_map_ has shape"):
+        broken.check_loaded()
+
+
 @pytest.mark.parametrize("objective, solver", [("l2", "bcd"), ("l2", "sgd")])
 def test_weak_tag_down_weights_noise_tags(objective, solver):
     F, X, _, _, n_visual = planted_words(n=600)
@@ -187,7 +230,7 @@ def test_weak_tag_objective_is_that_of_the_reweighted_targets(objective):
     np.testing.assert_allclose(value, model.objective_trace_[-1][2], rtol=1e-9)
 
 
-@pytest.mark.parametrize("model", ["reduced-rank", "learn-all", "weak-tag", "simple"])
+@pytest.mark.parametrize("model", names.MODELS)
 @pytest.mark.parametrize("objective", ["l2", "ip"])
 @pytest.mark.parametrize("solver", ["bcd", "sgd"])
 def test_every_combination_trains_and_summarizes(model, objective, solver):
@@ -441,7 +484,8 @@ def test_incoherence_runs_from_the_estimator():
 
 
 @parametrize_with_checks([Image2Vec(), Image2Vec(model="learn-all"), Image2Vec(model="weak-tag", max_iter=5),
-                          Image2Vec(model="simple", random_state=0), Image2Vec(solver="sgd", random_state=0)])
+                          Image2Vec(model="simple", random_state=0), Image2Vec(solver="sgd", random_state=0),
+                          Image2Vec(model="kernel", random_state=0)])
 def test_sklearn_estimator_checks(estimator, check):
     """scikit-learn's own checks, at the default settings (the dim adapts to their tiny data)."""
     with warnings.catch_warnings():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import functools
 import logging
 import re
 
@@ -101,6 +102,47 @@ def test_caption_to_nouns_and_adjectives():
     assert analyze("Two dogs sitting on a red couch.") == ["dog", "red", "couch"]
     assert analyze("Men riding horses on the beaches!") == ["man", "horse", "beach"]
     assert analyze("The a of and") == []
+
+
+def test_verbs_join_the_vocabulary_in_their_base_form_when_asked():
+    analyze = CaptionAnalyzer(tagger="wordnet", pos=("noun", "adj", "verb"))
+    assert analyze("A dog is running through the green grass.") == ["dog", "run", "green", "grass"]
+    assert analyze("Two kids climbing a rock.") == ["kid", "climb", "rock"]
+    assert CaptionAnalyzer(tagger="wordnet")("Two kids climbing a rock.") == ["kid", "rock"]
+    with pytest.raises(Image2VecError, match="pos must be one or more of noun, adj, verb, not 'adverb'"):
+        CaptionAnalyzer(pos=["noun", "adverb"])
+
+
+def test_perceptron_verb_tags_are_kept_only_when_asked(monkeypatch):
+    class Tagger:
+        def tag(self, tokens):
+            tags = {"dogs": "NNS", "jumped": "VBD", "high": "JJ"}
+            return [(t, tags.get(t, "DT")) for t in tokens]
+
+    monkeypatch.setattr(vocab_mod, "_perceptron_tagger", Tagger)
+    assert CaptionAnalyzer("perceptron", pos=("noun", "verb"))("dogs jumped high") == ["dog", "jump"]
+    assert CaptionAnalyzer("perceptron")("dogs jumped high") == ["dog", "high"]
+
+
+def test_a_verb_vocabulary_keeps_the_truth_to_nouns_and_adjectives(monkeypatch, coco_mini, data):
+    """Targets and captions hold the verbs; the truth summaries are scored against does not; the
+    vocabulary records its parts of speech and a later load with it analyses the same way."""
+    features = FeatureSet(np.zeros((len(data), 4), np.float32), None, list(data.image_ids),
+                          [str(p) for p in data.paths], [], {"extractor": "none"})
+    monkeypatch.setattr(datasets_mod, "extract_features", lambda *args, **kwargs: features)
+    captions = coco_mini / "annotations" / "captions_train2017.json"
+    load = functools.partial(datasets_mod.load_caption_data, captions, coco_mini / "train2017",
+                             store="unused", progress=False)
+    plain, verbs = load(), load(pos=("noun", "adj", "verb"))
+    assert verbs.vocabulary.info["pos"] == ["noun", "adj", "verb"]
+    assert plain.vocabulary.info["pos"] == ["noun", "adj"]
+    as_verbs = [verbs.vocabulary.index(word) for word in ("sit", "stand", "hold")]  # never nouns here
+    assert verbs.targets[:, as_verbs].nnz > 30 and verbs.captions[:, as_verbs].nnz > 30
+    assert verbs.truth[:, as_verbs].nnz == 0
+    shared = [verbs.vocabulary.index(word) for word in plain.vocabulary.words]
+    assert (verbs.truth[:, shared] != plain.truth).nnz == 0
+    again = load(vocabulary=verbs.vocabulary)
+    assert (again.targets != verbs.targets).nnz == 0
 
 
 def test_tagger_path_is_logged(caplog):
