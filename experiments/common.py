@@ -50,7 +50,7 @@ from image2vec.datasets import (  # noqa: E402
 from image2vec.errors import Image2VecError  # noqa: E402
 from image2vec.io import atomic_write  # noqa: E402
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS  # noqa: E402
-from image2vec.names import DEFAULT_EXTRACTOR  # noqa: E402
+from image2vec.names import DEFAULT_EXTRACTOR, PARTS_OF_SPEECH, SUMMARY_POS  # noqa: E402
 
 MANIFEST = ".image2vec-experiment.json"
 _MANIFEST_TOOL = "image2vec experiments"
@@ -200,6 +200,9 @@ def add_flickr8k_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extractor", default=DEFAULT_EXTRACTOR,
                         help=f"feature extractor (default: {DEFAULT_EXTRACTOR}; +flip for "
                         "horizontal-flip averaging)")
+    parser.add_argument("--pos", nargs="+", choices=PARTS_OF_SPEECH, default=list(SUMMARY_POS),
+                        help="parts of speech of the vocabulary (default: noun adj; summaries are "
+                        "scored against nouns and adjectives, retrieval uses every word)")
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:

@@ -172,7 +172,7 @@ def load_splits(args: argparse.Namespace, out: common.OutputFolder) -> tuple[Wor
             raise common.ExperimentError(f"{what} {path} does not exist (see the README: Data)")
     store = (args.features if args.features is not None else out.folder("features")) / args.extractor
     train = load_caption_data(text, images, split="train", store=store / "train", logits=True,
-                              extractor=args.extractor)
+                              extractor=args.extractor, pos=args.pos)
     dev = load_caption_data(text, images, split="dev", store=store / "dev", logits=True,
                             vocabulary=train.vocabulary, extractor=args.extractor)
     return train, dev
@@ -664,7 +664,7 @@ def experiment(args: argparse.Namespace) -> None:
     train, dev = load_splits(args, out)
     data_line = (f"Flickr8k: train {len(train.keys):,} images, dev {len(dev.keys):,} images and "
                  f"{dev.captions.shape[0]:,} captions; vocabulary {len(train.vocabulary):,} words "
-                 f"(min_count {train.vocabulary.info.get('min_count')}, from train); features "
+                 f"({', '.join(args.pos)}; min_count {train.vocabulary.info.get('min_count')}, from train); features "
                  f"{train.extractor} ({train.features.shape[1]}-d).")
     print(data_line, flush=True)
     families = sorted({"/".join(label.split("/")[:2]) for label in labels})

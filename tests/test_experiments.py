@@ -382,3 +382,33 @@ def test_flickr8k_benchmark_on_a_miniature(tmp_path, miniature_flickr8k, capsys,
     monkeypatch.setattr(flickr8k, "fit_and_score", lambda *a, **k: pytest.fail("refitted"))
     assert run_script(flickr8k, argv, capsys)[0] == 0
     assert (out / "results.csv").read_text() == before
+
+
+def test_inputs_benchmark_compares_variants_paired_and_times_extraction(tmp_path, miniature_flickr8k, capsys,
+                                                                        monkeypatch):
+    import flickr8k
+    import inputs_flickr8k
+
+    monkeypatch.setattr(flickr8k, "SEARCH", {
+        "reduced-rank/l2": {"fit": {"lam": [1e-3], "dim": [4]}, "readout": [("omp", 0.0)]},
+        "ridge": {"fit": {"alpha": [1.0]}}, "knn": {"fit": {"n_neighbors": [3]}}})
+    argv = [str(tmp_path / "out"), "--flickr8k", str(miniature_flickr8k), "--boot", "20", "--timing-images", "4",
+            "--repeats", "1", "--variants", "efficientnet-lite0", "efficientnet-lite0:verbs"]
+    status, printed, err = run_script(inputs_flickr8k, argv, capsys)
+    assert status == 0, err
+    rows = read_csv(tmp_path / "out" / "inputs.csv")
+    assert [(row["variant"], row["system"]) for row in rows] == [
+        (variant, system) for variant in ("efficientnet-lite0", "efficientnet-lite0:verbs")
+        for system in inputs_flickr8k.SYSTEMS]
+    for row in rows[:3]:  # the baseline against itself: no difference, whatever the resample
+        for metric in inputs_flickr8k.METRICS:
+            assert [float(row[f"{metric} diff {part}"]) for part in ("value", "low", "high")] == [0, 0, 0]
+    verbs_run = tmp_path / "out" / "variants" / "efficientnet-lite0-verbs"
+    assert "(noun, adj, verb;" in (verbs_run / "results.md").read_text()
+    [speed] = read_csv(tmp_path / "out" / "speed.csv")
+    assert speed["extractor"] == "efficientnet-lite0" and float(speed["relative_to_first"]) == 1
+    assert float(speed["images_per_second"]) > 0
+    assert "P@3 - efficientnet-lite0" in (tmp_path / "out" / "inputs.md").read_text()
+    bad = run_script(inputs_flickr8k, [str(tmp_path / "bad"), "--flickr8k", str(miniature_flickr8k),
+                                       "--variants", "efficientnet-lite0:adverbs"], capsys)
+    assert bad[0] == 2 and "the only option is ':verbs'" in bad[2]
