@@ -477,9 +477,11 @@ def write_retrieval(out, cis) -> None:
 QUESTIONS = [
     ("l2 - ip", [(f"{m}/l2/{s}", f"{m}/ip/{s}") for m in MODELS for s in SOLVERS]),
     ("bcd - sgd", [(f"{m}/{o}/bcd", f"{m}/{o}/sgd") for m in MODELS for o in OBJECTIVES]),
-    ("Image2Vec - knn", [("reduced-rank/l2/bcd", "knn"), ("learn-all/l2/bcd", "knn")]),
+    ("Image2Vec - knn", [("reduced-rank/l2/bcd", "knn"), ("learn-all/l2/bcd", "knn"), ("kernel/l2/bcd", "knn")]),
     ("Image2Vec - cca", [("reduced-rank/l2/bcd", "cca"), ("learn-all/l2/bcd", "cca")]),
-    ("Image2Vec - ridge", [("reduced-rank/l2/bcd", "ridge"), ("learn-all/l2/bcd", "ridge")]),
+    ("Image2Vec - ridge", [("reduced-rank/l2/bcd", "ridge"), ("learn-all/l2/bcd", "ridge"),
+                           ("kernel/l2/bcd", "ridge")]),
+    ("kernel - linear", [("kernel/l2/bcd", "reduced-rank/l2/bcd"), ("kernel/ip/bcd", "reduced-rank/ip/bcd")]),
     ("Image2Vec - prior", [("reduced-rank/l2/bcd", "prior")]),
 ]
 
