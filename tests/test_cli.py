@@ -217,6 +217,25 @@ def test_train_weak_tag_on_flickr_tags(tmp_path, capsys):
     assert "tags.tsv" in metadata["source"]
 
 
+def test_a_kernel_model_with_verbs_trains_and_summarizes_from_the_command_line(coco_mini, tmp_path, capsys,
+                                                                               trained):
+    from image2vec import systems
+
+    _, folder = trained
+    model = tmp_path / "kernel.npz"
+    assert main(["train", "--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
+                 "--images", str(coco_mini / "train2017"), "--model", "kernel", "--n-landmarks", "40",
+                 "--kernel-gamma", "0.5", "--pos", "noun", "adj", "verb", "--dim", "16",
+                 "--features", str(folder / "store"), "--out", str(model), "--quiet"]) == 0
+    loaded, _ = systems.load(model)
+    assert loaded.landmarks_.shape == (40, 1280) and loaded.kernel_gamma_ == 0.5
+    assert {"sit", "stand"} <= set(loaded.words_)  # verbs, in their base form
+    capsys.readouterr()
+    assert main(["summarize", "--model", str(model), "--json", *images_of(coco_mini, 3)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and all(len(row["words"]) == 3 for row in rows)
+
+
 @pytest.mark.parametrize("source", ["captions", "tags"])
 def test_a_min_count_that_empties_the_vocabulary_fails_before_extraction(source, coco_mini, tmp_path, capsys,
                                                                           monkeypatch):
