@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
-TESTED_EXTRAS = ("test", "dist")  # the extras requirements-min.txt installs (not gpu, bench)
+TESTED_EXTRAS = ("test", "dist", "lite")  # the extras requirements-min.txt installs (not gpu, bench)
 
 
 def _setup_requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
