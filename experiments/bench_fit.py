@@ -45,6 +45,7 @@ import scipy.sparse as sp
 import timing
 
 from image2vec.model import MODELS, OBJECTIVES, SOLVERS, Image2Vec
+from image2vec.names import DEFAULT_MODEL
 from solvers.backend import gpu_available
 
 OUTPUTS = ("bench_fit.csv", "bench_fit.md", "features/")
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fits timed per bcd system and per Ridge (default: 3; sgd: 1)")
     parser.add_argument("--scale", type=int, nargs="*", default=[25_000, 100_000, 400_000], metavar="N",
                         help="image counts of the scale series (default: 25000 100000 400000)")
+    parser.add_argument("--scale-model", choices=MODELS, default=DEFAULT_MODEL,
+                        help=f"the model of the scale series (default: {DEFAULT_MODEL})")
     parser.add_argument("--ridge-max-gb", type=float, default=4.0,
                         help="largest dense target matrix Ridge is given in the series (default: 4)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
@@ -121,6 +124,8 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
         for objective in OBJECTIVES:
             optimum = None
             for solver in SOLVERS:
+                if (model, solver) in common.SKIPPED:
+                    continue
                 estimator = Image2Vec(model=model, objective=objective, solver=solver, random_state=seed,
                                       device=device)
                 rounds = 1 if solver == "sgd" else repeats
@@ -168,7 +173,7 @@ if sys.argv[3] == "image2vec":
     from image2vec import Image2Vec
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Image2Vec(device=sys.argv[4]).fit(F, X)
+        Image2Vec(model=sys.argv[5], device=sys.argv[4], random_state=0).fit(F, X)
 else:
     from sklearn.linear_model import Ridge
     Ridge(alpha=3.0, solver="cholesky").fit(np.asarray(F), X.toarray())
@@ -182,15 +187,16 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 """
 
 
-def in_child(system: str, features: Path, targets: Path, device: str = "cpu") -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(features), str(targets), system, device],
+def in_child(system: str, features: Path, targets: Path, device: str = "cpu", model: str = DEFAULT_MODEL) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(features), str(targets), system, device, model],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def part_two(sizes: Sequence[int], ridge_max_gb: float, seed: int, scratch: Path,
-             device: str = "cpu") -> list[dict]:
-    """The default fit on memory-mapped synthetic data of growing N, each in a fresh process."""
+             device: str = "cpu", model: str = DEFAULT_MODEL) -> list[dict]:
+    """The model's default l2/bcd fit on memory-mapped synthetic data of growing N, each in a
+    fresh process."""
     rows = []
     for n in sizes:
         features, targets = scratch / f"F{n}.npy", scratch / f"X{n}.npz"
@@ -199,8 +205,8 @@ def part_two(sizes: Sequence[int], ridge_max_gb: float, seed: int, scratch: Path
         mapped.flush()
         del mapped
         sp.save_npz(targets, X)
-        ours = in_child("image2vec", features, targets, device)
-        row = {"part": "scale", "data": "synthetic, memory-mapped float32", "system": "reduced-rank/l2/bcd",
+        ours = in_child("image2vec", features, targets, device, model)
+        row = {"part": "scale", "data": "synthetic, memory-mapped float32", "system": f"{model}/l2/bcd",
                "n": n, "seconds": ours["seconds"], "peak_rss_mb": ours["peak_rss_mb"]}
         dense_gb = n * 5000 * 8 / 2**30
         if dense_gb <= ridge_max_gb:
@@ -243,7 +249,7 @@ def experiment(args: argparse.Namespace) -> None:
     F, X = synthetic(shape[0], shape[1], train.targets.shape[1], int(round(density)), args.seed)
     rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed, args.models, args.device)
     with tempfile.TemporaryDirectory(prefix="image2vec-bench-") as scratch:
-        rows += part_two(args.scale, args.ridge_max_gb, args.seed, Path(scratch), args.device)
+        rows += part_two(args.scale, args.ridge_max_gb, args.seed, Path(scratch), args.device, args.scale_model)
     out.write_csv("bench_fit.csv", rows, COLUMNS)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out.write_text("bench_fit.md", f"# Fit time against scikit-learn Ridge\n\n`{args.command}`, "
