@@ -70,8 +70,10 @@ READOUTS = ("omp", "rank")
 MAX_PENALTY = 1e6
 #: Default ``tol`` per solver.
 DEFAULT_TOL = {"bcd": 1e-6, "sgd": 1e-4}
-#: weak-tag's default ``tol`` for either solver: each of its bcd sweeps is a pass over the images.
-WEAK_TAG_TOL = 1e-4
+#: weak-tag's default ``tol`` per solver: each of its bcd sweeps is a pass over the images, and
+#: on the noisy-tag benchmark (experiments/weak_tags_flickr8k.py) dev quality does not move from
+#: 1e-2 (2 sweeps) to 1e-5; 3e-4 is the loosest of its tols at which planted noise tags separate.
+WEAK_TAG_TOL = {"bcd": 3e-4, "sgd": 1e-4}
 #: weak-tag's default lower bound on its tag weights (a_nv in [min_tag_weight, 1]).
 DEFAULT_MIN_TAG_WEIGHT = 0.0
 #: Rows of F read at a time.
@@ -146,10 +148,10 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     max_iter : int, default 300
         BCD sweeps.
     tol : float, optional
-        BCD stops when a sweep lowers J by at most tol |J| (default 1e-6; 1e-4 for
-        ``weak-tag``, whose sweeps each re-weight every image's words, a pass over the images,
-        and whose alternation of weights and map creeps on: on Flickr8k its 1e-4 fit scores as
-        the 1e-6 one, in a sixth of the sweeps). SGD counts a stall when a measurement does not
+        BCD stops when a sweep lowers J by at most tol |J| (default 1e-6; 3e-4 for
+        ``weak-tag``, whose sweeps each re-weight every image's words, a pass over the images:
+        on the Flickr8k noisy-tag benchmark its dev P@3 and tag relevance do not move from 1e-2
+        to 1e-5, ``experiments/results/weak_tags_flickr8k``). SGD counts a stall when a measurement does not
         lower J by tol |J| (default 1e-4: SGD's measurements are 50 steps or an epoch apart,
         and noisy).
     max_steps : int, default 20000
@@ -450,7 +452,7 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def _tol(self) -> float:
         if self.tol is not None:
             return float(self.tol)
-        return WEAK_TAG_TOL if self.model == "weak-tag" else DEFAULT_TOL[self.solver]
+        return (WEAK_TAG_TOL if self.model == "weak-tag" else DEFAULT_TOL)[self.solver]
 
     def _targets(self, X: Any) -> sp.csr_matrix:
         """X as CSR float64 (N x V); a 1-d label vector becomes one indicator column per label."""

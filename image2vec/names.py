@@ -43,8 +43,8 @@ DEFAULT_SOLVER = "bcd"
 DEFAULT_DIM = 256
 #: Defaults of ``lam`` (the l2 ridge) and ``prior_weight`` (the OMP read-out's word-frequency
 #: prior) per model, chosen on the Flickr8k dev split (experiments/flickr8k.py).
-DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 1e-3, "simple": 0.1}
-DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.03, "weak-tag": 0.1, "simple": 0.1}
+DEFAULT_LAM = {"reduced-rank": 3e-4, "learn-all": 10.0, "weak-tag": 0.1, "simple": 0.1}
+DEFAULT_PRIOR_WEIGHT = {"reduced-rank": 0.0, "learn-all": 0.03, "weak-tag": 0.3, "simple": 0.1}
 
 
 def system_class(name: str) -> type:
