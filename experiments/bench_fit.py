@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest dense target matrix Ridge is given in the series (default: 4)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
                         help=f"models of the first part (default: all of {', '.join(MODELS)})")
+    parser.add_argument("--solvers", nargs="+", choices=SOLVERS, default=list(SOLVERS), metavar="SOLVER",
+                        help=f"solvers of the first part (default: all of {', '.join(SOLVERS)})")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the Image2Vec fits run (default: cpu; cuda needs CuPy and a "
                              "CUDA device); Ridge runs on the CPU")
@@ -104,7 +106,7 @@ def ridge(F: np.ndarray, X: sp.csr_matrix, alpha: float):
 
 
 def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int,
-             models: Sequence[str] = MODELS, device: str = "cpu") -> list[dict]:
+             models: Sequence[str] = MODELS, device: str = "cpu", solvers: Sequence[str] = SOLVERS) -> list[dict]:
     """Every model (of ``models``) x objective x solver on one Flickr8k-sized data set, against Ridge.
 
     The ratio is to Ridge on the features as stored (float32: scikit-learn then computes in
@@ -123,7 +125,7 @@ def part_one(name: str, F: np.ndarray, X: sp.csr_matrix, repeats: int, seed: int
     for model in models:
         for objective in OBJECTIVES:
             optimum = None
-            for solver in SOLVERS:
+            for solver in solvers:
                 if (model, solver) in common.SKIPPED:
                     continue
                 estimator = Image2Vec(model=model, objective=objective, solver=solver, random_state=seed,
@@ -245,9 +247,10 @@ def experiment(args: argparse.Namespace) -> None:
     shape = train.features.shape
     density = train.targets.nnz / train.targets.shape[0]
     rows += part_one("Flickr8k train (real)", np.asarray(train.features), train.targets, args.repeats, args.seed,
-                     args.models, args.device)
+                     args.models, args.device, args.solvers)
     F, X = synthetic(shape[0], shape[1], train.targets.shape[1], int(round(density)), args.seed)
-    rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed, args.models, args.device)
+    rows += part_one("synthetic, same shape", F, X, args.repeats, args.seed, args.models, args.device,
+                     args.solvers)
     with tempfile.TemporaryDirectory(prefix="image2vec-bench-") as scratch:
         rows += part_two(args.scale, args.ridge_max_gb, args.seed, Path(scratch), args.device, args.scale_model)
     out.write_csv("bench_fit.csv", rows, COLUMNS)

@@ -4,7 +4,8 @@
 - :func:`bcd`: block coordinate descent on the sufficient statistics of DESIGN.md section 3;
   :func:`closed_form`: the exact minimiser where one exists (and BCD's start).
 - :func:`sgd`: minibatch stochastic gradient on the same objectives, streaming rows.
-- :func:`box_least_squares`: batched box-constrained least squares (the weak-tag A-step).
+- :func:`box_least_squares`: batched box-constrained least squares;
+  :class:`TagWeightStep` and :func:`chunk_tag_weights`: the weak-tag A-step built on it.
 - :func:`sufficient_stats_dask`: the sufficient statistics as a Dask tree reduction (``[dist]``).
 """
 
@@ -29,6 +30,7 @@ from solvers.objective import (
 )
 from solvers.omp import SparseCode, nnls_gram, omp, omp_gram
 from solvers.sgd import sgd, streaming_objective
+from solvers.tag_weights import TagWeightStep, chunk_tag_weights
 
 __all__ = [
     "ObjectiveRecord",
@@ -37,8 +39,10 @@ __all__ = [
     "SolverResult",
     "SparseCode",
     "SufficientStats",
+    "TagWeightStep",
     "bcd",
     "box_least_squares",
+    "chunk_tag_weights",
     "d_step",
     "incoherence_weights",
     "nnls_gram",

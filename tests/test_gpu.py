@@ -62,8 +62,10 @@ def test_a_step_in_image_chunks_equals_one_chunk(objective, monkeypatch):
     whole = Image2Vec(**params).fit(F, X)
     monkeypatch.setattr(model_module, "CHUNK_ROWS", 64)  # 300 rows: 5 chunks, the last one short
     chunked = Image2Vec(**params).fit(F, X)
-    np.testing.assert_allclose(chunked.tag_weights_.toarray(), whole.tag_weights_.toarray(), atol=1e-12)
-    assert_close(chunked.dictionary_, whole.dictionary_, rtol=1e-9)
+    # Each padded group's coordinate descent stops once no weight moves by more than 1e-6, and the
+    # chunks regroup the images: the weights (scale 1) agree to that scale, not to rounding.
+    np.testing.assert_allclose(chunked.tag_weights_.toarray(), whole.tag_weights_.toarray(), atol=1e-5)
+    assert_close(chunked.dictionary_, whole.dictionary_, rtol=1e-5)
     assert 0 < (whole.tag_weights_.data < 1).mean() < 1  # the step really re-weights some tags
 
 

