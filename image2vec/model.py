@@ -731,15 +731,14 @@ class Image2Vec(TransformerMixin, BaseEstimator):
     def check_loaded(self) -> None:
         """Raise ValueError unless the fitted arrays of a loaded model fit together."""
         dim, n_words = self.dictionary_.shape
-        shapes = {"feature_mean_": (self.n_features_in_,), "offset_": (dim,),
-                  "target_mean_": (n_words,), "words_": (n_words,),
-                  "retrieval_maps_": (2, dim, dim), "similarity_map_": (dim, dim)}
-        if self.model == "kernel":  # W acts on the kernel row k(f', L)
+        if self.model == "kernel":  # W acts on the kernel row k(f', L) of the m landmarks
             n_landmarks = len(getattr(self, "landmarks_", ()))
-            shapes.update(landmarks_=(n_landmarks, self.n_features_in_), image_map_=(dim, n_landmarks))
+            shapes = {"image_map_": (dim, n_landmarks), "landmarks_": (n_landmarks, self.n_features_in_)}
         else:
-            shapes["image_map_"] = (dim, self.n_features_in_)
-        check_shapes(self, shapes)
+            shapes = {"image_map_": (dim, self.n_features_in_)}
+        check_shapes(self, {**shapes, "feature_mean_": (self.n_features_in_,), "offset_": (dim,),
+                            "target_mean_": (n_words,), "words_": (n_words,),
+                            "retrieval_maps_": (2, dim, dim), "similarity_map_": (dim, dim)})
         if not np.any(self.dictionary_):
             raise ValueError("dictionary_ is all zero: no word has a vector")
 
