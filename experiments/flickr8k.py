@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MODEL[/OBJECTIVE[/SOLVER]], baseline names or all (default: all)")
     parser.add_argument("--no-search", action="store_true",
                         help="use each system's defaults (or an earlier run's chosen.json)")
+    parser.add_argument("--scores-only", action="store_true",
+                        help="the search, results, retrieval and differences only: no figures, "
+                        "objective traces, word norms or similar words")
     parser.add_argument("--boot", type=common.positive_int, default=1000,
                         help="bootstrap replicates (default: 1000; mAP uses a fifth of them)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -706,12 +709,14 @@ def experiment(args: argparse.Namespace) -> None:
     write_results(out, fits, cis, chosen, data_line)
     write_retrieval(out, cis)
     differences = write_differences(out, fits, readout_pairs, weights, map_weights)
-    plot_f1(out, cis)
-    plot_l2_vs_ip(out, cis)
-    traces = objective_traces(out, train, args.seed)
-    plot_objective(out, traces)
-    norms = word_norms(out, fitted, dev, fits, args.seed) if "knn" in fits else {}
-    similar_table(out, fitted, list(train.vocabulary.words))
+    norms = {}
+    if not args.scores_only:
+        plot_f1(out, cis)
+        plot_l2_vs_ip(out, cis)
+        traces = objective_traces(out, train, args.seed)
+        plot_objective(out, traces)
+        norms = word_norms(out, fitted, dev, fits, args.seed) if "knn" in fits else {}
+        similar_table(out, fitted, list(train.vocabulary.words))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out.write_json("run.json", {
         "command": args.command, "date": time.strftime("%Y-%m-%d"), "wall_seconds": time.perf_counter() - started,

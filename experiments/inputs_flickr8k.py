@@ -71,7 +71,7 @@ def run_variant(variant: str, args: argparse.Namespace, folder: Path) -> dict[st
     if option not in ("", "verbs"):
         raise common.ExperimentError(f"variant {variant!r}: the only option is ':verbs'")
     argv = [str(folder), "--flickr8k", str(args.flickr8k), "--extractor", extractor,
-            "--systems", *SYSTEMS, "--boot", str(args.boot), "--seed", str(args.seed)]
+            "--systems", *SYSTEMS, "--boot", str(args.boot), "--seed", str(args.seed), "--scores-only"]
     if args.features is not None:
         argv += ["--features", str(args.features)]
     if option:
