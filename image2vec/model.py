@@ -506,7 +506,8 @@ class Image2Vec(TransformerMixin, BaseEstimator):
         bound = None if problem.basis is None else float(problem.stats.A.diagonal().max())
         result = bcd(problem.stats, problem.start if exact is None else exact.W, problem.terms,
                      D=None if exact is None else exact.D, learn_w=learn_w, sample_step=sample_step,
-                     max_iter=self.max_iter, tol=self._tol(), spectral_bound=bound)
+                     max_iter=self.max_iter, tol=self._tol(), spectral_bound=bound,
+                     start_exact=exact is not None and exact.converged)
         return result, a_step
 
     def _tol(self) -> float:

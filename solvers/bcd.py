@@ -79,6 +79,7 @@ def bcd(
     tol: float = 1e-6,
     w_substeps: int = 5,
     spectral_bound: float | None = None,
+    start_exact: bool = False,
 ) -> SolverResult:
     r"""Minimise J(D, W) of :mod:`solvers.objective` by block coordinate descent.
 
@@ -107,6 +108,11 @@ def bcd(
         s I to ``1e-6`` relative (whitened features), where the majoriser is J itself.
     spectral_bound : float, optional
         s >= lambda_max(A) for the majoriser; computed once when not given.
+    start_exact : bool
+        D and W already minimise J on ``stats`` (:func:`closed_form`'s exact minimiser): each
+        sweep is ``sample_step``, D, W instead of D, W, ``sample_step`` (the first D- and
+        W-steps would return them unchanged), and the result's D and W are fitted to the
+        statistics of its last ``sample_step``.
 
     Returns
     -------
@@ -129,7 +135,11 @@ def bcd(
     record = ObjectiveRecord(terms)
     W_B = None  # W B for the current W and statistics, shared by a record and the next D-step
     previous = np.inf
+    if start_exact and (D is None or sample_step is None):
+        raise ValueError("start_exact needs the minimiser's D and a sample_step")
     for iteration in range(1, max_iter + 1):
+        if start_exact:
+            stats, W_B = _sample_block(sample_step, stats, result, record, iteration)
         W_B = result.W @ stats.B if W_B is None else W_B
         result.D = d_step(stats, result.W, terms, D=result.D, W_B=W_B)
         result.record(iteration, "D", record(stats, result.D, result.W, W_B=W_B))
@@ -139,10 +149,8 @@ def bcd(
                               substeps=w_substeps, D_Bt=D_Bt)
             result.record(iteration, "W", record(stats, result.D, result.W, D_Bt=D_Bt))
             W_B = None
-        if sample_step is not None:
-            stats = sample_step(result.D, result.W)
-            W_B = result.W @ stats.B
-            result.record(iteration, "sample", record(stats, result.D, result.W, W_B=W_B))
+        if sample_step is not None and not start_exact:
+            stats, W_B = _sample_block(sample_step, stats, result, record, iteration)
         result.n_iter = iteration
         current = result.objective
         exact_in_one_step = not (learn_w or sample_step is not None)
@@ -154,6 +162,14 @@ def bcd(
         warnings.warn(f"bcd did not converge in max_iter={max_iter} sweeps (last relative decrease "
                       f"above tol={tol:g}); raise max_iter or tol", ConvergenceWarning, stacklevel=2)
     return result
+
+
+def _sample_block(sample_step, stats, result, record, iteration):
+    """Run ``sample_step`` on the current D, W; returns the new statistics and their W B."""
+    stats = sample_step(result.D, result.W)
+    W_B = result.W @ stats.B
+    result.record(iteration, "sample", record(stats, result.D, result.W, W_B=W_B))
+    return stats, W_B
 
 
 def d_step(stats: SufficientStats, W: Any, terms: ObjectiveTerms = L2_TERMS, *,
@@ -178,17 +194,18 @@ def d_step(stats: SufficientStats, W: Any, terms: ObjectiveTerms = L2_TERMS, *,
 
 
 def _ridge_solve(gram: Any, ridge: float, rhs: Any) -> Any:
-    """rhs (gram + ridge I)^{-1} for a symmetric PSD gram, by Cholesky (pinv when singular)."""
+    """rhs (gram + ridge I)^{-1} for a symmetric PSD gram (pinv when singular).
+
+    One LAPACK solve (gesv) of the backend's own library: on the CPU, SciPy's Cholesky and
+    triangular solves run in a second OpenBLAS whose threads contend with numpy's just used,
+    which made them slower in the solvers' loops than this LU (measured in a weak-tag fit).
+    """
     xp = get_array_module(gram, rhs)
     system = plus_identity(gram, ridge)
-    linalg = linalg_module(xp)
-    try:
-        # system = L L^T, and S system = rhs  <=>  L L^T S^T = rhs^T.
-        lower = xp.linalg.cholesky(system)
-        half = linalg.solve_triangular(lower, rhs.T, lower=True)
-        solution = linalg.solve_triangular(lower.T, half, lower=False).T
+    try:  # S system = rhs <=> system S^T = rhs^T (system is symmetric)
+        solution = xp.linalg.solve(system, rhs.T).T
         if not bool(xp.isfinite(solution).all()):
-            raise np.linalg.LinAlgError("not positive definite")
+            raise np.linalg.LinAlgError("singular system")
     except np.linalg.LinAlgError:
         # No ridge and a word that never occurs (or a constant feature): take the minimum norm.
         solution = rhs @ xp.linalg.pinv(system)

@@ -26,6 +26,7 @@ from solvers import (
     w_step,
 )
 from solvers.backend import to_numpy
+from solvers.tag_weights import TagWeightStep
 
 L2 = ObjectiveTerms("l2")
 IP = ObjectiveTerms("ip")
@@ -278,6 +279,43 @@ def test_l2_closed_form_is_the_minimum_bcd_reaches(xp):
     assert again.objective == pytest.approx(exact.objective, rel=1e-10)
 
 
+def test_bcd_from_an_exact_start_begins_each_sweep_with_the_sample_step(xp):
+    """A weak-tag style run (the A-step of solvers.tag_weights as the sample block) started at the
+    closed form: the sweeps are (sample, D, W), J never increases, the last D- and W-steps ran on (and J
+    is measured with) the statistics of the last sample step, and J ends where the (D, W, sample) order from
+    the same start ends."""
+    F, X, _, _ = planted(n=400, noise=0.5)
+    X = X.tocsr()
+    F = F - F.mean(axis=0)
+    stats = on(xp, sufficient_stats(F, X).centered())
+    terms = ObjectiveTerms("l2", lam=0.01)
+    exact = closed_form(stats, 6, terms)
+    assert exact.converged
+
+    def run(start_exact):
+        step = TagWeightStep(F, X, xp.asarray, np.zeros(F.shape[1]), "l2", xp)
+        seen = []
+
+        def sample(D, W):
+            seen.append(step(D, W, scatter=stats.A))
+            return seen[-1]
+
+        result = bcd(stats, exact.W, terms, D=exact.D, sample_step=sample, max_iter=200, tol=1e-12,
+                     start_exact=start_exact)
+        return result, seen[-1]
+
+    result, last = run(True)
+    blocks = [block for _, block, _ in result.trace]
+    assert blocks[:4] == ["sample", "D", "W", "sample"] and blocks[-1] == "W"
+    values = values_of(result)
+    assert (np.diff(values) <= 1e-12 * np.abs(values).max()).all()
+    assert values[0] < exact.objective  # the first A-step already lowers J
+    assert objective(last, result.D, result.W, terms) == pytest.approx(result.objective, rel=1e-10)
+    other, _ = run(False)
+    assert [block for _, block, _ in other.trace][:3] == ["D", "W", "sample"]
+    assert result.objective == pytest.approx(other.objective, rel=1e-6)
+
+
 @pytest.mark.parametrize("lam", [0.0, 0.05])
 def test_reduced_rank_closed_form_is_reduced_rank_ridge(lam):
     """D^T W equals the rank-d reduced-rank ridge solution built from NumPy's SVD of augmented data."""
@@ -485,6 +523,7 @@ def test_sgd_that_runs_out_of_steps_says_so():
         (lambda F, X, W: sgd(F, X, W, n_iter_no_change=2.5), "n_iter_no_change must be"),
         (lambda F, X, W: bcd(sufficient_stats(F, X), W, max_iter=0), "max_iter must be"),
         (lambda F, X, W: bcd(sufficient_stats(F, X), W, tol=float("nan")), "tol must be"),
+        (lambda F, X, W: bcd(sufficient_stats(F, X), W, start_exact=True), "start_exact needs"),
         (lambda F, X, W: random_orthonormal_rows(40, 30), "cannot exceed the feature dimension"),
     ],
 )
