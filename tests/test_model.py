@@ -159,6 +159,22 @@ def test_weak_tag_down_weights_noise_tags(objective, solver):
     assert (weights[~tagged] == 0).all()
 
 
+@pytest.mark.parametrize("solver", ["bcd", "sgd"])
+def test_weak_tag_at_its_defaults_turns_planted_noise_tags_down(solver):
+    """At the defaults (lam 0.1, weights in [0, 1], tol 3e-4; dim at the planted 16): visual
+    tags keep their weight, more than half of the noise tags are turned down (mean about 0.5;
+    lam 1e-3, the test above, separates them further)."""
+    F, X, _, _, n_visual = planted_words(n=600)
+    model = Image2Vec(model="weak-tag", solver=solver, dim=16, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(F, X)
+    weights = model.tag_weights_.toarray()[X > 0]
+    visual = np.broadcast_to(np.arange(X.shape[1]) < n_visual, X.shape)[X > 0]
+    assert weights[visual].mean() > 0.95 and (weights[visual] < 0.99).mean() < 0.05
+    assert weights[~visual].mean() < 0.6 and (weights[~visual] < 0.99).mean() > 0.5
+
+
 @pytest.mark.parametrize("model, objective", [("reduced-rank", "ip"), ("learn-all", "l2"), ("learn-all", "ip"),
                                               ("weak-tag", "ip")])
 def test_solvers_start_feasible_where_the_map_has_orthonormal_rows(model, objective):
