@@ -78,7 +78,8 @@ MAX_PENALTY = 1e6
 DEFAULT_TOL = {"bcd": 1e-6, "sgd": 1e-4}
 #: weak-tag's default ``tol`` per solver: each of its bcd sweeps is a pass over the images, and
 #: on the noisy-tag benchmark (experiments/weak_tags_flickr8k.py) dev quality does not move from
-#: 1e-2 (2 sweeps) to 1e-5; 3e-4 is the loosest of its tols at which planted noise tags separate.
+#: 1e-2 to 1e-5 (2 to 8 sweeps; 3e-4 takes 2 there, and on planted noise tags 6 where 1e-2 stops
+#: at 2 with less of the noise turned down).
 WEAK_TAG_TOL = {"bcd": 3e-4, "sgd": 1e-4}
 #: weak-tag's default lower bound on its tag weights (a_nv in [min_tag_weight, 1]).
 DEFAULT_MIN_TAG_WEIGHT = 0.0
