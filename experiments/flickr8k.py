@@ -3,7 +3,8 @@
 Flickr8k (Hodosh, Young and Hockenmaier 2013): 8,091 Flickr photos with 5 captions each; the
 official train and dev splits are read from the original token file and split lists. The
 vocabulary (nouns and adjectives of the captions, ``min_count`` 5) comes from train only.
-Settings are chosen on dev by one search for every system, knn's K and vote weighting included:
+Settings are chosen on dev by one search for every system, knn's K and vote weighting included
+(by summary P@3; by image search R@10 with ``--criterion "search R@10"``, cca always):
 a numeric setting chosen at the edge of its grid widens the grid past that edge (by the ratio
 of its two outermost values, at most ``MAX_WIDENINGS`` times) until no choice sits at an edge;
 ``search.csv`` marks the choices still at one. The official test split is not used.
@@ -34,6 +35,8 @@ Writes into OUT (resumable: finished fits are kept in ``systems/`` and ``search/
 
     python experiments/flickr8k.py experiments/results/flickr8k              # everything
     python experiments/flickr8k.py out/f8k --systems reduced-rank knn --no-search
+    python experiments/flickr8k.py experiments/results/flickr8k_search --extractor efficientnet-lite2 \
+        --pos noun adj verb --criterion "search R@10" --scores-only     # a search model
 """
 
 from __future__ import annotations
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MODEL[/OBJECTIVE[/SOLVER]], baseline names or all (default: all)")
     parser.add_argument("--no-search", action="store_true",
                         help="use each system's defaults (or an earlier run's chosen.json)")
+    parser.add_argument("--criterion", choices=CRITERIA, default="P@3",
+                        help="the dev metric that chooses every searched system's settings (default: "
+                        "%(default)s; cca is always chosen by image search R@10)")
     parser.add_argument("--scores-only", action="store_true",
                         help="the search, results, retrieval and differences only: no figures, "
                         "objective traces, word norms or similar words")
@@ -281,8 +287,13 @@ def readouts_of(label: str, settings: dict, system: Any, dev: WordData,
     return tuple(pair)
 
 
-def criterion_of(label: str) -> str:
-    return SEARCH.get(label, {}).get("criterion", "P@3")
+#: Dev metrics a search may choose settings by (``--criterion``).
+CRITERIA = ("P@3", "search R@10")
+
+
+def criterion_of(label: str, criterion: str = "P@3") -> str:
+    """The dev metric that chooses ``label``'s settings: its own (cca's), else ``criterion``."""
+    return SEARCH.get(label, {}).get("criterion", criterion)
 
 
 def numeric_grids(grid: dict) -> dict[str, list]:
@@ -343,7 +354,7 @@ def combinations(grid: dict) -> list[dict]:
 
 
 def search_grid(label: str, grid: dict, train: WordData, dev: WordData, out: common.OutputFolder,
-                seed: int) -> tuple[list[Fit], Fit]:
+                seed: int, criterion: str = "P@3") -> tuple[list[Fit], Fit]:
     """Every fit of a grid (cached in ``search/``) and the one of best criterion."""
     readouts = grid.get("readout", [])
     fits = []
@@ -356,16 +367,19 @@ def search_grid(label: str, grid: dict, train: WordData, dev: WordData, out: com
             for f in found:
                 save_fit(out, "search", f)
         fits += found
-    return fits, max(fits, key=lambda f: criterion_value(label, f))
+    return fits, max(fits, key=lambda f: criterion_value(label, f, criterion))
 
 
-def criterion_value(label: str, fit: Fit) -> float:
-    return float(score_metrics(fit.scores)[criterion_of(label)][0])
+def criterion_value(label: str, fit: Fit, criterion: str = "P@3") -> float:
+    return float(score_metrics(fit.scores)[criterion_of(label, criterion)][0])
 
 
 def search(labels: Sequence[str], train: WordData, dev: WordData, out: common.OutputFolder,
-           seed: int) -> tuple[dict[str, dict], list[dict]]:
-    """The settings of best dev P@3 (cca: image-search R@10) per searched system.
+           seed: int, criterion: str = "P@3") -> tuple[dict[str, dict], list[dict]]:
+    """The settings of best dev ``criterion`` (cca: always image-search R@10) per searched system.
+
+    Among fits level on the criterion (the read-outs of one fit are, on image search) the first
+    of the grid is kept.
 
     A numeric setting chosen at the edge of its grid widens the grid past that edge
     (:func:`widen`) and the new combinations are fitted, until no choice sits at an edge or a
@@ -380,7 +394,7 @@ def search(labels: Sequence[str], train: WordData, dev: WordData, out: common.Ou
                 "readout": list(SEARCH[label].get("readout", []))}
         widened = dict.fromkeys(numeric_grids(grid), 0)
         while True:
-            fits, best = search_grid(label, grid, train, dev, out, seed)
+            fits, best = search_grid(label, grid, train, dev, out, seed, criterion)
             grids = numeric_grids(grid)
             steps = [(key, side, widen(grids[key], side)) for key, side in edges_of(best.settings, grids)
                      if widened.get(key, 0) < MAX_WIDENINGS]
@@ -397,13 +411,15 @@ def search(labels: Sequence[str], train: WordData, dev: WordData, out: common.Ou
                     grid["fit"][key].append(value)
         grids = numeric_grids(grid)
         for f in fits:
-            rows.append({"system": label, "settings": json.dumps(f.settings), "criterion": criterion_of(label),
-                         "value": criterion_value(label, f), "fit_seconds": f.fit_seconds,
+            rows.append({"system": label, "settings": json.dumps(f.settings),
+                         "criterion": criterion_of(label, criterion),
+                         "value": criterion_value(label, f, criterion), "fit_seconds": f.fit_seconds,
                          "chosen": int(f is best),
                          "at_edge": edge_note(f.settings, grids)})
         chosen[label] = best.settings
         edge = edge_note(best.settings, grids)
-        print(f"search {label}: {best.settings} ({criterion_of(label)} {criterion_value(label, best):.3f})"
+        print(f"search {label}: {best.settings} ({criterion_of(label, criterion)} "
+              f"{criterion_value(label, best, criterion):.3f})"
               + (f"; at an edge: {edge}" if edge else ""), flush=True)
     return chosen, rows
 
@@ -679,7 +695,7 @@ def experiment(args: argparse.Namespace) -> None:
         rows = []
     else:
         searched = sorted({SHARED_SETTINGS.get(family, family) for family in families})
-        chosen, rows = search(searched, train, dev, out, args.seed)
+        chosen, rows = search(searched, train, dev, out, args.seed, args.criterion)
         out.write_csv("search.csv", rows, ["system", "settings", "criterion", "value", "fit_seconds",
                                            "chosen", "at_edge"])
         out.write_json("chosen.json", chosen)

@@ -386,6 +386,33 @@ def test_flickr8k_benchmark_on_a_miniature(tmp_path, miniature_flickr8k, capsys,
     assert (out / "results.csv").read_text() == before
 
 
+def test_flickr8k_search_by_image_search_recall(tmp_path, miniature_flickr8k, capsys, monkeypatch):
+    """--criterion "search R@10": every searched system keeps the settings of best dev image
+    search R@10, and search.csv says by which metric."""
+    import flickr8k
+
+    monkeypatch.setattr(flickr8k, "SEARCH", {
+        "reduced-rank/l2": {"fit": {"lam": [1e-3], "dim": [2, 4, 8]}, "readout": [("omp", 0.0)]},
+        "ridge": {"fit": {"alpha": [0.1, 1.0, 10.0]}}})
+    monkeypatch.setattr(flickr8k, "MAX_WIDENINGS", 0)
+    argv = [str(tmp_path / "out"), "--flickr8k", str(miniature_flickr8k), "--boot", "20", "--scores-only",
+            "--systems", "reduced-rank/l2/bcd", "ridge", "--criterion", "search R@10"]
+    status, _, err = run_script(flickr8k, argv, capsys)
+    assert status == 0, err
+    chosen = json.loads((tmp_path / "out" / "chosen.json").read_text())
+    search = read_csv(tmp_path / "out" / "search.csv")
+    rows = {row["system"]: row for row in read_csv(tmp_path / "out" / "results.csv")}
+    for system in ("reduced-rank/l2", "ridge"):
+        mine = [row for row in search if row["system"] == system]
+        assert len(mine) == 3 and {row["criterion"] for row in mine} == {"search R@10"}
+        [best] = [row for row in mine if row["chosen"] == "1"]
+        assert json.loads(best["settings"]) == chosen[system]
+        assert float(best["value"]) == max(float(row["value"]) for row in mine)
+    # The value searched on is the system's image search R@10 in the results.
+    assert_close(float(rows["ridge"]["search R@10 value"]),
+                 max(float(row["value"]) for row in search if row["system"] == "ridge"), rtol=1e-9)
+
+
 def test_inputs_benchmark_compares_variants_paired_and_times_extraction(tmp_path, miniature_flickr8k, capsys,
                                                                         monkeypatch):
     import flickr8k
