@@ -296,13 +296,14 @@ def criterion_of(label: str, criterion: str = "P@3") -> str:
     return SEARCH.get(label, {}).get("criterion", criterion)
 
 
-def numeric_grids(grid: dict) -> dict[str, list]:
+def numeric_grids(grid: dict, readouts: bool = True) -> dict[str, list]:
     """The numeric settings of a search grid with more than one value, each sorted: the fit
-    settings and the prior weights of the OMP read-outs (``prior_weight``)."""
+    settings and, with ``readouts``, the prior weights of the OMP read-outs (``prior_weight``;
+    image search, the same for every read-out of a fit, does not choose them)."""
     grids = {key: sorted(values) for key, values in grid["fit"].items()
              if len(values) > 1 and all(_is_number(value) for value in values)}
     weights = sorted(prior for readout, prior in grid.get("readout", []) if readout == "omp" and prior is not None)
-    if len(weights) > 1:
+    if readouts and len(weights) > 1:
         grids["prior_weight"] = weights
     return grids
 
@@ -392,10 +393,11 @@ def search(labels: Sequence[str], train: WordData, dev: WordData, out: common.Ou
             continue
         grid = {**SEARCH[label], "fit": {k: list(v) for k, v in SEARCH[label]["fit"].items()},
                 "readout": list(SEARCH[label].get("readout", []))}
-        widened = dict.fromkeys(numeric_grids(grid), 0)
+        by_summaries = criterion_of(label, criterion) == "P@3"
+        widened = dict.fromkeys(numeric_grids(grid, by_summaries), 0)
         while True:
             fits, best = search_grid(label, grid, train, dev, out, seed, criterion)
-            grids = numeric_grids(grid)
+            grids = numeric_grids(grid, by_summaries)
             steps = [(key, side, widen(grids[key], side)) for key, side in edges_of(best.settings, grids)
                      if widened.get(key, 0) < MAX_WIDENINGS]
             steps = [(key, side, value) for key, side, value in steps if value is not None]
@@ -409,7 +411,7 @@ def search(labels: Sequence[str], train: WordData, dev: WordData, out: common.Ou
                     grid["readout"].append(("omp", value))
                 else:
                     grid["fit"][key].append(value)
-        grids = numeric_grids(grid)
+        grids = numeric_grids(grid, by_summaries)
         for f in fits:
             rows.append({"system": label, "settings": json.dumps(f.settings),
                          "criterion": criterion_of(label, criterion),

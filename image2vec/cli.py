@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import unicodedata
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -701,11 +702,18 @@ def _run(argv: Sequence[str] | None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args))
-    except (Image2VecError, OSError) as exc:  # OSError: a path that is a folder, a full disk, ...
-        print("image2vec: error: " + " ".join(str(exc).split("\n")), file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores Python's own display when the command ends
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args))
+        except (Image2VecError, OSError) as exc:  # OSError: a path that is a folder, a full disk, ...
+            print("image2vec: error: " + " ".join(str(exc).split("\n")), file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, ``image2vec: warning: ...`` (not the source line)."""
+    print("image2vec: warning: " + " ".join(str(message).split()), file=sys.stderr)
 
 
 class _Signalled(KeyboardInterrupt):

@@ -201,6 +201,23 @@ def test_bad_input_is_one_line_and_exit_2(trained, coco_mini, tmp_path, argument
     assert not (tmp_path / "new.npz").exists()
 
 
+def test_a_warning_is_one_line_without_source(coco_mini, tmp_path, capsys, trained):
+    """A dim the data cannot hold is lowered with a warning: one 'image2vec: warning:' line on
+    stderr, not Python's file:line and source line; Python's own display is back afterwards."""
+    import warnings
+
+    _, folder = trained
+    shown = warnings.showwarning
+    assert main(["train", "--captions", str(coco_mini / "annotations" / "captions_train2017.json"),
+                 "--images", str(coco_mini / "train2017"), "--dim", "5000", "--features", str(folder / "store"),
+                 "--out", str(tmp_path / "wide.npz"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "dim=5000" in line]
+    assert line.startswith("image2vec: warning: dim=5000 exceeds the") and "using dim=" in line
+    assert "UserWarning" not in err and ".py:" not in err
+    assert warnings.showwarning is shown
+
+
 def test_train_weak_tag_on_flickr_tags(tmp_path, capsys):
     import skimage.data
 

@@ -392,7 +392,7 @@ def test_flickr8k_search_by_image_search_recall(tmp_path, miniature_flickr8k, ca
     import flickr8k
 
     monkeypatch.setattr(flickr8k, "SEARCH", {
-        "reduced-rank/l2": {"fit": {"lam": [1e-3], "dim": [2, 4, 8]}, "readout": [("omp", 0.0)]},
+        "reduced-rank/l2": {"fit": {"lam": [1e-3], "dim": [2, 4, 8]}, "readout": [("omp", 0.1), ("omp", 1.0)]},
         "ridge": {"fit": {"alpha": [0.1, 1.0, 10.0]}}})
     monkeypatch.setattr(flickr8k, "MAX_WIDENINGS", 0)
     argv = [str(tmp_path / "out"), "--flickr8k", str(miniature_flickr8k), "--boot", "20", "--scores-only",
@@ -404,7 +404,9 @@ def test_flickr8k_search_by_image_search_recall(tmp_path, miniature_flickr8k, ca
     rows = {row["system"]: row for row in read_csv(tmp_path / "out" / "results.csv")}
     for system in ("reduced-rank/l2", "ridge"):
         mine = [row for row in search if row["system"] == system]
-        assert len(mine) == 3 and {row["criterion"] for row in mine} == {"search R@10"}
+        assert len(mine) == (6 if system == "reduced-rank/l2" else 3)  # two read-outs of each fit
+        assert {row["criterion"] for row in mine} == {"search R@10"}
+        assert "prior_weight" not in "".join(row["at_edge"] for row in mine)  # not searched by R@10
         [best] = [row for row in mine if row["chosen"] == "1"]
         assert json.loads(best["settings"]) == chosen[system]
         assert float(best["value"]) == max(float(row["value"]) for row in mine)
