@@ -187,13 +187,18 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("IMAGE2VEC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
-def add_flickr8k_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--flickr8k DIR`` (the official layout), ``--features STORE`` (its feature stores:
-    ``STORE/EXTRACTOR/train``, ``STORE/EXTRACTOR/dev``, as :func:`flickr8k.load_splits` reads
-    them) and ``--extractor``."""
+def add_flickr8k_folder_argument(parser: argparse.ArgumentParser) -> None:
+    """``--flickr8k DIR``: the Flickr8k folder in its official layout."""
     parser.add_argument("--flickr8k", type=Path, default=shared_data_dir() / "flickr8k",
                         help="Flickr8k folder: Flicker8k_Dataset/ and Flickr8k_text/ "
                         "(default: the shared data folder's flickr8k)")
+
+
+def add_flickr8k_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--flickr8k DIR`` (:func:`add_flickr8k_folder_argument`), ``--features STORE`` (its
+    feature stores: ``STORE/EXTRACTOR/train``, ``STORE/EXTRACTOR/dev``, as
+    :func:`flickr8k.load_splits` reads them), ``--extractor`` and ``--pos``."""
+    add_flickr8k_folder_argument(parser)
     parser.add_argument("--features", type=Path, metavar="STORE",
                         help="feature stores STORE/EXTRACTOR/train and STORE/EXTRACTOR/dev "
                         "(default: OUT/features)")

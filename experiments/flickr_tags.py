@@ -267,8 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flickr_tags.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_output_argument(parser)
-    parser.add_argument("--flickr8k", type=Path, default=common.shared_data_dir() / "flickr8k",
-                        help="Flickr8k folder (default: the shared data folder's flickr8k)")
+    common.add_flickr8k_folder_argument(parser)
     parser.add_argument("--split", default="train", help="Flickr8k split (default: train)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     defaults = TagNoise()

@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inputs_flickr8k.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_output_argument(parser)
-    parser.add_argument("--flickr8k", type=Path, default=common.shared_data_dir() / "flickr8k",
-                        help="Flickr8k folder (default: the shared data folder's flickr8k)")
+    common.add_flickr8k_folder_argument(parser)
     parser.add_argument("--features", type=Path, metavar="STORE",
                         help="feature stores STORE/EXTRACTOR/{train,dev} (default: OUT/features)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="EXTRACTOR[:verbs]",
