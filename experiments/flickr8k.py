@@ -110,7 +110,7 @@ SEARCH = {
             "only_with": {"temperature": ("weighting", "exp")}},
 }
 #: How many times a numeric setting's grid is widened past an edge at most (see :func:`search`).
-MAX_WIDENINGS = 3
+MAX_WIDENINGS = 6
 #: weak-tag/ip shares learn-all/ip's settings (without a ridge its extra block has none of its own).
 SHARED_SETTINGS = {"weak-tag/ip": "learn-all/ip"}
 READOUT_PARAMS = ("readout", "prior_weight")
