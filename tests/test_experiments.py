@@ -443,3 +443,42 @@ def test_inputs_benchmark_compares_variants_paired_and_times_extraction(tmp_path
     bad = run_script(inputs_flickr8k, [str(tmp_path / "bad"), "--flickr8k", str(miniature_flickr8k),
                                        "--variants", "efficientnet-lite0:adverbs"], capsys)
     assert bad[0] == 2 and "the only option is ':verbs'" in bad[2]
+
+
+def test_learning_curve_chooses_each_subsets_settings_on_dev_and_reports_the_paired_ratio(
+        tmp_path, miniature_flickr8k, capsys, monkeypatch):
+    import learning_curve_flickr8k as curve
+
+    monkeypatch.setattr(curve, "GRIDS", {curve.MODEL: ("lam", (1e-3, 1e-1)), curve.PEER: ("n_neighbors", (1, 3))})
+    chosen = tmp_path / "chosen.json"
+    chosen.write_text(json.dumps({"reduced-rank/l2": {"lam": 1.0, "dim": 4, "readout": "omp", "prior_weight": 0.0},
+                                  "knn": {"n_neighbors": 5, "weighting": "uniform"}}))
+    argv = [str(tmp_path / "out"), "--flickr8k", str(miniature_flickr8k), "--boot", "20", "--chosen", str(chosen),
+            "--fractions", "0.5", "1", "--draws", "2"]
+    status, printed, err = run_script(curve, argv, capsys)
+    assert status == 0, err
+    rows = read_csv(tmp_path / "out" / "learning_curve.csv")
+    subsets = sorted({(row["fraction"], row["draw"], row["n_train"]) for row in rows})
+    assert subsets == [("0.5", "0", "7"), ("0.5", "1", "7"), ("1", "0", "14")]  # one draw of the whole split
+    chosen_p3 = {}
+    for fraction, draw, _ in subsets:
+        for system, (key, values) in curve.GRIDS.items():
+            mine = [row for row in rows if (row["fraction"], row["draw"], row["system"]) == (fraction, draw, system)]
+            assert [float(row["value"]) for row in mine] == list(values) and {row["setting"] for row in mine} == {key}
+            [best] = [row for row in mine if row["chosen"] == "1"]
+            assert float(best["P@3"]) == max(float(row["P@3"]) for row in mine)
+            chosen_p3[fraction, draw, system] = float(best["P@3"])
+    table = (tmp_path / "out" / "learning_curve.md").read_text()
+    ratios = [float(line.split("|")[-2].split()[0]) for line in table.splitlines() if re.match(r"\| \d", line)]
+    expected = [chosen_p3[f, d, curve.MODEL] / chosen_p3[f, d, curve.PEER] for f, d, _ in subsets]
+    assert_close(ratios, expected, rtol=1e-3)  # printed to 3 decimals (ratios near 1)
+    assert_picture(tmp_path / "out" / "learning_curve.png")
+    # A second run reads every fit back: nothing is refitted, the same table comes out.
+    monkeypatch.setattr(curve.flickr8k, "fit_and_score", lambda *a, **k: pytest.fail("refitted"))
+    assert run_script(curve, argv, capsys)[0] == 0
+    assert (tmp_path / "out" / "learning_curve.md").read_text() == table
+    missing = run_script(curve, [str(tmp_path / "bad"), "--flickr8k", str(miniature_flickr8k),
+                                 "--chosen", str(tmp_path / "none.json")], capsys)
+    assert missing[0] == 2 and "none.json does not exist" in missing[2]
+    with pytest.raises(SystemExit):
+        curve.build_parser().parse_args([str(tmp_path / "bad"), "--fractions", "1.5"])
