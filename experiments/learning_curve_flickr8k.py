@@ -130,11 +130,11 @@ def experiment(args: argparse.Namespace) -> None:
             csv_rows += [{"fraction": fraction, "draw": draw, "n_train": len(rows), "system": label,
                           "setting": key, "value": fit.settings[key], "P@3": p_at_3(fit),
                           "chosen": int(fit is best[label])} for fit in fits]
-        model, peer = (score_metrics(best[label].scores, weights)["P@3"] for label in (MODEL, PEER))
-        ci = {label: with_intervals({"P@3": score_metrics(best[label].scores)["P@3"]},
-                                    {"P@3": score_metrics(best[label].scores, weights)["P@3"]})["P@3"]
+        replicates = {label: score_metrics(best[label].scores, weights)["P@3"] for label in GRIDS}
+        ci = {label: with_intervals({"P@3": np.array([p_at_3(best[label])])}, {"P@3": replicates[label]})["P@3"]
               for label in GRIDS}
-        ratio = with_intervals({"ratio": np.array([ci[MODEL][0] / ci[PEER][0]])}, {"ratio": model / peer})["ratio"]
+        ratio = with_intervals({"ratio": np.array([ci[MODEL][0] / ci[PEER][0]])},
+                               {"ratio": replicates[MODEL] / replicates[PEER]})["ratio"]
         points.append((len(rows), ci[MODEL][0], ci[PEER][0], ratio))
         table.append({"n": f"{len(rows):,}", "draw": draw,
                       "lam": f"{best[MODEL].settings['lam']:g}", "K": best[PEER].settings["n_neighbors"],
