@@ -220,7 +220,8 @@ def _load_model(path: str | None, device: str = "cpu"):
 
 
 def _vocabulary_word(system, word: str) -> str:
-    """``word`` as the model's vocabulary spells it, looked up without regard to case.
+    """``word`` as the model's vocabulary spells it, looked up without regard to case, else by
+    its WordNet base forms (:func:`image2vec.vocabulary.base_forms`: "dogs" -> "dog").
 
     Raises
     ------
@@ -236,6 +237,11 @@ def _vocabulary_word(system, word: str) -> str:
     spelled = {w.casefold(): w for w in reversed(vocabulary)}  # the first spelling wins
     if word.casefold() in spelled:
         return spelled[word.casefold()]
+    from image2vec.vocabulary import base_forms  # NLTK, on this path only
+
+    for form in base_forms(word):  # "dogs running" -> dog, run: the vocabulary holds lemmas
+        if form.casefold() in spelled:
+            return spelled[form.casefold()]
     close = difflib.get_close_matches(word.casefold(), list(spelled), n=3, cutoff=0.5)
     if close:
         raise Image2VecError(f"unknown word {word!r}; did you mean: "

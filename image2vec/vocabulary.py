@@ -41,7 +41,7 @@ from image2vec.errors import Image2VecError
 from image2vec.io import cache_dir, read_json, write_json
 from image2vec.names import PARTS_OF_SPEECH, SUMMARY_POS
 
-__all__ = ["load_wordnet", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
+__all__ = ["load_wordnet", "base_forms", "CaptionAnalyzer", "analyze_captions", "Vocabulary",
            "SMALL_DATA_IMAGES", "MAX_WORD_LENGTH", "default_min_count", "build_vocabulary", "targets"]
 
 logger = logging.getLogger(__name__)
@@ -268,6 +268,34 @@ class CaptionAnalyzer:
                 elif sense[0] in ("n", "a", "v"):
                     words.append((sense[1], sense[0]))
         return [(w, pos) for w, pos in words if w not in self.stop_words]
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_wordnet() -> WordNetCorpusReader:
+    """One WordNet reader for the lookups of single words (:func:`base_forms`)."""
+    return load_wordnet()
+
+
+def base_forms(word: str) -> list[str]:
+    """The WordNet base forms of one word other than itself, as captions are lemmatised.
+
+    Noun, then verb, then adjective readings, each form once: "dogs" -> ["dog"],
+    "running" -> ["run"], "children" -> ["child"]. This is how a word that a user types ("dogs running")
+    finds the vocabulary's lemmas ("dog", "run"). Empty when WordNet knows no other form, or is
+    not installed.
+
+    Examples
+    --------
+    >>> base_forms("Dogs")
+    ['dog']
+    """
+    try:
+        wordnet = _shared_wordnet()
+    except Image2VecError:
+        return []
+    word = word.strip().lower()
+    forms = (wordnet.morphy(word, pos) for pos in _WORDNET_POS[:3])
+    return [form for form in dict.fromkeys(forms) if form and form != word]
 
 
 def check_pos(pos: Sequence[str]) -> tuple[str, ...]:

@@ -604,6 +604,14 @@ def test_words_are_looked_up_without_regard_to_case(model, capsys):
     assert capsys.readouterr().out.startswith("red car: ")
 
 
+@pytest.mark.parametrize("typed, found", [("Cats", "cat"), ("trees", "tree"), ("dogs", "dogs")])
+def test_a_word_not_in_the_vocabulary_is_found_by_its_base_form(model, capsys, typed, found):
+    """The vocabulary holds lemmas; a typed plural or verb form finds them ("dogs", a word of this
+    model's vocabulary, is found as itself before its base form)."""
+    assert main(["similar", "--model", str(model), "-n", "2", typed]) == 0
+    assert capsys.readouterr().out.startswith(f"{found}: ")
+
+
 # ================================================================ issue 28: the second trial
 # One test (or more) per class of failure; each failed on the code before the fix.
 

@@ -200,6 +200,7 @@ def test_search_ranks_the_folders_images_for_the_word_sum(client, service):
     np.testing.assert_allclose([r["score"] for r in body["results"]], scores, atol=1e-9)
     assert "outside.jpg" not in service.folder.names and len(service.folder.names) == 12
     assert client.get("/api/search?q=dgo").json()["error"] == "unknown word 'dgo'; did you mean: dog, door, group?"
+    assert client.get("/api/search?q=dogs+tables&n=5").json() == body  # typed forms find the lemmas
     assert client.get("/api/search?q=+").json()["error"].startswith("type one or more words")
 
 

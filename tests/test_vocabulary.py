@@ -113,6 +113,21 @@ def test_verbs_join_the_vocabulary_in_their_base_form_when_asked():
         CaptionAnalyzer(pos=["noun", "adverb"])
 
 
+def test_a_typed_word_finds_the_lemmas_captions_are_reduced_to(monkeypatch):
+    analyze = CaptionAnalyzer(tagger="wordnet", pos=("noun", "adj", "verb"))
+    for typed in ("dogs", "running", "children", "climbing"):
+        [lemma] = analyze(f"the {typed}")
+        assert vocab_mod.base_forms(typed) == [lemma]  # dog, run, child, climb
+    assert vocab_mod.base_forms(" Dogs ") == ["dog"]
+    assert vocab_mod.base_forms("dog") == [] and vocab_mod.base_forms("xyzzy") == []
+
+    def missing():
+        raise Image2VecError("WordNet is not installed")
+
+    monkeypatch.setattr(vocab_mod, "_shared_wordnet", missing)
+    assert vocab_mod.base_forms("dogs") == []  # no WordNet: no other form, no error
+
+
 def test_perceptron_verb_tags_are_kept_only_when_asked(monkeypatch):
     class Tagger:
         def tag(self, tokens):
