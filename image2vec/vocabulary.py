@@ -129,8 +129,11 @@ class _DebianWordNet(WordNetCorpusReader):
 
 
 @functools.cache
-def load_wordnet() -> WordNetCorpusReader:
+def load_wordnet(*, announce: bool = True) -> WordNetCorpusReader:
     """WordNet for NLTK: NLTK's own data if installed, else Debian's ``wordnet-base``.
+
+    ``announce`` logs (INFO) which of the two is read: the caption analysis says it, a word
+    lookup does not.
 
     Raises
     ------
@@ -141,7 +144,8 @@ def load_wordnet() -> WordNetCorpusReader:
 
     try:
         wordnet.ensure_loaded()
-        logger.info("WordNet: NLTK data (%s)", wordnet.root)
+        if announce:
+            logger.info("WordNet: NLTK data (%s)", wordnet.root)
         return wordnet
     except LookupError:
         pass
@@ -158,7 +162,8 @@ def load_wordnet() -> WordNetCorpusReader:
     with warnings.catch_warnings():  # "multilingual functions are not available"
         warnings.simplefilter("ignore", UserWarning)
         reader = _DebianWordNet(str(root), None)
-    logger.info("WordNet: Debian wordnet-base from %s (via %s)", source, root)
+    if announce:
+        logger.info("WordNet: Debian wordnet-base from %s (via %s)", source, root)
     return reader
 
 
@@ -273,7 +278,7 @@ class CaptionAnalyzer:
 @functools.lru_cache(maxsize=1)
 def _shared_wordnet() -> WordNetCorpusReader:
     """One WordNet reader for the lookups of single words (:func:`base_forms`)."""
-    return load_wordnet()
+    return load_wordnet(announce=False)
 
 
 def base_forms(word: str) -> list[str]:
