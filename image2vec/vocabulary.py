@@ -129,11 +129,10 @@ class _DebianWordNet(WordNetCorpusReader):
 
 
 @functools.cache
-def load_wordnet(*, announce: bool = True) -> WordNetCorpusReader:
+def load_wordnet() -> WordNetCorpusReader:
     """WordNet for NLTK: NLTK's own data if installed, else Debian's ``wordnet-base``.
 
-    ``announce`` logs (INFO) which of the two is read: the caption analysis says it, a word
-    lookup does not.
+    Which of the two is read is logged at DEBUG (the caption analysis says it at INFO).
 
     Raises
     ------
@@ -144,8 +143,7 @@ def load_wordnet(*, announce: bool = True) -> WordNetCorpusReader:
 
     try:
         wordnet.ensure_loaded()
-        if announce:
-            logger.info("WordNet: NLTK data (%s)", wordnet.root)
+        logger.debug("WordNet: NLTK data (%s)", wordnet.root)
         return wordnet
     except LookupError:
         pass
@@ -162,8 +160,7 @@ def load_wordnet(*, announce: bool = True) -> WordNetCorpusReader:
     with warnings.catch_warnings():  # "multilingual functions are not available"
         warnings.simplefilter("ignore", UserWarning)
         reader = _DebianWordNet(str(root), None)
-    if announce:
-        logger.info("WordNet: Debian wordnet-base from %s (via %s)", source, root)
+    logger.debug("WordNet: Debian wordnet-base from %s (via %s)", source, root)
     return reader
 
 
@@ -212,9 +209,10 @@ class CaptionAnalyzer:
             raise Image2VecError("NLTK's averaged perceptron tagger data is not installed "
                                  "(taggers/averaged_perceptron_tagger_eng); use tagger='wordnet'")
         self.backend = "wordnet" if self._tagger is None else "perceptron"
-        logger.info("caption analysis: nouns/adjectives by %s",
+        logger.info("caption analysis: nouns/adjectives by %s; WordNet from %s",
                     "NLTK's averaged perceptron tagger" if self._tagger
-                    else "WordNet's most frequent sense (no perceptron tagger data installed)")
+                    else "WordNet's most frequent sense (no perceptron tagger data installed)",
+                    self._wordnet.root)
         self.stop_words = frozenset(STOP_WORDS if stop_words is None else stop_words)
         self._tokenizer = TreebankWordTokenizer()
         self._best_sense = functools.lru_cache(maxsize=1 << 16)(self._best_sense_uncached)
@@ -275,12 +273,6 @@ class CaptionAnalyzer:
         return [(w, pos) for w, pos in words if w not in self.stop_words]
 
 
-@functools.lru_cache(maxsize=1)
-def _shared_wordnet() -> WordNetCorpusReader:
-    """One WordNet reader for the lookups of single words (:func:`base_forms`)."""
-    return load_wordnet(announce=False)
-
-
 def base_forms(word: str) -> list[str]:
     """The WordNet base forms of one word other than itself, as captions are lemmatised.
 
@@ -295,7 +287,7 @@ def base_forms(word: str) -> list[str]:
     ['dog']
     """
     try:
-        wordnet = _shared_wordnet()
+        wordnet = load_wordnet()
     except Image2VecError:
         return []
     word = word.strip().lower()

@@ -124,7 +124,7 @@ def test_a_typed_word_finds_the_lemmas_captions_are_reduced_to(monkeypatch):
     def missing():
         raise Image2VecError("WordNet is not installed")
 
-    monkeypatch.setattr(vocab_mod, "_shared_wordnet", missing)
+    monkeypatch.setattr(vocab_mod, "load_wordnet", missing)
     assert vocab_mod.base_forms("dogs") == []  # no WordNet: no other form, no error
 
 
@@ -165,7 +165,7 @@ def test_tagger_path_is_logged(caplog):
         analyzer = CaptionAnalyzer()
     assert analyzer.backend in ("perceptron", "wordnet")
     expected = "perceptron tagger" if analyzer.backend == "perceptron" else "most frequent sense"
-    assert expected in caplog.text
+    assert expected in caplog.text and "WordNet from" in caplog.text
 
 
 def test_perceptron_tags_decide_when_present(monkeypatch):
