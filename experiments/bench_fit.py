@@ -54,8 +54,7 @@ COLUMNS = ("part", "data", "system", "n", "seconds", "ratio", "converged", "sgd_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench_fit.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     common.add_flickr8k_arguments(parser)
     parser.add_argument("--repeats", type=common.positive_int, default=3,

@@ -210,6 +210,13 @@ def add_flickr8k_arguments(parser: argparse.ArgumentParser) -> None:
                         "scored against nouns and adjectives, retrieval uses every word)")
 
 
+def script_parser(file: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of the experiment script ``file``: named after the file, described by the
+    first paragraph of its docstring ``doc``, the rest of which ``--help`` does not rewrap."""
+    return argparse.ArgumentParser(prog=Path(file).name, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
     """The positional output folder."""
     parser.add_argument("out", type=Path, help="output folder (created; an existing one must be "

@@ -54,10 +54,8 @@ TABLE_COLUMNS = (("system", "system"), ("precision@3", "P@3"), ("recall@3", "R@3
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(
-        prog="compare.py", description=__doc__.split("\n\n")[0],
-        epilog="Systems: MODEL[/OBJECTIVE[/SOLVER]] (a part left out: every choice), a baseline "
-        "name, or all.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
+    parser.epilog = "Systems: MODEL[/OBJECTIVE[/SOLVER]] (a part left out: every choice), a baseline name, or all."
     common.add_output_argument(parser)
     parser.add_argument("--systems", nargs="+", default=["all"], metavar="SYSTEM",
                         help="systems to compare (default: all)")

@@ -120,8 +120,7 @@ NEEDS_MODEL = ("reduced-rank/l2/bcd", "learn-all/l2/bcd", "learn-all/ip/bcd")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="flickr8k.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     common.add_flickr8k_arguments(parser)
     parser.add_argument("--systems", nargs="+", default=["all"], metavar="SYSTEM",

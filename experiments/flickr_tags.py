@@ -264,8 +264,7 @@ OUTPUTS = ("tags.tsv", "truth.tsv", "users.tsv", "flickr_tags.md", "flickr_tags.
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="flickr_tags.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     common.add_flickr8k_folder_argument(parser)
     parser.add_argument("--split", default="train", help="Flickr8k split (default: train)")

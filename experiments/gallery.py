@@ -40,8 +40,7 @@ OUTPUTS = ("gallery.html", "gallery.png", "retrieval.png", "gallery.json", "imag
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="gallery.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), metavar="SYSTEM",
                         help=f"systems to show (default: {' '.join(DEFAULT_SYSTEMS)})")

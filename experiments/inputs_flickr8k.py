@@ -46,8 +46,7 @@ OUTPUTS = ("inputs.md", "inputs.csv", "speed.csv", "variants/")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inputs_flickr8k.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     common.add_flickr8k_folder_argument(parser)
     parser.add_argument("--features", type=Path, metavar="STORE",

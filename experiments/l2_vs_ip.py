@@ -40,8 +40,7 @@ OUTPUTS = ("l2_vs_ip.md", "word_norms.csv", "disagreements.csv", "norm_vs_visual
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="l2_vs_ip.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     parser.add_argument("--model", choices=MODELS, default="learn-all",
                         help="Image2Vec model trained under both objectives (default: learn-all)")

@@ -47,8 +47,7 @@ OUTPUTS = ("learning_curve.csv", "learning_curve.md", "learning_curve.png", "fit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="learning_curve_flickr8k.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     common.add_flickr8k_arguments(parser)
     parser.add_argument("--fractions", type=share, nargs="+", default=[0.125, 0.25, 0.5, 1.0],

@@ -51,8 +51,7 @@ DATA = ("Flickr8k train + dev (7,000 Flickr photos, 5 captions each; Hodosh, You
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pretrained.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     common.add_flickr8k_arguments(parser)
     parser.add_argument("--dims", type=common.positive_int, nargs="+", default=[128, 192, 256],

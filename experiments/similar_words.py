@@ -30,8 +30,7 @@ OUTPUTS = ("similar_words.md", "similar_words.json")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="similar_words.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     parser.add_argument("--words", nargs="+", default=list(DEFAULT_WORDS), metavar="WORD",
                         help=f"query words (default: {' '.join(DEFAULT_WORDS)})")

@@ -35,8 +35,7 @@ OUTPUTS = ("weak_tags.md", "tag_weights.csv", "tag_means.csv")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="weak_tags.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--tags", type=Path, metavar="TSV",

@@ -82,8 +82,7 @@ METRICS = ("P@3", "mAP", "search R@10")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="weak_tags_flickr8k.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.script_parser(__file__, __doc__)
     common.add_output_argument(parser)
     common.add_flickr8k_arguments(parser)
     parser.add_argument("--tags", type=Path, default=Path(__file__).parent / "results" / "flickr_tags",
