@@ -85,9 +85,9 @@ def p_at_3(fit: flickr8k.Fit) -> float:
 
 
 def best_fit(label: str, base: dict, train: WordData, dev: WordData, folder: str,
-             out: common.OutputFolder, seed: int) -> tuple[flickr8k.Fit, list[flickr8k.Fit]]:
-    """Every value of ``label``'s grid fitted on ``train`` (or read back), and the best by dev P@3
-    (the first of the grid among equals)."""
+             out: common.OutputFolder, seed: int) -> tuple[flickr8k.Fit, list[tuple[flickr8k.Fit, float]]]:
+    """Every value of ``label``'s grid fitted on ``train`` (or read back) with its dev P@3, and the
+    best by it (the first of the grid among equals)."""
     key, values = GRIDS[label]
     fits = []
     for value in values:
@@ -96,8 +96,8 @@ def best_fit(label: str, base: dict, train: WordData, dev: WordData, folder: str
         if fit is None:
             _, fit, _ = flickr8k.fit_and_score(label, settings, train, dev, seed)
             flickr8k.save_fit(out, folder, fit)
-        fits.append(fit)
-    return max(fits, key=p_at_3), fits
+        fits.append((fit, p_at_3(fit)))
+    return max(fits, key=lambda pair: pair[1])[0], fits
 
 
 def draws_of(fractions: Sequence[float], n_draws: int) -> list[tuple[float, int]]:
@@ -127,8 +127,8 @@ def experiment(args: argparse.Namespace) -> None:
             best[label], fits = best_fit(label, bases[label], part, dev, folder, out, args.seed)
             key = GRIDS[label][0]
             csv_rows += [{"fraction": fraction, "draw": draw, "n_train": len(rows), "system": label,
-                          "setting": key, "value": fit.settings[key], "P@3": p_at_3(fit),
-                          "chosen": int(fit is best[label])} for fit in fits]
+                          "setting": key, "value": fit.settings[key], "P@3": value,
+                          "chosen": int(fit is best[label])} for fit, value in fits]
         replicates = {label: score_metrics(best[label].scores, weights)["P@3"] for label in GRIDS}
         ci = {label: with_intervals({"P@3": np.array([p_at_3(best[label])])}, {"P@3": replicates[label]})["P@3"]
               for label in GRIDS}
